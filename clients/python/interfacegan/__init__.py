@@ -1,0 +1,1 @@
+"""InterFaceGAN client: generated API stubs (interfacegan.v1) and a small SDK."""

@@ -1,0 +1,95 @@
+from interfacegan.v1 import common_pb2 as _common_pb2
+from interfacegan.v1 import boundary_pb2 as _boundary_pb2
+from interfacegan.v1 import generator_pb2 as _generator_pb2
+from interfacegan.v1 import scorer_pb2 as _scorer_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttributeEdit(_message.Message):
+    __slots__ = ("attribute", "boundary_version", "mode", "start", "end", "steps", "hold", "layer_start", "layer_end")
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    LAYER_START_FIELD_NUMBER: _ClassVar[int]
+    LAYER_END_FIELD_NUMBER: _ClassVar[int]
+    attribute: str
+    boundary_version: int
+    mode: _boundary_pb2.DistanceMode
+    start: float
+    end: float
+    steps: int
+    hold: _containers.RepeatedScalarFieldContainer[str]
+    layer_start: int
+    layer_end: int
+    def __init__(self, attribute: _Optional[str] = ..., boundary_version: _Optional[int] = ..., mode: _Optional[_Union[_boundary_pb2.DistanceMode, str]] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., steps: _Optional[int] = ..., hold: _Optional[_Iterable[str]] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ...) -> None: ...
+
+class EditRequest(_message.Message):
+    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BLEND_INTO_PHOTO_FIELD_NUMBER: _ClassVar[int]
+    INVERSION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: _common_pb2.ModelRef
+    space: _common_pb2.LatentSpace
+    seed: int
+    code: _common_pb2.LatentBatch
+    photo: _common_pb2.Image
+    edits: _containers.RepeatedCompositeFieldContainer[AttributeEdit]
+    rescore: bool
+    format: _common_pb2.ImageFormat
+    blend_into_photo: bool
+    inversion_steps: int
+    include_original: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ...) -> None: ...
+
+class EditResponse(_message.Message):
+    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary")
+    EDIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_FIELD_NUMBER: _ClassVar[int]
+    edit_index: int
+    step_index: int
+    distance: float
+    image: _common_pb2.Image
+    code: _common_pb2.LatentBatch
+    scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.AttributeScore]
+    progress: _common_pb2.Progress
+    boundary: _common_pb2.BoundaryRef
+    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ...) -> None: ...
+
+class GetCatalogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Catalog(_message.Message):
+    __slots__ = ("models", "attributes", "boundaries")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_generator_pb2.ModelInfo]
+    attributes: _containers.RepeatedCompositeFieldContainer[_scorer_pb2.AttributeInfo]
+    boundaries: _containers.RepeatedCompositeFieldContainer[_boundary_pb2.BoundaryInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[_generator_pb2.ModelInfo, _Mapping]]] = ..., attributes: _Optional[_Iterable[_Union[_scorer_pb2.AttributeInfo, _Mapping]]] = ..., boundaries: _Optional[_Iterable[_Union[_boundary_pb2.BoundaryInfo, _Mapping]]] = ...) -> None: ...

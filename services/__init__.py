@@ -1,0 +1,1 @@
+"""InterFaceGAN microservices: one package per service, shared code in `common`."""

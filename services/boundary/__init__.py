@@ -1,0 +1,1 @@
+"""Boundary service: InterFaceGAN boundary training, subspace projection, edit math, Redis store."""

@@ -1,0 +1,36 @@
+"""Boundary service settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+
+from interfacegan.v1 import boundary_pb2_grpc
+from services.common import runtime
+from services.common.settings import ServerSettings, setting
+
+
+@dataclasses.dataclass
+class Settings(ServerSettings):
+    """Boundary service settings."""
+
+    service_name = "boundary"
+
+
+class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
+    """Skeleton: RPCs answer UNIMPLEMENTED until the service's issue lands."""
+
+    service_names = ("interfacegan.v1.BoundaryService",)
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def register(self, server: grpc.aio.Server) -> None:
+        boundary_pb2_grpc.add_BoundaryServiceServicer_to_server(self, server)
+
+    async def load(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

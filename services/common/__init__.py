@@ -1,0 +1,1 @@
+"""What every server of the cluster needs: settings, runtime, errors, codecs, assets."""

@@ -1,0 +1,94 @@
+"""Image codecs between protobuf `Image` messages and uint8 RGB arrays, with limits."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image as PILImage
+
+from interfacegan.v1 import common_pb2
+
+from .errors import ServiceError, invalid_argument
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+ACCEPTED = "PNG or JPEG bytes in Image.encoded, or Image.raw with height, width, channels (1, 3 or 4) and HWC uint8 data"
+
+
+def decode(image: common_pb2.Image, field: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+           min_side: int = 1) -> np.ndarray:
+    """Returns an (H, W, 3) uint8 RGB array; refuses what is not a valid, bounded image."""
+    kind = image.WhichOneof("payload")
+    if kind is None:
+        raise invalid_argument(field, f"empty image; accepted: {ACCEPTED}")
+    if kind == "raw":
+        raw = image.raw
+        h, w, c = raw.height, raw.width, raw.channels
+        if h == 0 or w == 0:
+            raise invalid_argument(f"{field}.raw", f"zero-size image {h}x{w}; height and width must be at least 1")
+        if c not in (1, 3, 4):
+            raise invalid_argument(f"{field}.raw.channels", f"{c} channels; accepted: 1, 3 or 4")
+        _check_size(h, w, field, max_pixels, min_side)
+        if len(raw.data) != h * w * c:
+            raise invalid_argument(f"{field}.raw.data", f"holds {len(raw.data)} bytes; {h}x{w}x{c} needs {h * w * c}")
+        array = np.frombuffer(raw.data, dtype=np.uint8).reshape(h, w, c)
+        return _to_rgb(array)
+    data = image.encoded
+    if not data:
+        raise invalid_argument(f"{field}.encoded", f"zero bytes; accepted: {ACCEPTED}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            pil = PILImage.open(io.BytesIO(data))
+            if pil.format not in ("PNG", "JPEG"):
+                raise invalid_argument(f"{field}.encoded", f"format {pil.format} is not accepted; accepted: {ACCEPTED}")
+            w, h = pil.size
+            _check_size(h, w, field, max_pixels, min_side)
+            pil.load()
+    except ServiceError:
+        raise
+    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
+        raise invalid_argument(f"{field}.encoded", f"not a decodable image ({type(e).__name__}: {e}); "
+                                                   f"accepted: {ACCEPTED}") from None
+    if pil.mode not in ("RGB", "L", "RGBA"):
+        pil = pil.convert("RGB")
+    return _to_rgb(np.asarray(pil))
+
+
+def _check_size(h: int, w: int, field: str, max_pixels: int, min_side: int) -> None:
+    if h * w > max_pixels:
+        raise invalid_argument(field, f"{w}x{h} = {w * h} pixels exceed the limit of {max_pixels}")
+    if min(h, w) < min_side:
+        raise invalid_argument(field, f"{w}x{h} is too small; each side must be at least {min_side} pixels")
+
+
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def encode(array: np.ndarray, fmt: int = common_pb2.IMAGE_FORMAT_PNG) -> common_pb2.Image:
+    """Encodes an (H, W, 3) uint8 array in the requested ImageFormat."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if fmt == common_pb2.IMAGE_FORMAT_RAW:
+        h, w = array.shape[:2]
+        c = array.shape[2] if array.ndim == 3 else 1
+        return common_pb2.Image(raw=common_pb2.RawImage(height=h, width=w, channels=c, data=array.tobytes()))
+    buf = io.BytesIO()
+    pil = PILImage.fromarray(array)
+    if fmt == common_pb2.IMAGE_FORMAT_JPEG:
+        pil.save(buf, format="JPEG", quality=95)
+    else:
+        pil.save(buf, format="PNG", compress_level=1)
+    return common_pb2.Image(encoded=buf.getvalue())
+
+
+def to_array(image: common_pb2.Image) -> np.ndarray:
+    """Client-side decode without limits (trusted server output)."""
+    return decode(image, "image", max_pixels=1 << 40)

@@ -1,0 +1,260 @@
+"""The server runtime every service runs in: grpc.aio, health, reflection, metrics, auth, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable, Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from . import logs, metrics
+from .errors import ServiceError
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class Service(Protocol):
+    """What a service hands to the runtime."""
+
+    #: Full proto names of the gRPC services it implements, e.g. "interfacegan.v1.GeneratorService".
+    service_names: tuple[str, ...]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds the servicers to the server."""
+
+    async def load(self) -> None:
+        """Loads models and connects to dependencies; health says SERVING once this returns."""
+
+    async def close(self) -> None:
+        """Releases resources after the server stopped."""
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    size = settings.max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        # Keepalive agreed with clients/python/interfacegan/channel.py: clients ping at most every 20 s.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    """Turns ServiceError into statuses, checks the bearer token, records metrics, sets the log request id."""
+
+    EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+    def __init__(self, service: str, auth_token: str):
+        self.service = service
+        self.auth_token = auth_token
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        exempt = method.startswith(self.EXEMPT)
+        if not exempt and self.auth_token:
+            md = dict(details.invocation_metadata or ())
+            if md.get("authorization", "") != f"Bearer {self.auth_token}":
+                return _wrap(handler, _deny)
+        if exempt:
+            return handler
+        return _wrap(handler, lambda behavior, streaming: self._observe(behavior, streaming, method))
+
+    def _observe(self, behavior, streaming: bool, method: str):
+        short = method.rsplit("/", 1)[-1]
+        service = self.service
+
+        def finish(code: str, start: float):
+            metrics.REQUESTS.labels(service, short, code).inc()
+            metrics.LATENCY.labels(service, short).observe(time.perf_counter() - start)
+
+        def request_id_of(request) -> str:
+            return getattr(request, "request_id", "") if hasattr(request, "DESCRIPTOR") else ""
+
+        if streaming:
+            async def stream(request, context):
+                start = time.perf_counter()
+                logs.request_id_var.set(request_id_of(request))
+                metrics.IN_FLIGHT.labels(service).inc()
+                code = "OK"
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except ServiceError as e:
+                    code = e.code.name
+                    await context.abort_with_status(e.to_status())
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except Exception as e:  # noqa: BLE001 - reported as INTERNAL, never crashes the server
+                    code = _code_of(context, e)
+                    if code == "UNKNOWN":
+                        log.exception("unhandled error in %s", method)
+                        code = "INTERNAL"
+                        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+                    raise
+                finally:
+                    metrics.IN_FLIGHT.labels(service).dec()
+                    finish(code, start)
+            return stream
+
+        async def unary(request, context):
+            start = time.perf_counter()
+            logs.request_id_var.set(request_id_of(request))
+            metrics.IN_FLIGHT.labels(service).inc()
+            code = "OK"
+            try:
+                return await behavior(request, context)
+            except ServiceError as e:
+                code = e.code.name
+                await context.abort_with_status(e.to_status())
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as e:  # noqa: BLE001
+                code = _code_of(context, e)
+                if code == "UNKNOWN":
+                    log.exception("unhandled error in %s", method)
+                    code = "INTERNAL"
+                    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+                raise
+            finally:
+                metrics.IN_FLIGHT.labels(service).dec()
+                finish(code, start)
+        return unary
+
+
+def _code_of(context, error: Exception) -> str:
+    if isinstance(error, grpc.aio.AbortError) or type(error).__name__ == "AbortError":
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN_ABORT"
+    return "UNKNOWN"
+
+
+def _deny(behavior, streaming: bool):
+    async def unary(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
+
+    async def stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
+        yield  # pragma: no cover - makes this an async generator
+    return stream if streaming else unary
+
+
+def _wrap(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False),
+                                                   handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True),
+                                                    handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False),
+                                                    handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True),
+                                                 handler.request_deserializer, handler.response_serializer)
+
+
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    chain = Path(settings.tls_cert).read_bytes()
+    ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Event | None = None,
+                on_ready: Callable[[int], Awaitable[None] | None] | None = None) -> None:
+    """Runs `service` until SIGTERM/SIGINT (or `stop` is set), then shuts down gracefully.
+
+    Health reports NOT_SERVING until `service.load()` returned, and again as soon as
+    shutdown starts; in-flight calls then get `settings.grace_seconds` to finish.
+    """
+    server = grpc.aio.server(
+        options=server_options(settings),
+        interceptors=[_Interceptor(settings.service_name, settings.auth_token)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
+    service.register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names: Iterable[str] = (*service.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(tuple(names), server)
+    for name in ("", *service.service_names):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    address = f"{settings.host}:{settings.port}"
+    creds = _credentials(settings)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    await server.start()
+    metrics_port = None
+    if settings.metrics_port >= 0:
+        metrics_port = metrics.start_metrics_server(settings.metrics_port, settings.host)
+    if settings.port_file:
+        Path(settings.port_file).write_text(str(port))
+    log.info("listening", extra={"port": port, "metrics_port": metrics_port, "tls": bool(creds),
+                                 "settings": settings.public_dict()})
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests run servers in threads)
+            pass
+
+    async def load():
+        started = time.perf_counter()
+        try:
+            await service.load()
+        except Exception:
+            log.exception("loading failed; staying NOT_SERVING")
+            return
+        for name in ("", *service.service_names):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"load_seconds": round(time.perf_counter() - started, 3)})
+
+    loader = asyncio.create_task(load())
+    if on_ready is not None:
+        result = on_ready(port)
+        if asyncio.iscoroutine(result):
+            await result
+    await stop.wait()
+
+    log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+    await health.enter_graceful_shutdown()
+    loader.cancel()
+    await server.stop(settings.grace_seconds)
+    await service.close()
+    log.info("stopped")
+
+
+def run(service_factory: Callable[[ServerSettings], Service], settings_cls: type[ServerSettings],
+        argv: list[str] | None = None) -> None:
+    """Entry point of `python -m services.<name>`: parse settings, configure logs, serve."""
+    import sys
+
+    settings = settings_cls.load(sys.argv[1:] if argv is None else argv)
+    logs.configure(settings.service_name, settings.log_level, settings.log_format)
+    asyncio.run(serve(service_factory(settings), settings))

@@ -1,0 +1,1 @@
+"""Editor gateway: the service clients call; orchestrates the others."""

@@ -1,0 +1,1 @@
+"""Generator service: a model zoo of GAN generators behind a dynamic batcher."""

@@ -1,0 +1,1 @@
+"""Inversion service: images and photos to latent codes (encoder + optimisation)."""
