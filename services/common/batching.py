@@ -1,0 +1,371 @@
+"""Dynamic batching (Triton's dynamic-batcher semantics), shared by the generator and the scorer.
+
+API::
+
+    config = BatchingConfig(max_batch_size=64, max_queue_delay_microseconds=2000, max_queue_size=256)
+    batcher = DynamicBatcher(run_batch, config, service="generator", queue="dcgan-digiface-64")
+    await batcher.start()
+    # run_batch(items: list, key) -> list of results, one per item, in order. It is synchronous and
+    # runs in a worker thread (`config.instances` threads), so it may hold the GIL-free torch/ORT call.
+    results = await batcher.submit(items, key=("z", 0.7), timeout=5.0)    # all results, in order
+    async with contextlib.aclosing(batcher.stream(items, key=k, timeout=t)) as chunks:
+        async for offset, results in chunks:                              # slices, in order, as batches finish
+            ...
+    await batcher.close()
+
+Semantics:
+- Items of queued requests with the same `key` run together, up to `max_batch_size` per batch. A request
+  larger than a batch is split; its slices are delivered in order. A partly served request goes to the back
+  of the queue, so one large request does not starve small ones.
+- A lone client on an idle device never waits: when no batch is running the queue is dispatched at once.
+  The batcher waits (at most `max_queue_delay_microseconds`) only when there is evidence of concurrent load:
+  another instance is running a batch, or the last batch served several requests whose clients are expected
+  back (their follow-up requests are gathered instead of being run one by one).
+- `max_queue_size` queued requests at most; one more is refused with RESOURCE_EXHAUSTED and a retry hint
+  (ServiceError.retry_after, estimated from the measured batch time).
+- A request whose deadline (`timeout`, else `default_timeout_microseconds`) passes while queued is dropped
+  without being computed and fails with DEADLINE_EXCEEDED. A cancelled caller (the task is cancelled or the
+  stream closed) frees its place in the queue at once.
+- Metrics (services/common/metrics.py): queue depth (items), batch sizes, queue wait, rejections by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, Hashable, Sequence
+
+from . import metrics
+from .errors import deadline_exceeded, resource_exhausted, unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    """Dynamic batcher settings, named as in Triton's model configuration.
+
+    Attributes:
+        max_batch_size: Most items run in one batch (1 disables batching).
+        max_queue_delay_microseconds: Longest time a queued item waits for company under load.
+        max_queue_size: Most requests waiting in the queue; more are refused (RESOURCE_EXHAUSTED).
+        preferred_batch_sizes: Optional batch sizes to form when possible (e.g. sizes captured as CUDA graphs).
+        default_timeout_microseconds: Deadline of requests that carry none (0 = no deadline).
+        instances: Batches that may run at once (worker threads; Triton's instance_group count).
+    """
+
+    max_batch_size: int = 64
+    max_queue_delay_microseconds: int = 2000
+    max_queue_size: int = 256
+    preferred_batch_sizes: tuple[int, ...] = ()
+    default_timeout_microseconds: int = 0
+    instances: int = 1
+
+    def __post_init__(self):
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.instances < 1:
+            raise ValueError("max_batch_size, max_queue_size and instances must be at least 1")
+        if any(s < 1 or s > self.max_batch_size for s in self.preferred_batch_sizes):
+            raise ValueError(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in 1..max_batch_size")
+
+
+class _Request:
+    __slots__ = ("items", "key", "deadline", "enqueued", "scheduled", "consumed", "outbox", "done", "waited")
+
+    def __init__(self, items: Sequence[Any], key: Hashable, deadline: float | None, now: float):
+        self.items = items
+        self.key = key
+        self.deadline = deadline
+        self.enqueued = now
+        self.scheduled = 0  # items handed to batches so far
+        self.consumed = 0  # items the caller has taken
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.done = False
+        self.waited = False  # queue wait observed
+
+    @property
+    def remaining(self) -> int:
+        return len(self.items) - self.scheduled
+
+
+class DynamicBatcher:
+    """Queues requests of items and runs them through `run_batch` in dynamic batches.
+
+    Args:
+        run_batch: `run_batch(items: list, key) -> Sequence` (one result per item), run in a worker thread.
+        config: Batching settings.
+        service: Metrics label of the owning service.
+        queue: Metrics label of this queue (e.g. the model name).
+        max_ahead: Most computed-but-unconsumed items per streaming request before its next slices wait
+            (bounds memory when a caller reads slowly). Default: 4 batches.
+    """
+
+    def __init__(self, run_batch: Callable[[list, Hashable], Sequence[Any]], config: BatchingConfig | None = None,
+                 *, service: str = "server", queue: str = "default", max_ahead: int | None = None):
+        self.run_batch = run_batch
+        self.config = config or BatchingConfig()
+        self.labels = (service, queue)
+        self.max_ahead = max_ahead or 4 * self.config.max_batch_size
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._free: asyncio.Semaphore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._expected = 1  # requests in the last batch: how many follow-ups to gather under load
+        self._last_done = 0.0
+        self._item_seconds = 0.0  # EMA of compute seconds per item, for retry hints
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Starts the scheduler; call from the event loop that will submit requests."""
+        if self._task is None:
+            self._free = asyncio.Semaphore(self.config.instances)
+            self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"batch-{self.labels[1]}")
+            self._task = asyncio.create_task(self._schedule(), name=f"batcher-{self.labels[1]}")
+
+    async def close(self) -> None:
+        """Refuses queued requests (UNAVAILABLE), waits for running batches, stops the worker threads."""
+        self._closed = True
+        while self._queue:
+            self._fail(self._queue.popleft(), unavailable("the server is shutting down; retry on another replica"),
+                       "closed")
+        self._update_depth()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # --- public calls ------------------------------------------------------------------------------
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_items(self) -> int:
+        return sum(r.remaining for r in self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """True while a batch is running."""
+        return bool(self._running)
+
+    async def submit(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None) -> list:
+        """Runs `items` and returns their results in order (see `stream` for errors)."""
+        out: list = []
+        async with contextlib.aclosing(self.stream(items, key=key, timeout=timeout)) as chunks:
+            async for _, results in chunks:
+                out.extend(results)
+        return out
+
+    async def stream(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None
+                     ) -> AsyncIterator[tuple[int, list]]:
+        """Yields (offset, results) slices of `items`' results in order, as their batches finish.
+
+        Raises:
+            ServiceError: RESOURCE_EXHAUSTED (queue full, with retry_after), DEADLINE_EXCEEDED (deadline
+                passed in the queue or while waiting), UNAVAILABLE (batcher closed), or whatever run_batch
+                raised (as the exception itself).
+        """
+        request = self._enqueue(items, key, timeout)
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, list] = {}
+        offset = 0
+        try:
+            while offset < len(items):
+                wait = None if request.deadline is None else max(0.0, request.deadline - loop.time())
+                try:
+                    message = await asyncio.wait_for(request.outbox.get(), wait)
+                except TimeoutError:
+                    metrics.REJECTED.labels(*self.labels, "deadline").inc()
+                    raise deadline_exceeded(f"deadline passed after {offset} of {len(items)} results; "
+                                            f"give a longer deadline or fewer items") from None
+                if isinstance(message, BaseException):
+                    raise message
+                start, results = message
+                waiting[start] = results
+                while offset in waiting:
+                    results = waiting.pop(offset)
+                    request.consumed += len(results)
+                    if request.remaining:
+                        self._wakeup.set()  # it may have been held back for a slow reader (max_ahead)
+                    yield offset, results
+                    offset += len(results)
+        finally:
+            if not request.done:
+                self._cancel(request)
+
+    # --- queueing ----------------------------------------------------------------------------------
+    def _enqueue(self, items: Sequence[Any], key: Hashable, timeout: float | None) -> _Request:
+        if self._task is None or self._closed:
+            raise unavailable("the batcher is not running (server starting or shutting down)")
+        if len(items) == 0:
+            raise ValueError("a request needs at least one item")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if timeout is None and self.config.default_timeout_microseconds > 0:
+            timeout = self.config.default_timeout_microseconds / 1e6
+        if timeout is not None and timeout <= 0:
+            metrics.REJECTED.labels(*self.labels, "deadline").inc()
+            raise deadline_exceeded("the deadline had already passed when the request arrived")
+        if len(self._queue) >= self.config.max_queue_size:
+            metrics.REJECTED.labels(*self.labels, "queue_full").inc()
+            retry = self.retry_after()
+            raise resource_exhausted(f"the batch queue is full ({len(self._queue)} requests waiting, limit "
+                                     f"{self.config.max_queue_size}); retry after about {retry:.2f} s", retry)
+        request = _Request(items, key, None if timeout is None else now + timeout, now)
+        self._queue.append(request)
+        self._update_depth()
+        self._wakeup.set()
+        return request
+
+    def retry_after(self) -> float:
+        """Seconds until the current queue has likely drained (at least 50 ms)."""
+        return max(0.05, round(self.queued_items * (self._item_seconds or 0.005), 3))
+
+    def _cancel(self, request: _Request) -> None:
+        request.done = True
+        with contextlib.suppress(ValueError):
+            self._queue.remove(request)
+            metrics.REJECTED.labels(*self.labels, "cancelled").inc()
+        self._update_depth()
+
+    def _fail(self, request: _Request, error: BaseException, reason: str) -> None:
+        request.done = True
+        request.outbox.put_nowait(error)
+        metrics.REJECTED.labels(*self.labels, reason).inc()
+
+    def _update_depth(self) -> None:
+        metrics.QUEUE_DEPTH.labels(*self.labels).set(self.queued_items)
+
+    def _purge(self, now: float) -> None:
+        """Drops requests whose deadline passed while queued (never computed) and finished ones."""
+        kept = collections.deque()
+        for r in self._queue:
+            if r.done:
+                continue
+            if r.deadline is not None and now >= r.deadline:
+                self._fail(r, deadline_exceeded(f"deadline passed while queued ({r.scheduled} of {len(r.items)} "
+                                                f"items had started); the rest was not computed"), "deadline")
+                continue
+            kept.append(r)
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            self._update_depth()
+
+    def _eligible(self) -> list[_Request]:
+        return [r for r in self._queue if r.scheduled - r.consumed < self.max_ahead]
+
+    # --- scheduling --------------------------------------------------------------------------------
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._free.acquire()
+            try:
+                batch = await self._form_batch(loop)
+            except BaseException:
+                self._free.release()
+                raise
+            task = asyncio.create_task(self._execute(batch, loop))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _wait_until(self, requests: int, oldest: float) -> float | None:
+        """When to dispatch a batch smaller than the maximum, given the waiting requests; None = now."""
+        delay = self.config.max_queue_delay_microseconds / 1e6
+        if delay <= 0 or self.config.max_batch_size == 1:
+            return None
+        if self._running:  # another instance is busy: gather company for a while
+            return oldest + delay
+        if requests >= min(self._expected, self.config.max_batch_size):
+            return None  # idle device, and everyone expected is here (a lone client never waits)
+        return self._last_done + delay  # idle, but the last batch's clients are still coming back
+
+    async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> list[tuple[_Request, int, int]]:
+        cfg = self.config
+        while True:
+            now = loop.time()
+            self._purge(now)
+            eligible = self._eligible()
+            if not eligible:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            key = eligible[0].key
+            group = [r for r in eligible if r.key == key]
+            pending = sum(r.remaining for r in group)
+            if pending >= cfg.max_batch_size or (cfg.preferred_batch_sizes and pending in cfg.preferred_batch_sizes
+                                                  and pending == max(cfg.preferred_batch_sizes)):
+                break
+            until = self._wait_until(len(group), min(r.enqueued for r in group))
+            if until is None or now >= until:
+                break
+            if any(r.deadline is not None for r in group):
+                until = min(until, min(r.deadline for r in group if r.deadline is not None))
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), max(0.0, until - now))
+        size = min(pending, cfg.max_batch_size)
+        fitting = [s for s in cfg.preferred_batch_sizes if s <= size]
+        if fitting:
+            size = max(fitting)
+        batch: list[tuple[_Request, int, int]] = []
+        taken = 0
+        for r in group:
+            if taken == size:
+                break
+            n = min(r.remaining, size - taken)
+            batch.append((r, r.scheduled, r.scheduled + n))
+            r.scheduled += n
+            taken += n
+            if not r.waited:
+                r.waited = True
+                metrics.QUEUE_WAIT.labels(*self.labels).observe(now - r.enqueued)
+        for r, _, _ in batch:  # served requests leave the queue; partly served ones go to its back
+            self._queue.remove(r)
+            if r.remaining:
+                self._queue.append(r)
+        self._update_depth()
+        return batch
+
+    async def _execute(self, batch: list[tuple[_Request, int, int]], loop: asyncio.AbstractEventLoop) -> None:
+        items = list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in batch))
+        key = batch[0][0].key
+        metrics.BATCH_SIZE.labels(*self.labels).observe(len(items))
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self.run_batch, items, key)
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
+            log.warning("batch of %d items failed: %s", len(items), e)
+            for r, _, _ in batch:
+                if not r.done:
+                    with contextlib.suppress(ValueError):
+                        self._queue.remove(r)
+                    self._fail(r, e, "error")
+            self._update_depth()
+            return
+        finally:
+            elapsed = time.perf_counter() - started
+            per_item = elapsed / max(1, len(items))
+            self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
+            self._expected = len(batch) if len(batch) > 1 else 1
+            self._last_done = loop.time()
+            self._free.release()
+            self._wakeup.set()
+        offset = 0
+        for r, a, b in batch:
+            if not r.done:
+                r.outbox.put_nowait((a, list(results[offset:offset + b - a])))
+            offset += b - a
