@@ -33,7 +33,7 @@ DISTANCE_MODE_RELATIVE: DistanceMode
 DISTANCE_MODE_ABSOLUTE: DistanceMode
 
 class TrainBoundariesRequest(_message.Message):
-    __slots__ = ("request_id", "model", "space", "attributes", "num_samples", "chosen_ratio", "train_split", "seed", "svm_c", "reuse_dataset")
+    __slots__ = ("request_id", "model", "space", "attributes", "num_samples", "chosen_ratio", "train_split", "seed", "svm_c", "reuse_dataset", "solver")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class TrainBoundariesRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SVM_C_FIELD_NUMBER: _ClassVar[int]
     REUSE_DATASET_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     space: _common_pb2.LatentSpace
@@ -54,7 +55,8 @@ class TrainBoundariesRequest(_message.Message):
     seed: int
     svm_c: float
     reuse_dataset: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., attributes: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., chosen_ratio: _Optional[float] = ..., train_split: _Optional[float] = ..., seed: _Optional[int] = ..., svm_c: _Optional[float] = ..., reuse_dataset: _Optional[bool] = ...) -> None: ...
+    solver: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., attributes: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., chosen_ratio: _Optional[float] = ..., train_split: _Optional[float] = ..., seed: _Optional[int] = ..., svm_c: _Optional[float] = ..., reuse_dataset: _Optional[bool] = ..., solver: _Optional[str] = ...) -> None: ...
 
 class JobUpdate(_message.Message):
     __slots__ = ("job_id", "state", "progress", "boundaries", "error")
@@ -83,7 +85,7 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class BoundaryInfo(_message.Message):
-    __slots__ = ("ref", "dimension", "intercept", "validation_accuracy", "remaining_accuracy", "num_samples", "num_valid", "num_positive", "num_negative", "seed", "parents", "origin", "created_unix", "timings", "chosen_ratio")
+    __slots__ = ("ref", "dimension", "intercept", "validation_accuracy", "remaining_accuracy", "num_samples", "num_valid", "num_positive", "num_negative", "seed", "parents", "origin", "created_unix", "timings", "chosen_ratio", "train_accuracy", "solver", "dataset", "threshold", "model_version", "converged", "job_id", "train_split", "svm_c", "file_name")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +108,16 @@ class BoundaryInfo(_message.Message):
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_RATIO_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    SVM_C_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     ref: _common_pb2.BoundaryRef
     dimension: int
     intercept: float
@@ -121,7 +133,17 @@ class BoundaryInfo(_message.Message):
     created_unix: float
     timings: _containers.ScalarMap[str, float]
     chosen_ratio: float
-    def __init__(self, ref: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., dimension: _Optional[int] = ..., intercept: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., remaining_accuracy: _Optional[float] = ..., num_samples: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_positive: _Optional[int] = ..., num_negative: _Optional[int] = ..., seed: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., origin: _Optional[str] = ..., created_unix: _Optional[float] = ..., timings: _Optional[_Mapping[str, float]] = ..., chosen_ratio: _Optional[float] = ...) -> None: ...
+    train_accuracy: float
+    solver: str
+    dataset: str
+    threshold: float
+    model_version: str
+    converged: bool
+    job_id: str
+    train_split: float
+    svm_c: float
+    file_name: str
+    def __init__(self, ref: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., dimension: _Optional[int] = ..., intercept: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., remaining_accuracy: _Optional[float] = ..., num_samples: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_positive: _Optional[int] = ..., num_negative: _Optional[int] = ..., seed: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., origin: _Optional[str] = ..., created_unix: _Optional[float] = ..., timings: _Optional[_Mapping[str, float]] = ..., chosen_ratio: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., solver: _Optional[str] = ..., dataset: _Optional[str] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., converged: _Optional[bool] = ..., job_id: _Optional[str] = ..., train_split: _Optional[float] = ..., svm_c: _Optional[float] = ..., file_name: _Optional[str] = ...) -> None: ...
 
 class Boundary(_message.Message):
     __slots__ = ("info", "normal")
@@ -246,29 +268,39 @@ class ExportBoundaryResponse(_message.Message):
     def __init__(self, file_name: _Optional[str] = ..., npy: _Optional[bytes] = ...) -> None: ...
 
 class AnalyzeBoundariesRequest(_message.Message):
-    __slots__ = ("request_id", "boundaries", "rescore_samples", "rescore_distance", "seed")
+    __slots__ = ("request_id", "boundaries", "rescore_samples", "rescore_distance", "seed", "rescore_attributes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
     RESCORE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     RESCORE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     boundaries: _containers.RepeatedCompositeFieldContainer[_common_pb2.BoundaryRef]
     rescore_samples: int
     rescore_distance: float
     seed: int
-    def __init__(self, request_id: _Optional[str] = ..., boundaries: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., rescore_samples: _Optional[int] = ..., rescore_distance: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    rescore_attributes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., boundaries: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., rescore_samples: _Optional[int] = ..., rescore_distance: _Optional[float] = ..., seed: _Optional[int] = ..., rescore_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AnalyzeBoundariesResponse(_message.Message):
-    __slots__ = ("progress", "labels", "cosine", "scored_attributes", "rescore")
+    __slots__ = ("progress", "labels", "cosine", "scored_attributes", "rescore", "cosine_image", "rescore_image", "rescore_stderr", "rescore_counts")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     COSINE_FIELD_NUMBER: _ClassVar[int]
     SCORED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     RESCORE_FIELD_NUMBER: _ClassVar[int]
+    COSINE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     progress: _common_pb2.Progress
     labels: _containers.RepeatedCompositeFieldContainer[_common_pb2.BoundaryRef]
     cosine: _common_pb2.Tensor
     scored_attributes: _containers.RepeatedScalarFieldContainer[str]
     rescore: _common_pb2.Tensor
-    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., cosine: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., scored_attributes: _Optional[_Iterable[str]] = ..., rescore: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    cosine_image: _common_pb2.Image
+    rescore_image: _common_pb2.Image
+    rescore_stderr: _common_pb2.Tensor
+    rescore_counts: _common_pb2.Tensor
+    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., cosine: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., scored_attributes: _Optional[_Iterable[str]] = ..., rescore: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., cosine_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., rescore_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., rescore_stderr: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., rescore_counts: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
