@@ -1,36 +1,309 @@
-"""Generator service settings."""
+"""Generator service: the model zoo served over gRPC behind one dynamic batcher per model."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
+import math
+from typing import Hashable
 
 import grpc
+import numpy as np
+import torch
 
-from interfacegan.v1 import generator_pb2_grpc
-from services.common import runtime
+from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from services.common import images, tensors
+from services.common.batching import BatchingConfig, DynamicBatcher
+from services.common.errors import failed_precondition, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
+
+from . import backends
+from .models import DEFAULT_MODEL, GeneratorModel, ModelSpec, Registry, build_net
+
+log = logging.getLogger(__name__)
+
+SPACE_OF_PROTO = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
+PROTO_OF_SPACE = {v: k for k, v in SPACE_OF_PROTO.items()}
+FORMATS = {common_pb2.IMAGE_FORMAT_UNSPECIFIED: common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_PNG:
+           common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_JPEG: common_pb2.IMAGE_FORMAT_JPEG,
+           common_pb2.IMAGE_FORMAT_RAW: common_pb2.IMAGE_FORMAT_RAW}
 
 
 @dataclasses.dataclass
 class Settings(ServerSettings):
     """Generator service settings."""
 
+    default_model: str = setting(DEFAULT_MODEL, "model used when a request names none")
+    model: str = setting("", "extra models, 'name=architecture:path:resolution', several separated by ';' "
+                             "(architectures: dcgan, pggan, stylegan, stylegan2)")
+    models_json: str = setting("", "JSON file of extra models: [{name, architecture, weights, resolution, "
+                                   "version?, description?, options?}]")
+    preload: str = setting("", "models to load at start besides the default, comma separated, or 'all'; "
+                               "others load on first use")
+    device: str = setting("auto", "auto (cuda:0 if present, else cpu), cpu, cuda, cuda:N")
+    precision: str = setting("auto", "auto (float16 on CUDA, float32 on CPU), float32 or float16")
+    backend: str = setting("torch", "torch or onnxruntime (the synthesis network exported to ONNX)")
+    torch_threads: int = setting(1, "torch intra-op threads; 1 leaves the other core of a 2-core machine to "
+                                    "gRPC and clients (0 = torch default)")
+    cuda_graphs: str = setting("", "CUDA only: batch sizes to capture as CUDA graphs, e.g. '1,2,4,8'")
+    batching: bool = setting(True, "dynamic batching; --no-batching runs each code alone (max_batch_size 1)")
+    max_batch_size: int = setting(64, "most codes run in one batch")
+    max_queue_delay_microseconds: int = setting(2000, "longest wait for company under load (never when idle)")
+    max_queue_size: int = setting(512, "requests that may wait; more get RESOURCE_EXHAUSTED with a retry hint")
+    preferred_batch_sizes: str = setting("", "optional batch sizes to form when possible, comma separated")
+    default_timeout_microseconds: int = setting(0, "deadline of requests that carry none (0 = none)")
+    instances: int = setting(1, "batches that may run at once per model (worker threads)")
+    max_request_codes: int = setting(4096, "most codes one SampleLatents or Synthesize request may carry")
+
     service_name = "generator"
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(sorted({int(s) for s in text.replace(" ", "").split(",") if s}))
+
+
+class _Entry:
+    """A registry model, its loaded GeneratorModel and batcher, or why it failed to load."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model: GeneratorModel | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.error = ""
+        self.lock = asyncio.Lock()
+        self.shapes: dict[str, tuple[int, ...]] | None = None
+        self.truncation = (1.0, 0)
+
+
 class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
-    """Skeleton: RPCs answer UNIMPLEMENTED until the service's issue lands."""
+    """GeneratorService: ListModels, GetModelInfo, SampleLatents, Synthesize (streamed, batched)."""
 
     service_names = ("interfacegan.v1.GeneratorService",)
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.registry = Registry()
+        if settings.models_json:
+            self.registry.register_json(settings.models_json)
+        for flag in filter(None, (f.strip() for f in settings.model.split(";"))):
+            self.registry.register_flag(flag)
+        self.registry.get(settings.default_model)  # an unknown default fails at start, loudly
+        self.entries = {spec.name: _Entry(spec) for spec in self.registry.specs()}
+        self.device = backends.resolve_device(settings.device)
+        self.dtype = backends.resolve_dtype(settings.precision, self.device)
+        if settings.backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend {settings.backend!r}: accepted torch, onnxruntime")
+        self.batching = BatchingConfig(
+            max_batch_size=settings.max_batch_size if settings.batching else 1,
+            max_queue_delay_microseconds=settings.max_queue_delay_microseconds if settings.batching else 0,
+            max_queue_size=settings.max_queue_size,
+            preferred_batch_sizes=_sizes(settings.preferred_batch_sizes) if settings.batching else (),
+            default_timeout_microseconds=settings.default_timeout_microseconds,
+            instances=settings.instances)
+        # Message budget for streamed responses: stay well under the send limit.
+        self.response_bytes = max(1 << 20, settings.max_message_bytes // 2)
 
     def register(self, server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(self, server)
 
     async def load(self) -> None:
-        pass
+        threads = backends.configure_threads(self.settings.torch_threads, 1)
+        log.info("torch settings", extra={"threads": threads[0], "interop_threads": threads[1],
+                                          "device": str(self.device), "dtype": str(self.dtype)})
+        names = [self.settings.default_model]
+        if self.settings.preload == "all":
+            names += self.registry.names()
+        else:
+            names += [n.strip() for n in self.settings.preload.split(",") if n.strip()]
+        for name in dict.fromkeys(names):
+            if name not in self.entries:
+                raise ValueError(f"--preload names unknown model {name!r}; known: {', '.join(self.entries)}")
+            entry = await self._ensure_loaded(self.entries[name])
+            if entry.model is None and name == self.settings.default_model:
+                raise RuntimeError(f"default model {name} failed to load: {entry.error}")
 
     async def close(self) -> None:
-        pass
+        for entry in self.entries.values():
+            if entry.batcher is not None:
+                await entry.batcher.close()
+
+    # --- models ------------------------------------------------------------------------------------
+    def _load_sync(self, spec: ModelSpec) -> GeneratorModel:
+        model = self.registry.load(spec.name, self.device, dtype=self.dtype, models_dir=self.settings.models_dir)
+        if self.settings.backend == "onnxruntime":
+            backends.attach_onnx(model, max(1, self.settings.torch_threads))
+        elif self.settings.cuda_graphs:
+            backends.attach_cuda_graphs(model, _sizes(self.settings.cuda_graphs))
+        with torch.inference_mode():  # warm up: first-call allocations stay out of request latencies
+            model.synthesize(model.sample(2, 0, "z"), "z", output="uint8")
+        return model
+
+    async def _ensure_loaded(self, entry: _Entry) -> _Entry:
+        if entry.model is not None:
+            return entry
+        async with entry.lock:
+            if entry.model is None:
+                try:
+                    model = await asyncio.to_thread(self._load_sync, entry.spec)
+                except Exception as e:  # noqa: BLE001 - reported per model, the server keeps serving others
+                    entry.error = f"{type(e).__name__}: {e}"
+                    log.error("model failed to load", extra={"model": entry.spec.name, "error": entry.error})
+                    return entry
+                batcher = DynamicBatcher(self._runner(model), self.batching, service="generator",
+                                         queue=entry.spec.name)
+                await batcher.start()
+                entry.model, entry.batcher, entry.error = model, batcher, ""
+                log.info("model loaded", extra={"model": entry.spec.name, "device": str(model.device),
+                                                "precision": model.precision, "backend": model.backend})
+        return entry
+
+    async def _model(self, ref: common_pb2.ModelRef) -> _Entry:
+        name = ref.name or self.settings.default_model
+        entry = self.entries.get(name)
+        if entry is None:
+            raise not_found(f"model {name!r} is not in the registry; known: {', '.join(sorted(self.entries))}")
+        if ref.version and ref.version != entry.spec.version:
+            raise not_found(f"model {name!r} has no version {ref.version!r}; available: {entry.spec.version!r}")
+        await self._ensure_loaded(entry)
+        if entry.model is None:
+            raise failed_precondition(f"model {name!r} could not be loaded: {entry.error}")
+        return entry
+
+    def _describe(self, entry: _Entry) -> generator_pb2.ModelInfo:
+        spec, model = entry.spec, entry.model
+        if model is not None:
+            shapes = model.latent_shapes
+            truncation = (model.default_truncation_psi, model.default_truncation_layers)
+            arch, resolution = model.architecture, model.resolution
+        else:
+            if entry.shapes is None:
+                try:  # shapes without weights or memory: build on the meta device
+                    with torch.device("meta"):
+                        net = build_net(spec.architecture, spec.resolution, **spec.kwargs)
+                    entry.shapes = dict(net.latent_shapes)
+                    entry.truncation = (net.default_truncation_psi, net.default_truncation_layers)
+                except Exception as e:  # noqa: BLE001
+                    entry.shapes, entry.error = {}, entry.error or f"{type(e).__name__}: {e}"
+            shapes, truncation = entry.shapes, entry.truncation
+            arch, resolution = spec.architecture, spec.resolution
+        precision = model.precision if model else ("float16" if self.dtype == torch.float16 else "float32")
+        return generator_pb2.ModelInfo(
+            name=spec.name, version=spec.version, architecture=arch, resolution=resolution,
+            latent_spaces=[generator_pb2.LatentSpaceInfo(space=PROTO_OF_SPACE[s], shape=list(v))
+                           for s, v in shapes.items()],
+            device=str(model.device if model else self.device), backend=model.backend if model else self.settings.backend,
+            precision=precision, max_batch_size=self.batching.max_batch_size,
+            max_request_codes=self.settings.max_request_codes, loaded=model is not None,
+            description=spec.description, default_truncation_psi=truncation[0],
+            default_truncation_layers=truncation[1], load_error=entry.error,
+            max_queue_delay_microseconds=self.batching.max_queue_delay_microseconds,
+            max_queue_size=self.batching.max_queue_size)
+
+    # --- batch execution (worker thread) -----------------------------------------------------------
+    def _runner(self, model: GeneratorModel):
+        def run_batch(items: list, key: Hashable) -> list:
+            space, psi, layers = key
+            codes = np.stack([code for code, _ in items])
+            pixels = model.synthesize(codes, space, truncation_psi=psi, truncation_layers=layers,
+                                      output="uint8").numpy()
+            # Encoding here keeps PNG/JPEG compression off the event loop.
+            return [images.encode(pixels[i], fmt) for i, (_, fmt) in enumerate(items)]
+        return run_batch
+
+    # --- RPCs --------------------------------------------------------------------------------------
+    async def ListModels(self, request, context):
+        return generator_pb2.ListModelsResponse(models=[self._describe(e) for e in self.entries.values()])
+
+    async def GetModelInfo(self, request, context):
+        name = request.model.name or self.settings.default_model
+        entry = self.entries.get(name)
+        if entry is None:
+            raise not_found(f"model {name!r} is not in the registry; known: {', '.join(sorted(self.entries))}")
+        if request.model.version and request.model.version != entry.spec.version:
+            raise not_found(f"model {name!r} has no version {request.model.version!r}; "
+                            f"available: {entry.spec.version!r}")
+        return self._describe(entry)
+
+    def _space(self, value: int, model: GeneratorModel, field: str) -> str:
+        accepted = ", ".join(f"{tensors.space_name(PROTO_OF_SPACE[s])} {list(v)}" for s, v in model.latent_shapes.items())
+        if value not in SPACE_OF_PROTO:
+            raise invalid_argument(field, f"{value} is not a latent space; accepted for {model.name}: {accepted}")
+        space = SPACE_OF_PROTO[value]
+        if space not in model.latent_shapes:
+            raise invalid_argument(field, f"space {tensors.space_name(value)} is not supported by {model.name} "
+                                          f"({model.architecture}); accepted: {accepted}")
+        return space
+
+    @staticmethod
+    def _truncation(psi: float, layers: int, model: GeneratorModel) -> tuple[float | None, int | None]:
+        if not math.isfinite(psi) or psi < 0 or psi > 1:
+            raise invalid_argument("truncation_psi", f"{psi} is outside (0, 1]; 0 selects the model default "
+                                                     f"({model.default_truncation_psi}), 1 means no truncation")
+        if "wp" in model.latent_shapes:
+            total = model.latent_shapes["wp"][0]
+            if layers > total:
+                raise invalid_argument("truncation_layers", f"{layers} exceeds the {total} W+ layers of {model.name}; "
+                                                            f"accepted 0 (model default) .. {total}")
+        return (psi or None), (layers or None)
+
+    async def SampleLatents(self, request, context):
+        entry = await self._model(request.model)
+        model = entry.model
+        if request.space == common_pb2.LATENT_SPACE_UNSPECIFIED:
+            raise invalid_argument("space", "required; accepted: " + ", ".join(
+                tensors.space_name(PROTO_OF_SPACE[s]) for s in model.latent_shapes))
+        space = self._space(request.space, model, "space")
+        limit = self.settings.max_request_codes
+        if not 1 <= request.count <= limit:
+            raise invalid_argument("count", f"{request.count} codes requested; accepted 1 .. {limit}")
+        per_code = int(np.prod(model.latent_shapes[space])) * 4
+        fit = max(1, (self.settings.max_message_bytes - 4096) // per_code)
+        if request.count > fit:
+            raise invalid_argument("count", f"{request.count} {tensors.space_name(request.space)} codes "
+                                            f"({per_code} bytes each) exceed the {self.settings.max_message_mb} MiB "
+                                            f"message limit; ask at most {fit} per request")
+        psi, layers = self._truncation(request.truncation_psi, request.truncation_layers, model)
+        if space == "z":
+            codes = model.sample(request.count, request.seed, space)
+        else:  # the mapping network runs off the event loop
+            codes = await asyncio.to_thread(model.sample, request.count, request.seed, space, psi, layers)
+        return generator_pb2.SampleLatentsResponse(codes=tensors.latents_from_numpy(request.space, codes))
+
+    async def Synthesize(self, request, context):
+        entry = await self._model(request.model)
+        model, batcher = entry.model, entry.batcher
+        expected = {PROTO_OF_SPACE[s]: v for s, v in model.latent_shapes.items()}
+        if request.codes.space != common_pb2.LATENT_SPACE_UNSPECIFIED:
+            self._space(request.codes.space, model, "codes.space")
+        proto_space, codes = tensors.latents_to_numpy(request.codes, "codes", expected=expected,
+                                                      max_codes=self.settings.max_request_codes)
+        space = SPACE_OF_PROTO[proto_space]
+        if request.format not in FORMATS:
+            raise invalid_argument("format", f"{request.format} is not an ImageFormat; accepted: PNG, JPEG, RAW")
+        fmt = FORMATS[request.format]
+        psi, layers = (None, None)
+        if space == "z" and "w" in model.latent_shapes:
+            psi, layers = self._truncation(request.truncation_psi, request.truncation_layers, model)
+        elif not math.isfinite(request.truncation_psi) or not 0 <= request.truncation_psi <= 1:
+            raise invalid_argument("truncation_psi", f"{request.truncation_psi} is outside (0, 1]")
+        items = [(codes[i], fmt) for i in range(codes.shape[0])]
+        timeout = context.time_remaining()
+        async with contextlib.aclosing(batcher.stream(items, key=(space, psi, layers), timeout=timeout)) as chunks:
+            async for offset, encoded in chunks:
+                for start, part in self._split(encoded):
+                    yield generator_pb2.SynthesizeResponse(offset=offset + start, images=part)
+
+    def _split(self, encoded: list[common_pb2.Image]):
+        """Groups images into responses under the message budget, keeping their order."""
+        start, size, part = 0, 0, []
+        for i, image in enumerate(encoded):
+            n = image.ByteSize()
+            if part and size + n > self.response_bytes:
+                yield start, part
+                start, size, part = i, 0, []
+            part.append(image)
+            size += n
+        if part:
+            yield start, part

@@ -292,20 +292,24 @@ class GeneratorModel:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     # --- synthesis ---------------------------------------------------------------------------------
-    def synthesis_input(self, codes: torch.Tensor, space: str = "z", truncation_psi: float | None = None
-                        ) -> torch.Tensor:
+    def synthesis_input(self, codes: torch.Tensor, space: str = "z", truncation_psi: float | None = None,
+                        truncation_layers: int | None = None) -> torch.Tensor:
         codes = codes.to(self.device, self.dtype)
         psi = None if not truncation_psi else float(truncation_psi)
-        return self.net.synthesis_input(codes, parse_space(space), psi)
+        layers = None if not truncation_layers else int(truncation_layers)
+        return self.net.synthesis_input(codes, parse_space(space), psi, layers)
 
     def synthesize(self, codes: np.ndarray | torch.Tensor, space: str = "z", *,
-                   truncation_psi: float | None = None, output: str = "float") -> torch.Tensor:
+                   truncation_psi: float | None = None, truncation_layers: int | None = None,
+                   output: str = "float") -> torch.Tensor:
         """Runs the generator on a batch of codes.
 
         Args:
             codes: (N, d) or (N, L, d) codes of `space`.
             space: "z", "w" or "wp" (W+).
             truncation_psi: For Z input of style-based models; None or 0 = model default, 1 = none.
+            truncation_layers: For Z input of style-based models: leading W+ layers truncated (None or
+                0 = model default).
             output: "float" -> (N, 3, H, W) float tensor in about [-1, 1] on the model's device
                 (differentiable unless called under no_grad); "uint8" -> (N, H, W, 3) uint8 CPU tensor.
         """
@@ -315,12 +319,12 @@ class GeneratorModel:
         self.check_codes(codes, space)
         if output == "uint8":
             with torch.inference_mode():
-                x = self.synthesis_input(codes, space, truncation_psi)
+                x = self.synthesis_input(codes, space, truncation_psi, truncation_layers)
                 images = self._synthesis_fn(x) if self._synthesis_fn else self.net.render(x)
                 return to_uint8(images).cpu()
         if output != "float":
             raise ValueError(f"output {output!r}: accepted 'float' or 'uint8'")
-        return self.net.render(self.synthesis_input(codes, space, truncation_psi)).float()
+        return self.net.render(self.synthesis_input(codes, space, truncation_psi, truncation_layers)).float()
 
     def __repr__(self) -> str:
         return (f"GeneratorModel({self.name!r}, {self.architecture}, {self.resolution}px, "

@@ -33,11 +33,11 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
     if p0 < 0 or p1 < 0:
         x = x[:, :, max(-p0, 0): x.shape[2] - max(-p1, 0), max(-p0, 0): x.shape[3] - max(-p1, 0)]
     kh, kw = kernel.shape
-    weight = torch.flip(kernel, [0, 1]).to(x).view(1, 1, kh, kw).expand(c, 1, kh, kw)
-    x = F.conv2d(x, weight, groups=c)
-    if down > 1:
-        x = x[:, :, ::down, ::down]
-    return x
+    weight = torch.flip(kernel, [0, 1]).to(x).view(1, 1, kh, kw)
+    # Channels folded into the batch: one static (1, 1, kh, kw) kernel (exportable to ONNX with any C).
+    hp, wp = x.shape[2], x.shape[3]
+    x = F.conv2d(x.reshape(n * c, 1, hp, wp), weight, stride=down)
+    return x.reshape(n, c, x.shape[2], x.shape[3])
 
 
 def fir_kernel(taps: list[float] | tuple[float, ...], gain: float = 1.0) -> torch.Tensor:

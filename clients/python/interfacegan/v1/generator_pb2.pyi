@@ -32,7 +32,7 @@ class LatentSpaceInfo(_message.Message):
     def __init__(self, space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "resolution", "latent_spaces", "device", "backend", "precision", "max_batch_size", "max_request_codes", "loaded", "description", "default_truncation_psi")
+    __slots__ = ("name", "version", "architecture", "resolution", "latent_spaces", "device", "backend", "precision", "max_batch_size", "max_request_codes", "loaded", "description", "default_truncation_psi", "default_truncation_layers", "load_error", "max_queue_delay_microseconds", "max_queue_size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,10 @@ class ModelInfo(_message.Message):
     LOADED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TRUNCATION_PSI_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TRUNCATION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -59,7 +63,11 @@ class ModelInfo(_message.Message):
     loaded: bool
     description: str
     default_truncation_psi: float
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., resolution: _Optional[int] = ..., latent_spaces: _Optional[_Iterable[_Union[LatentSpaceInfo, _Mapping]]] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_request_codes: _Optional[int] = ..., loaded: _Optional[bool] = ..., description: _Optional[str] = ..., default_truncation_psi: _Optional[float] = ...) -> None: ...
+    default_truncation_layers: int
+    load_error: str
+    max_queue_delay_microseconds: int
+    max_queue_size: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., resolution: _Optional[int] = ..., latent_spaces: _Optional[_Iterable[_Union[LatentSpaceInfo, _Mapping]]] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_request_codes: _Optional[int] = ..., loaded: _Optional[bool] = ..., description: _Optional[str] = ..., default_truncation_psi: _Optional[float] = ..., default_truncation_layers: _Optional[int] = ..., load_error: _Optional[str] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ...) -> None: ...
 
 class SampleLatentsRequest(_message.Message):
     __slots__ = ("request_id", "model", "space", "count", "seed", "truncation_psi", "truncation_layers")
@@ -86,18 +94,20 @@ class SampleLatentsResponse(_message.Message):
     def __init__(self, codes: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("request_id", "model", "codes", "format", "truncation_psi")
+    __slots__ = ("request_id", "model", "codes", "format", "truncation_psi", "truncation_layers")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_PSI_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_LAYERS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     codes: _common_pb2.LatentBatch
     format: _common_pb2.ImageFormat
     truncation_psi: float
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., codes: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., truncation_psi: _Optional[float] = ...) -> None: ...
+    truncation_layers: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., codes: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., truncation_psi: _Optional[float] = ..., truncation_layers: _Optional[int] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("offset", "images")
