@@ -156,6 +156,24 @@ class FaceMesh:
         logit = np.concatenate(logits)[:, 0].astype(np.float64)
         return np.exp(-np.logaddexp(0.0, -logit)), np.concatenate(points).reshape(-1, 468, 3)
 
+    def upright(self, crops: Sequence[np.ndarray], points: np.ndarray) -> dict[str, np.ndarray]:
+        """Pose and mouth scores from a second pass on crops rotated upright, as MediaPipe runs the mesh.
+
+        The mesh expects a face whose eyes are level (MediaPipe rotates its region of interest by the roll of
+        the detection); on a tilted face one pass sees only part of the roll (15 degrees read as about 10).
+        The first pass's roll levels the crop; the second pass measures the rest and everything else.
+        """
+        first = self.attributes(points)["roll"]
+        first = np.where(np.isfinite(first), first, 0.0)
+        c = (MESH_SIZE - 1) / 2
+        level = np.stack([cv2.warpAffine(crop, cv2.getRotationMatrix2D((c, c), float(r), 1.0), (MESH_SIZE, MESH_SIZE),
+                                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                          for crop, r in zip(crops, first)])
+        _, again = self.run(level)
+        out = self.attributes(again)
+        out["roll"] = (out["roll"] + first + 180) % 360 - 180
+        return out
+
     @staticmethod
     def attributes(p: np.ndarray) -> dict[str, np.ndarray]:
         """Pose and mouth scores of (N, 468, 3) landmarks (any uniform scale)."""
@@ -398,7 +416,7 @@ class Engine:
         for group in sorted(frozenset().union(*groups)):
             rows = np.array([i for i in range(n) if group in groups[i]])
             if group == MESH_GROUP:
-                found = FaceMesh.attributes(points[rows])
+                found = self.mesh.upright([prepared[i][("mesh",)] for i in rows], points[rows])
             else:
                 model = self.models[group]
                 found = model.scores(np.stack([prepared[i][model.manifest.input.chip_key] for i in rows]))
