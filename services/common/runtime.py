@@ -247,9 +247,11 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
             await result
     await stop.wait()
 
-    log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+    log.info("shutting down", extra={"grace_seconds": settings.grace_seconds, "drain_seconds": settings.drain_seconds})
     await health.enter_graceful_shutdown()
     loader.cancel()
+    if settings.drain_seconds > 0:
+        await asyncio.sleep(settings.drain_seconds)
     await server.stop(settings.grace_seconds)
     await service.close()
     log.info("stopped")

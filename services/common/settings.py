@@ -29,6 +29,8 @@ class ServerSettings:
     max_message_mb: int = setting(16, "largest gRPC message accepted or sent, MiB")
     max_concurrent_rpcs: int = setting(256, "RPCs handled at once; more are refused with RESOURCE_EXHAUSTED")
     grace_seconds: float = setting(10.0, "on SIGTERM/SIGINT: seconds in-flight calls get to finish")
+    drain_seconds: float = setting(1.0, "on SIGTERM/SIGINT: seconds health says NOT_SERVING while calls are "
+                                        "still accepted, so load balancers move away before the port closes")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("json", "json (one object per line) or text")
     models_dir: str = dataclasses.field(default_factory=default_models_dir, metadata={"help": "model cache folder"})
