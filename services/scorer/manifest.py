@@ -304,7 +304,9 @@ def _runtime(d: Any, where: str) -> RuntimeSpec:
         raise ManifestError(f"{where}: providers: {providers!r}; give a list such as {list(DEFAULT_PROVIDERS)}")
     level = d.get("graph_optimization_level", "all")
     level = OPT_LEVELS.get(level, level)
-    _choice(level, tuple(OPT_LEVELS.values()), f"{where}: graph_optimization_level")
+    if level not in OPT_LEVELS.values():
+        raise ManifestError(f"{where}: graph_optimization_level: {level!r}; accepted: {', '.join(OPT_LEVELS)} "
+                            f"(or {', '.join(OPT_LEVELS.values())})")
     return RuntimeSpec(providers=tuple(providers), graph_optimization_level=level,
                        intra_op_num_threads=_integer(d.get("intra_op_num_threads", 0), f"{where}: intra_op_num_threads", 0, 256),
                        inter_op_num_threads=_integer(d.get("inter_op_num_threads", 0), f"{where}: inter_op_num_threads", 0, 256),
