@@ -1,0 +1,244 @@
+"""deploy/k8s: every kustomization renders with `kubectl kustomize` and passes kubernetes-validate --strict."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import subprocess
+import sys
+from urllib.parse import urlparse
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.cluster import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES
+from services.common import metrics
+
+OVERLAYS = ("overlays/cpu", "overlays/gpu")
+EXAMPLES = ("examples/external-redis", "examples/keda")
+QUEUE_METRIC = metrics.QUEUE_DEPTH._name  # the gauge the services export: ifgan_batch_queue_depth
+
+
+def by(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def only_container(docs, name):
+    (c,) = by(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_every_kustomization_is_tested(support):
+    assert set(support.REQUIRED_KUSTOMIZATIONS) <= set(support.kustomization_dirs())
+
+
+def test_renders_and_passes_strict_validation(support, kustomization):
+    docs = support.render(kustomization)
+    assert docs, f"{kustomization} renders nothing"
+    for doc in docs:
+        name = f"{kustomization}: {doc['kind']}/{doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) in support.CUSTOM_KINDS:
+            assert not support.check_custom_resource(doc, docs), name
+            continue
+        for version in support.K8S_VERSIONS:
+            try:
+                support.validate(doc, version)
+            except Exception as e:  # noqa: BLE001 - re-raised with the document named
+                pytest.fail(f"{name} is invalid for Kubernetes {version}: {e}")
+
+
+def test_kubernetes_validate_command_line_accepts_an_overlay(support, tmp_path):
+    """The command deploy/README.md shows, on a rendered overlay, exits 0."""
+    out = tmp_path / "gpu.yaml"
+    out.write_text(subprocess.run([support.kubectl(), "kustomize", str(support.K8S / "overlays/gpu")],
+                                  capture_output=True, text=True, check=True).stdout)
+    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet",
+                             "-k", support.K8S_VERSIONS[-1], str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mutate, error", [
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].update(grpcc={"port": 1}),
+     "'grpcc' was unexpected"),
+    (lambda d: d["spec"].update(replicas="two"), "'two' is not of type"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"].update(port="grpc"),
+     "'grpc' is not of type 'integer'"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"), "'name' is a required property"),
+], ids=["unknown-field", "wrong-type", "named-grpc-port", "missing-required"])
+def test_a_broken_manifest_fails_validation(support, mutate, error):
+    deployment = copy.deepcopy(by(support.render("overlays/gpu"), "Deployment", "generator"))
+    support.validate(deployment, support.K8S_VERSIONS[0])  # valid as rendered
+    mutate(deployment)
+    for version in support.K8S_VERSIONS:
+        with pytest.raises(kubernetes_validate.ValidationError, match=error):
+            support.validate(deployment, version)
+
+
+def test_a_typo_in_an_overlay_fails_through_the_whole_pipeline(support, tmp_path):
+    """kustomize renders a misspelt field without complaint; the strict validation step catches it."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(support.K8S / "overlays/cpu", tmp_path)],  # kustomize wants it relative
+        "patches": [{"patch": yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "generator"},
+            "spec": {"template": {"spec": {"containers": [{"name": "generator", "resource": {"limits": {}}}]}}}})}],
+    }))
+    deployment = by(support.render(tmp_path), "Deployment", "generator")
+    with pytest.raises(kubernetes_validate.ValidationError, match="'resource' was unexpected"):
+        support.validate(deployment, support.K8S_VERSIONS[-1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + EXAMPLES)
+def test_settings_in_manifests_are_settings_of_the_services(support, overlay):
+    """Every IFGAN_* variable or flag a pod gets is a real setting of the service it runs."""
+    docs = support.render(overlay)
+    seen = set()
+    for workload in support.workloads(docs):
+        for c in support.containers(workload):
+            if not c.get("args") or c["args"][0] not in SERVICES:
+                continue
+            service = c["args"][0]
+            seen.add(service)
+            used = set(support.container_env(c, docs)) | {a for a in c["args"][1:] if a.startswith("--")}
+            bad = support.unknown_settings(service, used)
+            assert not bad, (f"{overlay}: {workload['metadata']['name']} passes {sorted(bad)}, which "
+                             f"`python -m services.{service} --help` does not list")
+    assert seen == set(SERVICES)
+
+
+def test_unknown_settings_are_caught(support):
+    assert support.unknown_settings("generator", {"IFGAN_PORT", "--metrics-port", "--no-log-format"}) == set()
+    assert support.unknown_settings("generator", {"IFGAN_PROT", "--metric-port"}) == {"IFGAN_PROT", "--metric-port"}
+    # A setting one service has is still refused for a service that lacks it.
+    assert support.unknown_settings("generator", {"IFGAN_INVERSION_ADDRESS"}) == {"IFGAN_INVERSION_ADDRESS"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ports_probes_and_services_line_up(support, overlay):
+    docs = support.render(overlay)
+    for name in SERVICES:
+        deployment = by(docs, "Deployment", name)
+        c = only_container(docs, name)
+        env = support.container_env(c, docs)
+        port, metrics_port = DEFAULT_PORTS[name], DEFAULT_METRICS_PORTS[name]
+        assert c["args"][0] == name
+        assert (env["IFGAN_PORT"], env["IFGAN_METRICS_PORT"], env["IFGAN_HOST"]) == (str(port), str(metrics_port),
+                                                                                      "0.0.0.0")
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": port, "metrics": metrics_port}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == port, f"{name} {probe} is not a native gRPC probe on {port}"
+        pod_meta = deployment["spec"]["template"]["metadata"]
+        assert pod_meta["annotations"]["prometheus.io/port"] == str(metrics_port)
+        service = by(docs, "Service", name)
+        assert service["spec"]["ports"][0]["port"] == port
+        assert service["spec"]["selector"].items() <= pod_meta["labels"].items()
+        pdb = by(docs, "PodDisruptionBudget", name)
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_meta["labels"].items()
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+        assert c["resources"]["limits"]["memory"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+        assert c["securityContext"]["readOnlyRootFilesystem"] and not c["securityContext"]["allowPrivilegeEscalation"]
+        assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), "the port file needs a writable /tmp"
+        assert ":" in c["image"] and not c["image"].startswith("ifgan-"), f"{name}: image {c['image']} unresolved"
+    # Callers reach the pool and the scorer through headless Services (client-side round robin).
+    for name in ("generator", "scorer"):
+        assert by(docs, "Service", name)["spec"]["clusterIP"] == "None"
+    for name in ("editor", "boundary"):
+        env = support.container_env(only_container(docs, name), docs)
+        assert env["IFGAN_GENERATOR_ADDRESS"] == f"dns:///generator:{DEFAULT_PORTS['generator']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_generator_pool_scales_on_queue_depth_not_cpu(support, overlay):
+    docs = support.render(overlay)
+    hpa = by(docs, "HorizontalPodAutoscaler", "generator")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "generator"}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == QUEUE_METRIC
+    assert metric["pods"]["target"]["type"] == "AverageValue"
+    # The Deployment leaves the count to the HPA; kubectl apply would otherwise reset it.
+    assert "replicas" not in by(docs, "Deployment", "generator")["spec"]
+    # Target: half a batch queued per pod.
+    env = support.container_env(only_container(docs, "generator"), docs)
+    assert int(metric["pods"]["target"]["averageValue"]) * 2 == int(env["IFGAN_MAX_BATCH_SIZE"])
+
+
+def test_prometheus_adapter_rule_serves_the_hpa_metric(support):
+    (config,) = support.render("monitoring")
+    rules = yaml.safe_load(config["data"]["config.yaml"])["rules"]
+    (rule,) = [r for r in rules if r["name"]["as"] == QUEUE_METRIC]
+    assert rule["seriesQuery"].startswith(QUEUE_METRIC + "{")
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    helm = yaml.safe_load((support.K8S / "monitoring/prometheus-adapter-values.yaml").read_text())
+    assert helm["rules"]["custom"] == rules  # the Helm values carry the same rule
+
+
+def test_keda_variant_replaces_the_hpa(support):
+    docs = support.render("examples/keda")
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    (trigger,) = by(docs, "ScaledObject", "generator")["spec"]["triggers"]
+    assert QUEUE_METRIC in trigger["metadata"]["query"] and 'service="generator"' in trigger["metadata"]["query"]
+    podmonitor = yaml.safe_load((support.K8S / "monitoring/podmonitor.yaml").read_text())
+    assert not support.check_custom_resource(podmonitor, docs)
+    broken = copy.deepcopy(by(docs, "ScaledObject", "generator"))
+    broken["spec"]["maxReplicas"] = 8
+    broken["spec"]["scaleTargetRef"]["name"] = "generatr"
+    assert len(support.check_custom_resource(broken, docs)) == 2
+
+
+def test_gpu_overlay_puts_generator_and_scorer_on_gpus(support):
+    gpu, cpu = support.render("overlays/gpu"), support.render("overlays/cpu")
+    for name in SERVICES:
+        c = only_container(gpu, name)
+        on_gpu = name in ("generator", "scorer")
+        assert (c["resources"]["limits"].get("nvidia.com/gpu") == 1) == on_gpu, name
+        assert c["image"].endswith("-cuda" if on_gpu else "-cpu"), (name, c["image"])
+    assert "nvidia.com/gpu" not in yaml.safe_dump_all(cpu)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + ("examples/keda",))
+def test_redis_is_a_statefulset_with_aof_on_a_volume(support, overlay):
+    docs = support.render(overlay)
+    redis = by(docs, "StatefulSet", "redis")
+    (c,) = support.containers(redis)
+    args = " ".join(c["args"])
+    assert "--appendonly yes" in args and "--appendfsync always" in args and "--dir /data" in args
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert c["volumeMounts"] == [{"name": claim["metadata"]["name"], "mountPath": "/data"}]
+    assert by(docs, "Service", "redis")["spec"]["clusterIP"] == "None"
+    assert by(docs, "PodDisruptionBudget", "redis")
+    env = support.container_env(only_container(docs, "boundary"), docs)
+    url = urlparse(env["IFGAN_REDIS_URL"])
+    assert (url.hostname, url.port) == ("redis", c["ports"][0]["containerPort"])
+
+
+def test_external_redis_example_has_no_redis_in_cluster(support):
+    docs = support.render("examples/external-redis")
+    assert not [d for d in docs if d["metadata"]["name"] == "redis"]
+    env = support.container_env(only_container(docs, "boundary"), docs)
+    assert urlparse(env["IFGAN_REDIS_URL"]).hostname not in ("redis", None)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + EXAMPLES)
+def test_settings_and_token_come_from_configmaps_and_the_secret(support, overlay):
+    docs = support.render(overlay)
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("ifgan-auth-")
+    # The shipped token is the placeholder the entry point refuses: no pod runs until it is replaced.
+    assert base64.b64decode(secret["data"]["IFGAN_AUTH_TOKEN"]).decode() == support.placeholder_token()
+    for name in SERVICES:
+        c = only_container(docs, name)
+        assert [s["configMapRef"]["name"].rsplit("-", 1)[0] for s in c["envFrom"]] == ["ifgan-common",
+                                                                                      f"ifgan-{name}"]
+        (token,) = [e for e in c["env"] if e["name"] == "IFGAN_AUTH_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "IFGAN_AUTH_TOKEN"}
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "interfacegan", doc["metadata"]["name"]
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "interfacegan", doc["metadata"]["name"]
