@@ -79,9 +79,8 @@ class GeneratorNet(nn.Module):
         if psi == 1.0 or layers <= 0:
             return wp
         avg = self.w_avg().to(wp).view(1, 1, -1)
-        coefs = torch.ones(1, num_layers, 1, dtype=wp.dtype, device=wp.device)
-        coefs[:, :layers] = psi
-        return avg + (wp - avg) * coefs
+        head = avg + (wp[:, :layers] - avg) * psi
+        return torch.cat([head, wp[:, layers:]], dim=1) if layers < num_layers else head
 
     def normalize_z(self, z: torch.Tensor) -> torch.Tensor:
         return z
@@ -315,7 +314,8 @@ class GeneratorModel:
         """
         space = parse_space(space)
         if isinstance(codes, np.ndarray):
-            codes = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+            codes = np.ascontiguousarray(codes, dtype=np.float32)
+            codes = torch.from_numpy(codes if codes.flags.writeable else codes.copy())
         self.check_codes(codes, space)
         if output == "uint8":
             with torch.inference_mode():

@@ -48,8 +48,9 @@ def fir_kernel(taps: list[float] | tuple[float, ...], gain: float = 1.0) -> torc
 
 
 def fused_upconv_kernel(weight_hwio: torch.Tensor) -> torch.Tensor:
-    """3x3 (kh, kw, in, out) kernel -> the 4x4 (in, out, 4, 4) transposed-conv kernel that equals
-    nearest 2x upsampling followed by the 3x3 conv (TF progressive GAN's "fused scale")."""
+    """3x3 (kh, kw, in, out) kernel -> the 4x4 (in, out, 4, 4) kernel of TF progressive GAN's "fused scale"
+    stride-2 transposed conv. It equals nearest 2x upsampling followed by a 3x3 conv with the spatially
+    flipped kernel (the transposed-conv orientation of the stored weights)."""
     k = F.pad(weight_hwio, (0, 0, 0, 0, 1, 1, 1, 1))
     k = k[1:, 1:] + k[:-1, 1:] + k[1:, :-1] + k[:-1, :-1]
     return k.permute(2, 3, 0, 1)

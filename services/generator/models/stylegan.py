@@ -180,7 +180,7 @@ class Synthesis(nn.Module):
             res = 2 ** (b + 1)
             cin, cout = widths[b - 1], widths[b]
             if b == 1:
-                self.add_module("layer0", FirstBlock(cin, w_dim))
+                self.add_module("layer0", FirstBlock(cout, w_dim))
             else:
                 fused = res >= FUSED_SCALE_MIN_RES if fused_scale == "auto" else bool(fused_scale)
                 self.add_module(f"layer{2 * b - 2}", ConvBlock(cin, cout, res, w_dim, upsample=True, fused=fused))
@@ -237,7 +237,7 @@ class StyleGANGenerator(GeneratorNet):
         self.default_truncation_layers = truncation_layers
         self.mapping = Mapping(w_dim, w_dim, mapping_layers)
         self.truncation = Truncation(w_dim)
-        self.synthesis = Synthesis(resolution, w_dim, [w_dim] + widths[1:], fused_scale)
+        self.synthesis = Synthesis(resolution, w_dim, widths, fused_scale)
 
     def config(self) -> dict[str, Any]:
         return {"resolution": self.resolution, "w_dim": self.w_dim, "mapping_layers": self.mapping_layers,
