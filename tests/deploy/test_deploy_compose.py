@@ -94,6 +94,8 @@ def test_services_are_wired_like_the_local_cluster(support):
         assert env["IFGAN_HOST"] == "0.0.0.0" and env["IFGAN_AUTH_TOKEN"] == TOKEN["IFGAN_AUTH_TOKEN"]
         assert service["healthcheck"]["test"] == ["CMD", "ifgan-healthprobe"]
         assert service["read_only"] and service["cap_drop"] == ["ALL"]
+        shutdown = float(env["IFGAN_DRAIN_SECONDS"]) + float(env["IFGAN_GRACE_SECONDS"])
+        assert service["stop_grace_period"] == "30s" and shutdown + 5 <= 30
         for dependency, condition in service.get("depends_on", {}).items():
             assert condition == {"condition": "service_healthy"}, (name, dependency)
             assert "healthcheck" in services[dependency], dependency

@@ -107,6 +107,26 @@ def test_every_copied_path_exists_and_is_in_the_build_context(support):
                 assert included(rel), f"{rel} is copied but excluded by Dockerfile.dockerignore"
 
 
+def test_the_models_stage_fetches_with_only_the_files_it_copies(support, tmp_path, models_dir):
+    """The `models` stage copies three modules of services/ and runs the assets command from them."""
+    parts = stages(dockerfile(support))
+    (copy,) = [rest for word, rest in parts["models"] if word == "COPY" and "services/common/" in rest]
+    *sources, target = copy.split()
+    assert target == "/fetch/services/common/"
+    package = tmp_path / "services"
+    (package / "common").mkdir(parents=True)
+    (package / "__init__.py").write_bytes((support.ROOT / "services/__init__.py").read_bytes())
+    for source in sources:
+        (package / "common" / Path(source).name).write_bytes((support.ROOT / source).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", "import runpy, services.common.assets as a; print(a.__file__); "
+                             "runpy.run_module('services.common.assets', run_name='__main__')", "verify",
+                             "--models-dir", str(models_dir)], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(str(tmp_path)), "imported the installed package instead"
+
+
 def probe(support, *args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(support.DOCKER / "healthprobe.py"), *args], capture_output=True,
                           text=True, timeout=30, env={**os.environ, **(env or {})})

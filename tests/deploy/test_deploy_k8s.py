@@ -141,6 +141,9 @@ def test_ports_probes_and_services_line_up(support, overlay):
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         assert c["resources"]["limits"]["memory"]
         pod = deployment["spec"]["template"]["spec"]
+        # Kubernetes kills the pod after terminationGracePeriodSeconds: drain and grace must fit in it.
+        shutdown = float(env["IFGAN_DRAIN_SECONDS"]) + float(env["IFGAN_GRACE_SECONDS"])
+        assert pod["terminationGracePeriodSeconds"] >= shutdown + 5
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
         assert c["securityContext"]["readOnlyRootFilesystem"] and not c["securityContext"]["allowPrivilegeEscalation"]
         assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), "the port file needs a writable /tmp"
