@@ -126,15 +126,53 @@ class FaceAligner:
                 for size, padding in specs]
 
 
-class FaceMesh:
-    """MediaPipe's face mesh (468 3-D landmarks + face presence) through OpenCV DNN; pose and smile from it."""
+def make_session(model: str | bytes, runtime: mf.RuntimeSpec, providers: Sequence[str] | None, label: str
+                 ) -> ort.InferenceSession:
+    """An ONNX Runtime session with the runtime settings of a manifest; `providers` overrides its list."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, runtime.graph_optimization_level)
+    opts.intra_op_num_threads = runtime.intra_op_num_threads
+    opts.inter_op_num_threads = runtime.inter_op_num_threads
+    opts.log_severity_level = 3
+    wanted = list(providers or runtime.providers)
+    available = ort.get_available_providers()
+    usable = [p for p in wanted if p in available and p not in _BROKEN_PROVIDERS] or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(model, opts, providers=usable)
+    used = session.get_providers()[0]
+    if used != wanted[0]:
+        # onnxruntime-gpu lists CUDA even where its libraries are missing; try (and log) that only once.
+        _BROKEN_PROVIDERS.update(usable[:usable.index(used)] if used in usable else ())
+        log.warning("model %s runs on %s, not the first requested provider %s", label, used, wanted[0])
+    return session
 
-    def __init__(self, path: Path, chunk: int = 16):
+
+class FaceMesh:
+    """MediaPipe's face mesh (468 3-D landmarks + face presence); pose and smile from it.
+
+    Two backends run the TFLite model: ONNX Runtime on a converted graph (tflite_onnx.py; batched, and on
+    CUDA where available) or OpenCV's DNN TFLite importer (faster than ONNX Runtime on CPU here). Backend
+    "auto" takes ONNX Runtime when it gets a GPU provider, else OpenCV.
+    """
+
+    BACKENDS = ("auto", "opencv", "onnxruntime")
+
+    def __init__(self, path: Path, backend: str = "auto", providers: Sequence[str] | None = None, chunk: int = 16):
+        if backend not in self.BACKENDS:
+            raise ValueError(f"mesh backend {backend!r}; accepted: {', '.join(self.BACKENDS)}")
         self.path = str(path)
-        self._local = threading.local()
-        self.outputs = self._net().getUnconnectedOutLayersNames()
         self.chunk = chunk
         self.source = f"{path.name} sha256:{mf.sha256_prefix(path)}"
+        self.session: ort.InferenceSession | None = None
+        if backend != "opencv":
+            from .tflite_onnx import convert
+
+            session = make_session(convert(path).SerializeToString(), mf.RuntimeSpec(), providers, "face mesh")
+            if backend == "onnxruntime" or session.get_providers()[0] != "CPUExecutionProvider":
+                self.session = session
+        self._local = threading.local()
+        if self.session is None:
+            self.outputs = self._net().getUnconnectedOutLayersNames()
+        self.provider = self.session.get_providers()[0] if self.session else "OpenCV-DNN:CPU"
 
     def _net(self) -> cv2.dnn.Net:
         """This thread's network: a cv2.dnn.Net must not run in two threads at once."""
@@ -145,14 +183,21 @@ class FaceMesh:
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 192, 192, 3) uint8 RGB -> (face-presence probability (N,), landmarks (N, 468, 3) in 192 px units)."""
-        net = self._net()
         logits, points = [], []
-        for start in range(0, len(batch), self.chunk):
-            blob = batch[start:start + self.chunk].astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
-            net.setInput(np.ascontiguousarray(blob))
-            out = dict(zip(self.outputs, net.forward(self.outputs)))
-            for v in out.values():
-                (logits if v.size == len(blob) else points).append(v.reshape(len(blob), -1))
+        if self.session is not None:
+            for start in range(0, len(batch), 64):
+                x = batch[start:start + 64].astype(np.float32) * np.float32(1 / 255)
+                lm, flag = self.session.run(["conv2d_21:out", "conv2d_31:out"], {"input": x})
+                points.append(lm)
+                logits.append(flag)
+        else:
+            net = self._net()
+            for start in range(0, len(batch), self.chunk):
+                blob = batch[start:start + self.chunk].astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
+                net.setInput(np.ascontiguousarray(blob))
+                out = dict(zip(self.outputs, net.forward(self.outputs)))
+                points.append(out["conv2d_21"].reshape(len(blob), -1))
+                logits.append(out["conv2d_31"].reshape(len(blob), -1))
         logit = np.concatenate(logits)[:, 0].astype(np.float64)
         return np.exp(-np.logaddexp(0.0, -logit)), np.concatenate(points).reshape(-1, 468, 3)
 
@@ -195,23 +240,11 @@ class OnnxModel:
 
     def __init__(self, m: ModelManifest, providers: Sequence[str] | None = None):
         self.manifest = m
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, m.runtime.graph_optimization_level)
-        opts.intra_op_num_threads = m.runtime.intra_op_num_threads
-        opts.inter_op_num_threads = m.runtime.inter_op_num_threads
-        opts.log_severity_level = 3
-        wanted = list(providers or m.runtime.providers)
-        available = ort.get_available_providers()
-        usable = [p for p in wanted if p in available and p not in _BROKEN_PROVIDERS] or ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(m.model_path), opts, providers=usable)
+            self.session = make_session(str(m.model_path), m.runtime, providers, m.group)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise mf.ManifestError(f"{m.origin}: model {m.model_path} cannot be loaded by ONNX Runtime: {e}") from None
         self.provider = self.session.get_providers()[0]
-        if self.provider != wanted[0]:
-            # onnxruntime-gpu lists CUDA even where its libraries are missing; try (and log) that only once.
-            _BROKEN_PROVIDERS.update(p for p in usable[:usable.index(self.provider)])
-            log.warning("model %s runs on %s, not the first requested provider %s", m.group, self.provider, wanted[0])
         self._check_io()
 
     def _check_io(self) -> None:
@@ -332,16 +365,19 @@ class Engine:
         providers: ONNX Runtime providers for every model, overriding the manifests' (None: as configured).
         face_threshold: face-presence probability from which an image counts as a face (0: every image).
         min_side: images whose face box (centred square) is smaller are upsampled before landmarks.
+        mesh_backend: auto, opencv or onnxruntime (see FaceMesh).
     """
 
     def __init__(self, models_dir: str | Path | None = None, plugins: Sequence[ModelManifest] = (),
-                 providers: Sequence[str] | None = None, face_threshold: float = 0.5, min_side: int = 256):
+                 providers: Sequence[str] | None = None, face_threshold: float = 0.5, min_side: int = 256,
+                 mesh_backend: str = "auto"):
         if not 0 <= face_threshold < 1:
             raise ValueError(f"face threshold {face_threshold} must be within [0, 1)")
         self.models_dir = models_dir
         self.providers = providers
         self.face_threshold = face_threshold
         self.min_side = min_side
+        self.mesh_backend = mesh_backend
         self.manifests: list[ModelManifest] = [
             mf.parse(doc, Path(f"builtin:{name}"), model_path=assets.path_of(name, models_dir), plugin=False)
             for name, doc in BUILTIN_MANIFESTS.items()]
@@ -369,7 +405,8 @@ class Engine:
 
     def load(self) -> None:
         """Creates the sessions and networks (slow: seconds); call once before scoring."""
-        self.mesh = FaceMesh(assets.path_of("face_landmark.tflite", self.models_dir))
+        self.mesh = FaceMesh(assets.path_of("face_landmark.tflite", self.models_dir), self.mesh_backend,
+                             self.providers)
         self.aligner = FaceAligner(assets.path_of("shape_predictor_5_face_landmarks.dat", self.models_dir),
                                    self.min_side)
         for m in self.manifests:
@@ -378,7 +415,7 @@ class Engine:
     @property
     def providers_in_use(self) -> dict[str, str]:
         out = {g: m.provider for g, m in self.models.items()}
-        out[MESH_GROUP] = "OpenCV-DNN:CPU"
+        out[MESH_GROUP] = self.mesh.provider if self.mesh else ""
         out["landmarks"] = "dlib:CPU"
         return out
 

@@ -31,6 +31,9 @@ class Settings(ServerSettings):
     plugins_dir: str = setting("", "folder of plug-in attribute models (ONNX + JSON/YAML manifest); empty: none")
     providers: str = setting("", "ONNX Runtime providers for every model, comma-separated, overriding the "
                                  "manifests (e.g. CPUExecutionProvider); empty: as each manifest says")
+    mesh_backend: str = setting("auto", "face mesh runner: onnxruntime (converted graph, batched, CUDA where "
+                                        "available), opencv (OpenCV DNN, fastest on CPU) or auto (onnxruntime "
+                                        "when it gets a GPU, else opencv)")
     max_batch_size: int = setting(64, "largest batch the models run at once")
     max_batch_delay_ms: float = setting(5.0, "how long a batch waits for more images before it runs")
     max_queue_requests: int = setting(256, "requests waiting in the batcher; more are refused (RESOURCE_EXHAUSTED)")
@@ -49,6 +52,8 @@ class Settings(ServerSettings):
         super().validate()
         if not 1 <= self.max_batch_size <= 4096:
             raise ValueError(f"max_batch_size must be within 1..4096, got {self.max_batch_size}")
+        if self.mesh_backend not in ("auto", "opencv", "onnxruntime"):
+            raise ValueError(f"mesh_backend must be auto, opencv or onnxruntime, got {self.mesh_backend!r}")
         if not 0 <= self.face_threshold < 1:
             raise ValueError(f"face_threshold must be within [0, 1), got {self.face_threshold}")
         if self.max_request_images < 1 or self.max_image_pixels < 1 or self.batch_instances < 1:
@@ -74,7 +79,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
         plugins = mf.load_folder(Path(settings.plugins_dir)) if settings.plugins_dir else []
         providers = [p.strip() for p in settings.providers.split(",") if p.strip()] or None
         self.engine = Engine(settings.models_dir, plugins, providers, settings.face_threshold,
-                             settings.landmark_min_side)
+                             settings.landmark_min_side, settings.mesh_backend)
         self.batcher: DynamicBatcher | None = None
 
     def register(self, server: grpc.aio.Server) -> None:

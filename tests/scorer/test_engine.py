@@ -68,3 +68,26 @@ def test_mouth_ratios_are_scale_and_pose_free():
 def test_degenerate_landmarks_give_nan_not_a_number():
     a = FaceMesh.attributes(np.zeros((1, 468, 3)))
     assert math.isnan(a["smile"][0]) and math.isnan(a["mouth_open"][0])
+
+
+# -- the face mesh on ONNX Runtime (converted from TFLite) equals OpenCV's TFLite importer ---------------------
+
+
+def test_converted_face_mesh_equals_opencvs_tflite_importer(faces):
+    import cv2
+
+    from services.common import assets
+    from services.scorer.engine import MESH_SIZE
+
+    path = assets.path_of("face_landmark.tflite")
+    crops = np.stack([cv2.resize(a, (MESH_SIZE, MESH_SIZE)) for _, _, a in faces])
+    p_cv, pts_cv = FaceMesh(path, "opencv").run(crops)
+    mesh = FaceMesh(path, "onnxruntime", ["CPUExecutionProvider"])
+    assert mesh.provider == "CPUExecutionProvider"
+    p_ort, pts_ort = mesh.run(crops)
+    np.testing.assert_allclose(p_ort, p_cv, atol=1e-5)
+    np.testing.assert_allclose(pts_ort, pts_cv, atol=2e-3)  # 192 px units
+    a, b = FaceMesh.attributes(pts_ort), FaceMesh.attributes(pts_cv)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-3)
+
