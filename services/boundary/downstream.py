@@ -10,8 +10,9 @@ import grpc
 import numpy as np
 
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
-from services.common import tensors
+from services.common import channels, tensors
 from services.common.errors import ServiceError, status_details, unavailable
+from services.common.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,19 @@ class Downstream:
         auth_token: bearer token sent downstream (the cluster shares one), empty for none.
         max_message_bytes: gRPC message limit of the channels.
         attempts: tries per call before the error is raised as UNAVAILABLE.
+        settings: the calling service's settings; its TLS files (--tls-ca, client certificate) secure the
+            channels (services/common/channels.py).
     """
 
     def __init__(self, generator_address: str, scorer_address: str, *, auth_token: str = "",
-                 max_message_bytes: int = 16 << 20, attempts: int = 6, call_timeout: float = 300.0):
+                 max_message_bytes: int = 16 << 20, attempts: int = 6, call_timeout: float = 300.0,
+                 settings: ServerSettings | None = None):
         self.generator_address = generator_address
         self.scorer_address = scorer_address
         self.metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         self.options = channel_options(max_message_bytes)
         self.max_message_bytes = max_message_bytes
+        self.settings = settings
         self.attempts = attempts
         self.call_timeout = call_timeout
         self._generator: generator_pb2_grpc.GeneratorServiceStub | None = None
@@ -54,7 +59,7 @@ class Downstream:
     @property
     def generator(self) -> generator_pb2_grpc.GeneratorServiceStub:
         if self._generator is None:
-            channel = grpc.aio.insecure_channel(self.generator_address, options=self.options)
+            channel = self._open(self.generator_address)
             self._channels.append(channel)
             self._generator = generator_pb2_grpc.GeneratorServiceStub(channel)
         return self._generator
@@ -62,10 +67,13 @@ class Downstream:
     @property
     def scorer(self) -> scorer_pb2_grpc.ScorerServiceStub:
         if self._scorer is None:
-            channel = grpc.aio.insecure_channel(self.scorer_address, options=self.options)
+            channel = self._open(self.scorer_address)
             self._channels.append(channel)
             self._scorer = scorer_pb2_grpc.ScorerServiceStub(channel)
         return self._scorer
+
+    def _open(self, address: str) -> grpc.aio.Channel:
+        return channels.open_channel(address, self.settings, token="", max_message_bytes=self.max_message_bytes)
 
     async def close(self) -> None:
         for channel in self._channels:

@@ -109,7 +109,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         self.settings = settings
         self.store = BoundaryStore(settings.redis_url, settings.redis_prefix)
         self.downstream = Downstream(settings.generator_address, settings.scorer_address,
-                                     auth_token=settings.auth_token, max_message_bytes=settings.max_message_bytes)
+                                     auth_token=settings.auth_token, max_message_bytes=settings.max_message_bytes,
+                                     settings=settings)
         self.train_settings = training.TrainSettings(
             data_dir=Path(settings.data_dir).expanduser().resolve(), default_num_samples=settings.default_num_samples,
             max_num_samples=settings.max_num_samples, shard_size=settings.shard_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import logging
 import signal
@@ -71,7 +72,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         exempt = method.startswith(self.EXEMPT)
         if not exempt and self.auth_token:
             md = dict(details.invocation_metadata or ())
-            if md.get("authorization", "") != f"Bearer {self.auth_token}":
+            # Constant-time comparison: the token must not leak through response timing.
+            if not hmac.compare_digest(md.get("authorization", "").encode(), f"Bearer {self.auth_token}".encode()):
                 return _wrap(handler, _deny)
         if exempt:
             return handler

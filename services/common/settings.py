@@ -34,10 +34,17 @@ class ServerSettings:
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("json", "json (one object per line) or text")
     models_dir: str = dataclasses.field(default_factory=default_models_dir, metadata={"help": "model cache folder"})
-    auth_token: str = setting("", "bearer token required from callers; empty disables auth (env IFGAN_AUTH_TOKEN)", secret=True)
-    tls_cert: str = setting("", "PEM certificate chain; with --tls-key enables TLS")
+    auth_token: str = setting("", "bearer token required from callers and sent to the services this one calls; "
+                                  "empty disables auth (env IFGAN_AUTH_TOKEN)", secret=True)
+    auth_token_file: str = setting("", "file holding the bearer token (e.g. a mounted Kubernetes secret); read at "
+                                       "start, it wins over --auth-token")
+    tls_cert: str = setting("", "PEM certificate chain; with --tls-key enables TLS (and is the client certificate "
+                                "presented to called services when --tls-ca is set)")
     tls_key: str = setting("", "PEM private key for --tls-cert")
     tls_client_ca: str = setting("", "PEM CA bundle; when set, clients must present a certificate (mTLS)")
+    tls_ca: str = setting("", "PEM CA bundle verifying the services this one calls; when set, outgoing channels use "
+                              "TLS (mTLS with --tls-cert/--tls-key)")
+    tls_server_name: str = setting("", "name expected in called services' certificates instead of their host")
 
     service_name: typing.ClassVar[str] = "server"
 
@@ -86,8 +93,20 @@ class ServerSettings:
                         values[f.name] = given
         values.update(overrides)
         settings = cls(**values)
+        settings.read_secret_files()
         settings.validate()
         return settings
+
+    def read_secret_files(self) -> None:
+        """Replaces the token by the content of --auth-token-file, when given (a secret never sits in argv)."""
+        if self.auth_token_file:
+            try:
+                token = Path(self.auth_token_file).read_text().strip()
+            except OSError as e:
+                raise ValueError(f"auth_token_file {self.auth_token_file}: cannot read it ({e})") from None
+            if not token:
+                raise ValueError(f"auth_token_file {self.auth_token_file} is empty; it must hold the bearer token")
+            self.auth_token = token
 
     def validate(self) -> None:
         if not 1 <= self.max_message_mb <= 1024:
