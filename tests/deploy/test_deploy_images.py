@@ -67,11 +67,11 @@ def test_one_image_per_variant_with_a_non_root_user_and_a_grpc_healthcheck(suppo
     assert "FROM torch-${VARIANT} AS deps" in [f"FROM {r}" for w, r in instructions if w == "FROM"]
     assert {"torch-cpu", "torch-cuda", "deps", "models", "runtime"} <= set(parts)
     assert list(parts)[-1] == "runtime"
-    final = dict(parts["runtime"][::-1])  # last occurrence of each instruction wins
+    final = dict(parts["runtime"])  # the last occurrence of each instruction wins
     user = final["USER"].split(":")[0]
     assert user.isdigit() and int(user) != 0, "numeric non-root user (runAsNonRoot needs a numeric uid)"
     assert final["HEALTHCHECK"].endswith('CMD ["ifgan-healthprobe"]')
-    assert final["ENTRYPOINT"] == '["ifgan"]'
+    assert final["ENTRYPOINT"] == '["ifgan"]' and final["WORKDIR"] == "/home/ifgan"
     # Models are fetched at build time by the project's checksumming command.
     models = " ".join(rest for word, rest in parts["models"] if word == "RUN")
     assert "python -m services.common.assets fetch --models-dir /models" in models
