@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import inspect
 import logging
+import re
 import signal
 import time
 from pathlib import Path
@@ -101,7 +102,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                         yield item
                 except ServiceError as e:
                     code = e.code.name
-                    await context.abort_with_status(e.to_status())
+                    await context.abort_with_status(bounded(e).to_status())
                 except asyncio.CancelledError:
                     code = "CANCELLED"
                     raise
@@ -130,7 +131,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
             except ServiceError as e:
                 code = e.code.name
-                await context.abort_with_status(e.to_status())
+                await context.abort_with_status(bounded(e).to_status())
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -145,6 +146,28 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 metrics.IN_FLIGHT.labels(service).dec()
                 finish(code, start)
         return unary
+
+
+#: Longest error message sent, in UTF-8 bytes. Messages echo what the caller sent; the status travels in trailing metadata,
+#: which clients cap at 16 KiB, so an overlong name would turn NOT_FOUND into a RESOURCE_EXHAUSTED "Stream removed".
+MAX_ERROR_CHARS = 1024
+_LONG_TOKEN = re.compile(r"\S{97,}")
+
+
+def bounded(error: ServiceError, limit: int = MAX_ERROR_CHARS) -> ServiceError:
+    """The error with overlong words cut (head ... tail) and the message kept under `limit` UTF-8 bytes."""
+    def cut(text: str) -> str:
+        text = _LONG_TOKEN.sub(lambda m: f"{m[0][:48]}...({len(m[0]) - 96} more characters)...{m[0][-48:]}", text)
+        size = len(text.encode())
+        if size > limit:  # in UTF-8 bytes (non-ASCII is escaped on the wire); keep the tail: what is accepted
+            keep = max(16, int(len(text) * limit / size) // 2 - 24)
+            text = f"{text[:keep]} ...({len(text) - 2 * keep} characters cut)... {text[-keep:]}"
+        return text
+
+    if len(error.message) <= 96 and (error.field is None or len(error.field) <= 96):
+        return error
+    return ServiceError(error.code, cut(error.message), field=None if error.field is None else cut(error.field),
+                        retry_after=error.retry_after)
 
 
 def _code_of(context, error: Exception) -> str:
