@@ -138,6 +138,19 @@ def service_settings(service: str) -> ServiceSettings:
     return _settings_of(cls)
 
 
+@functools.lru_cache(maxsize=None)
+def loopback_settings(service: str) -> frozenset[str]:
+    """IFGAN_* names of `service` whose default points at loopback (a peer's address, Redis): a container
+    must be given each of them, or it would call itself."""
+    cls = importlib.import_module(f"services.{service}.__main__").Settings
+    names = set()
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name != "host" and isinstance(default, str) and ("127.0.0.1" in default or "localhost" in default):
+            names.add(env_name(f.name))
+    return frozenset(names)
+
+
 def common_settings() -> ServiceSettings:
     return _settings_of(ServerSettings)
 

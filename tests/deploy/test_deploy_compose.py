@@ -143,6 +143,13 @@ def test_settings_in_compose_are_settings_of_the_services(support, index):
         assert not bad, f"compose service {name} passes {sorted(bad)}, which python -m services.{name} lacks"
 
 
+def test_every_peer_address_a_service_has_is_set(support):
+    services = support.load_compose(support.COMPOSE_FILES[0])["services"]
+    for name in SERVICES:
+        missing = support.loopback_settings(name) - set(services[name]["environment"])
+        assert not missing, f"{name} has {sorted(missing)} (loopback defaults): set them in docker-compose.yml"
+
+
 def test_prometheus_scrapes_every_service_on_its_metrics_port(support):
     config = yaml.safe_load((support.DOCKER / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]

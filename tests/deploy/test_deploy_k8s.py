@@ -110,6 +110,17 @@ def test_settings_in_manifests_are_settings_of_the_services(support, overlay):
     assert seen == set(SERVICES)
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS + EXAMPLES)
+def test_every_peer_address_a_service_has_is_set(support, overlay):
+    """A setting whose default is a loopback address (a peer service, Redis) must be set in the pod."""
+    docs = support.render(overlay)
+    for name in SERVICES:
+        env = support.container_env(only_container(docs, name), docs)
+        missing = support.loopback_settings(name) - set(env)
+        assert not missing, (f"{name} has {sorted(missing)} (loopback defaults): set them in "
+                             f"deploy/k8s/base/kustomization.yaml (ConfigMap ifgan-{name}) and docker-compose.yml")
+
+
 def test_unknown_settings_are_caught(support):
     assert support.unknown_settings("generator", {"IFGAN_PORT", "--metrics-port", "--no-log-format"}) == set()
     assert support.unknown_settings("generator", {"IFGAN_PROT", "--metric-port"}) == {"IFGAN_PROT", "--metric-port"}
