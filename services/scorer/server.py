@@ -39,6 +39,8 @@ class Settings(ServerSettings):
     max_queue_requests: int = setting(256, "requests waiting in the batcher; more are refused (RESOURCE_EXHAUSTED)")
     max_request_images: int = setting(2048, "largest number of images one Score request may carry")
     max_image_pixels: int = setting(2048 * 2048, "largest accepted image, height * width")
+    max_request_pixels: int = setting(64 * 1024 * 1024, "most pixels all images of one request may hold once "
+                                                        "decoded (bounds memory: PNGs compress very well)")
     face_threshold: float = setting(0.5, "face-presence probability (face mesh) from which an image has a face; "
                                          "below it every score is invalid")
     landmark_min_side: int = setting(256, "images whose face box (the centred square) is smaller are upsampled "
@@ -56,8 +58,9 @@ class Settings(ServerSettings):
             raise ValueError(f"mesh_backend must be auto, opencv or onnxruntime, got {self.mesh_backend!r}")
         if not 0 <= self.face_threshold < 1:
             raise ValueError(f"face_threshold must be within [0, 1), got {self.face_threshold}")
-        if self.max_request_images < 1 or self.max_image_pixels < 1 or self.batch_instances < 1:
-            raise ValueError("max_request_images, max_image_pixels and batch_instances must be at least 1")
+        if min(self.max_request_images, self.max_image_pixels, self.max_request_pixels, self.batch_instances) < 1:
+            raise ValueError("max_request_images, max_image_pixels, max_request_pixels and batch_instances must be "
+                             "at least 1")
 
 
 def attribute_info(engine: Engine, name: str) -> scorer_pb2.AttributeInfo:
@@ -146,8 +149,15 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
         return names
 
     def _decode_all(self, request: scorer_pb2.ScoreRequest) -> list[np.ndarray]:
-        return [imagecodec.decode(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels)
-                for i, im in enumerate(request.images)]
+        out, total, limit = [], 0, self.settings.max_request_pixels
+        for i, im in enumerate(request.images):
+            out.append(imagecodec.decode(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels))
+            total += out[-1].shape[0] * out[-1].shape[1]
+            if total > limit:
+                raise invalid_argument("images", f"the images hold more than {limit} pixels in all (reached at "
+                                                  f"images[{i}]); accepted: at most {limit} pixels per request, "
+                                                  f"send the rest in further requests")
+        return out
 
     def _image_scores(self, values: np.ndarray, face_score: float, attributes: list[str], columns: list[int]):
         # NaN marks what could not be computed (no face, non-finite output): valid=False, never a made-up value.

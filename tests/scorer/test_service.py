@@ -164,6 +164,14 @@ def test_bad_images_are_invalid_argument_saying_what_is_accepted(scorer, faces, 
     assert status_details(error)["fields"][0].startswith("images[1]")
 
 
+def test_decoded_size_of_a_request_is_bounded(scorer, img):
+    # A flat 2048 x 2048 PNG is a few kB but 12 MiB decoded: 20 of them exceed the 64 Mpixel request limit.
+    flat = img.encoded(_png(np.zeros((2048, 2048, 3), np.uint8)))
+    assert len(flat.encoded) < 100_000
+    error = _error(scorer, [flat] * 20)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "pixels in all" in error.details()
+
+
 def test_request_limits_and_attribute_names(scorer, faces, img):
     error = _error(scorer, [])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "1 to 300" in error.details()
