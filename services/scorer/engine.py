@@ -281,7 +281,11 @@ class OnnxModel:
                                        f"outputs are {outputs}")
         self.output_names = outputs
         # A dry run checks what only real outputs tell: the columns each attribute reads exist.
-        rows = self._run_raw(np.zeros((self.fixed_batch or 1, spec.height, spec.width, 3), np.uint8))
+        try:
+            rows = self._run_raw(np.zeros((self.fixed_batch or 1, spec.height, spec.width, 3), np.uint8))
+        except Exception as e:  # noqa: BLE001 - whatever the model does wrong, say which manifest it is
+            raise mf.ManifestError(f"{m.origin}: a trial run of {m.model_path.name} on a blank input failed "
+                                   f"({type(e).__name__}: {e}); outputs must be (N, ...) per input image") from None
         for a in m.attributes:
             cols = rows[self.output_of[a.name]].shape[1]
             if a.kind == "expectation" and len(a.weights) != cols:
