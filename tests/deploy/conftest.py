@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -149,6 +150,21 @@ def loopback_settings(service: str) -> frozenset[str]:
         if f.name != "host" and isinstance(default, str) and ("127.0.0.1" in default or "localhost" in default):
             names.add(env_name(f.name))
     return frozenset(names)
+
+
+def load_settings(service: str, env: dict[str, str | None]):
+    """Parses `env` as `python -m services.<service>` would at start (types and validation); returns it."""
+    cls = importlib.import_module(f"services.{service}.__main__").Settings
+    saved = {k: v for k, v in os.environ.items() if k.startswith("IFGAN_")}
+    try:
+        for k in saved:
+            del os.environ[k]
+        os.environ.update({k: v for k, v in env.items() if k.startswith("IFGAN_") and v is not None})
+        return cls.load([])
+    finally:
+        for k in [k for k in os.environ if k.startswith("IFGAN_")]:
+            del os.environ[k]
+        os.environ.update(saved)
 
 
 def common_settings() -> ServiceSettings:

@@ -143,6 +143,13 @@ def test_settings_in_compose_are_settings_of_the_services(support, index):
         assert not bad, f"compose service {name} passes {sorted(bad)}, which python -m services.{name} lacks"
 
 
+def test_every_service_accepts_its_configured_values(support):
+    services = merged(support)["services"]
+    for name in SERVICES:
+        settings = support.load_settings(name, services[name]["environment"])
+        assert settings.port == DEFAULT_PORTS[name] and settings.auth_token == TOKEN["IFGAN_AUTH_TOKEN"]
+
+
 def test_every_peer_address_a_service_has_is_set(support):
     services = support.load_compose(support.COMPOSE_FILES[0])["services"]
     for name in SERVICES:

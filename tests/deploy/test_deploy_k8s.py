@@ -121,6 +121,23 @@ def test_every_peer_address_a_service_has_is_set(support, overlay):
                              f"deploy/k8s/base/kustomization.yaml (ConfigMap ifgan-{name}) and docker-compose.yml")
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_accepts_its_configured_values(support, overlay):
+    """The ConfigMap values parse and validate as the services' settings (types, ranges)."""
+    docs = support.render(overlay)
+    for name in SERVICES:
+        env = support.container_env(only_container(docs, name), docs)
+        settings = support.load_settings(name, env)
+        assert settings.port == DEFAULT_PORTS[name] and settings.metrics_port == DEFAULT_METRICS_PORTS[name]
+        for key, value in env.items():
+            field = key.removeprefix("IFGAN_").lower()
+            if key.startswith("IFGAN_") and hasattr(settings, field) and value is not None:
+                parsed = getattr(settings, field)
+                assert parsed == type(parsed)(value), f"{name}: {key}={value!r} was read as {parsed!r}"
+    generator = support.load_settings("generator", support.container_env(only_container(docs, "generator"), docs))
+    assert generator.max_batch_size == (64 if overlay.endswith("gpu") else 32)
+
+
 def test_unknown_settings_are_caught(support):
     assert support.unknown_settings("generator", {"IFGAN_PORT", "--metrics-port", "--no-log-format"}) == set()
     assert support.unknown_settings("generator", {"IFGAN_PROT", "--metric-port"}) == {"IFGAN_PROT", "--metric-port"}
