@@ -63,9 +63,17 @@ def parse_file_name(name: str, known_models: set[str] | frozenset = frozenset())
 def load_npy(data: bytes) -> np.ndarray:
     """Reads a boundary .npy (float32/float64, (1, d) or (d)) without pickles; returns (1, d) float64."""
     try:
+        # The header first: a tiny file must not make numpy allocate the array it claims before it is checked.
+        fp = io.BytesIO(data)
+        version = np.lib.format.read_magic(fp)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fp)
+        if dtype.hasobject or int(np.prod(shape, dtype=np.int64)) > MAX_DIMENSION:
+            raise ValueError(f"header claims dtype {dtype} and shape {shape}")
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"not a readable .npy file ({e}); expected float32 or float64 of shape (1, d) or (d)") from None
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises SyntaxError, TokenError, TypeError ... too
+        raise ValueError(f"not a readable .npy file ({type(e).__name__}: {e}); expected float32 or float64 of shape "
+                         f"(1, d) or (d), at most {MAX_DIMENSION} values") from None
     if not isinstance(array, np.ndarray) or array.dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype {getattr(array, 'dtype', type(array))} is not accepted; expected float32 or float64")
     if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[0] != 1) or array.size == 0:
