@@ -1,36 +1,388 @@
-"""Editor gateway settings."""
+"""Editor gateway: edits faces given as seeds, codes or photos by orchestrating generator, scorer, boundary, inversion."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
+import hashlib
+import logging
+import time
+import uuid
 
 import grpc
+import numpy as np
 
-from interfacegan.v1 import editor_pb2_grpc
-from services.common import runtime
+from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
+                             generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
+                             scorer_pb2_grpc)
+from services.common import images, logs, pipeline, tensors
+from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
+
+from .proxy import ServiceProxy
+from .upstream import CallContext, Upstream
+
+log = logging.getLogger(__name__)
+
+Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP
+#: Boundary spaces that edit codes of a space, in order of preference (W boundaries edit W+ codes too).
+BOUNDARY_SPACES = {Z: (Z,), W: (W,), WP: (W, WP)}
+RAW = common_pb2.IMAGE_FORMAT_RAW
 
 
 @dataclasses.dataclass
 class Settings(ServerSettings):
     """Editor gateway settings."""
 
+    generator_address: str = setting("127.0.0.1:50052", "generator replicas: host:port, dns:///name:port (round "
+                                                         "robin over every address the name resolves to), or a "
+                                                         "comma-separated list of either")
+    scorer_address: str = setting("127.0.0.1:50053", "scorer replicas (same forms as --generator-address)")
+    boundary_address: str = setting("127.0.0.1:50054", "boundary service (same forms as --generator-address)")
+    inversion_address: str = setting("127.0.0.1:50055", "inversion replicas (same forms as --generator-address)")
+    call_timeout: float = setting(120.0, "seconds one downstream call may take when the client's call has no deadline")
+    retry_attempts: int = setting(4, "tries of an idempotent downstream call on UNAVAILABLE, each on the next replica")
+    retry_backoff: float = setting(0.1, "seconds before the first retry; doubles up to 2 s, with jitter")
+    chunk_size: int = setting(8, "edited images per Synthesize call; the chunks of one Edit run in parallel, "
+                                 "spread over the generator replicas")
+    parallel_chunks: int = setting(4, "chunks in flight per Edit call (synthesize, re-score, blend)")
+    max_edits: int = setting(32, "most edits per Edit call")
+    max_images: int = setting(1024, "most images one Edit call returns (the sum of the edits' steps)")
+    condition_cache_size: int = setting(512, "conditional boundaries remembered (keyed by their parents' versions)")
+    proxy_boundary: bool = setting(True, "also serve interfacegan.v1.BoundaryService by relaying it to "
+                                         "--boundary-address, so clients need only the editor's address")
+
     service_name = "editor"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.chunk_size <= 256 or not 1 <= self.parallel_chunks <= 64:
+            raise ValueError("chunk_size must be within 1..256 and parallel_chunks within 1..64")
+        if self.call_timeout <= 0 or self.retry_attempts < 1:
+            raise ValueError("call_timeout must be positive and retry_attempts at least 1")
+
+
+@dataclasses.dataclass
+class Source:
+    """The face to edit, as a code, plus what a photo brings along."""
+
+    space: int
+    code: np.ndarray  # (1, d) or (1, L, d)
+    photo: common_pb2.Image | None = None
+    alignment: inversion_pb2.FaceAlignment | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    psnr: float = 0.0
+
+
+@dataclasses.dataclass
+class Item:
+    """One image to produce: the original (edit -1) or one step of one edit."""
+
+    edit: int
+    step: int
+    distance: float
+    code: np.ndarray  # one code without the batch dimension
+    boundary: common_pb2.BoundaryRef | None
 
 
 class EditorService(editor_pb2_grpc.EditorServiceServicer):
-    """Skeleton: RPCs answer UNIMPLEMENTED until the service's issue lands."""
-
-    service_names = ("interfacegan.v1.EditorService",)
+    """EditorService (Edit, GetCatalog), and a relay of BoundaryService for clients that only reach the editor."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.service_names: tuple[str, ...] = ("interfacegan.v1.EditorService",)
+        if settings.proxy_boundary:
+            self.service_names += ("interfacegan.v1.BoundaryService",)
+        self._models: dict[tuple[str, str], generator_pb2.ModelInfo] = {}
+        self._conditioned: collections.OrderedDict[tuple, common_pb2.BoundaryRef] = collections.OrderedDict()
+        self.generator = self.scorer = self.boundary = self.inversion = None
+
+    def _upstream(self, name: str, addresses: str, stub_cls) -> Upstream:
+        s = self.settings
+        return Upstream(name, addresses, stub_cls, token=s.auth_token, max_message_bytes=s.max_message_bytes,
+                        attempts=s.retry_attempts, backoff=s.retry_backoff)
 
     def register(self, server: grpc.aio.Server) -> None:
+        # Channels are made here, inside the server's event loop.
+        s = self.settings
+        self.generator = self._upstream("generator", s.generator_address, generator_pb2_grpc.GeneratorServiceStub)
+        self.scorer = self._upstream("scorer", s.scorer_address, scorer_pb2_grpc.ScorerServiceStub)
+        self.boundary = self._upstream("boundary", s.boundary_address, boundary_pb2_grpc.BoundaryServiceStub)
+        self.inversion = self._upstream("inversion", s.inversion_address, inversion_pb2_grpc.InversionServiceStub)
         editor_pb2_grpc.add_EditorServiceServicer_to_server(self, server)
+        if s.proxy_boundary:
+            service = boundary_pb2.DESCRIPTOR.services_by_name["BoundaryService"]
+            server.add_generic_rpc_handlers((ServiceProxy(service, self.boundary, s.call_timeout),))
 
     async def load(self) -> None:
-        pass
+        log.info("downstream", extra={"generator": self.generator.addresses, "scorer": self.scorer.addresses,
+                                      "boundary": self.boundary.addresses, "inversion": self.inversion.addresses})
 
     async def close(self) -> None:
-        pass
+        for upstream in (self.generator, self.scorer, self.boundary, self.inversion):
+            if upstream is not None:
+                await upstream.close()
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _call(self, request_id: str, context) -> CallContext:
+        rid = request_id or dict(context.invocation_metadata() or ()).get("x-request-id", "") or uuid.uuid4().hex
+        logs.request_id_var.set(rid)
+        return CallContext.of(context, rid, self.settings.call_timeout)
+
+    async def _model(self, ref: common_pb2.ModelRef, call: CallContext) -> generator_pb2.ModelInfo:
+        key = (ref.name, ref.version)
+        if key not in self._models:
+            info = await self.generator.unary("GetModelInfo", generator_pb2.GetModelInfoRequest(model=ref), call)
+            self._models[key] = self._models[(info.name, info.version)] = info
+        return self._models[key]
+
+    def _plan(self, request: editor_pb2.EditRequest) -> list[int]:
+        """Validates the edits; returns the number of steps of each."""
+        s = self.settings
+        if not request.edits and not request.include_original:
+            raise invalid_argument("edits", "empty; give at least one AttributeEdit (e.g. attribute 'age', start -3, "
+                                            "end 3, steps 7), or set include_original to only reconstruct the face")
+        if len(request.edits) > s.max_edits:
+            raise invalid_argument("edits", f"{len(request.edits)} edits; accepted 1 .. {s.max_edits} per call")
+        steps = []
+        for i, e in enumerate(request.edits):
+            field = f"edits[{i}]"
+            if not e.attribute:
+                raise invalid_argument(f"{field}.attribute", "empty; name an attribute with a stored boundary "
+                                                             "(GetCatalog lists them), e.g. 'age'")
+            n = e.steps or 1
+            if n > 256:
+                raise invalid_argument(f"{field}.steps", f"{n}; accepted 1 .. 256 (0 means 1)")
+            if not (np.isfinite(e.start) and np.isfinite(e.end)) or max(abs(e.start), abs(e.end)) > 1e4:
+                raise invalid_argument(f"{field}.start", "start and end must be finite numbers with |value| <= 10000")
+            if e.attribute in e.hold:
+                raise invalid_argument(f"{field}.hold", f"holds {e.attribute!r}, the attribute being edited; hold "
+                                                        f"other attributes only")
+            if len(e.hold) > 16:
+                raise invalid_argument(f"{field}.hold", f"{len(e.hold)} attributes; accepted 0 .. 16")
+            steps.append(n)
+        total = sum(steps) + bool(request.include_original)
+        if total > s.max_images:
+            raise invalid_argument("edits", f"the edits ask for {total} images; accepted at most {s.max_images} per "
+                                            f"call (split the edits over several calls)")
+        return steps
+
+    async def _source(self, request: editor_pb2.EditRequest, info: generator_pb2.ModelInfo,
+                      call: CallContext) -> Source:
+        shapes = {s.space: tuple(s.shape) for s in info.latent_spaces}
+        model = common_pb2.ModelRef(name=info.name, version=info.version)
+        kind = request.WhichOneof("source")
+        if request.space and request.space not in shapes:
+            raise invalid_argument("space", f"model {info.name} has no space {tensors.space_name(request.space)}; "
+                                            f"accepted: {', '.join(tensors.space_name(s) for s in shapes)}")
+        if kind == "seed":
+            space = request.space or (Z if Z in shapes else next(iter(shapes)))
+            reply = await self.generator.unary("SampleLatents", generator_pb2.SampleLatentsRequest(
+                request_id=call.request_id, model=model, space=space, count=1, seed=request.seed), call)
+            return Source(space, tensors.to_numpy(reply.codes.codes, "codes"))
+        if kind == "code":
+            space, code = tensors.latents_to_numpy(request.code, "code", expected=shapes, max_codes=1)
+            if request.space and request.space != space:
+                raise invalid_argument("code.space", f"the code is in {tensors.space_name(space)} but the request "
+                                                     f"asks for {tensors.space_name(request.space)}; make them agree")
+            return Source(space, code)
+        if kind == "photo":
+            if request.photo.WhichOneof("payload") is None:
+                raise invalid_argument("photo", "empty image; give PNG or JPEG bytes in photo.encoded")
+            replies = await self.inversion.collect("Invert", inversion_pb2.InvertRequest(
+                request_id=call.request_id, model=model, space=request.space, image=request.photo, align_face=True,
+                max_steps=request.inversion_steps, format=RAW), call)
+            final = next((r for r in reversed(replies) if r.final), replies[-1] if replies else None)
+            if final is None or not final.code.HasField("codes"):
+                raise ServiceError(grpc.StatusCode.INTERNAL, "inversion returned no code for the photo")
+            code = tensors.to_numpy(final.code.codes, "inversion code")
+            return Source(final.code.space, code, photo=request.photo,
+                          alignment=final.alignment if final.HasField("alignment") else None,
+                          warnings=list(final.warnings), psnr=final.psnr)
+        raise invalid_argument("source", "missing; set one of seed, code or photo")
+
+    async def _find_boundary(self, model: str, attribute: str, space: int, version: int, call: CallContext,
+                             field: str) -> boundary_pb2.Boundary:
+        for bspace in BOUNDARY_SPACES.get(space, (space,)):
+            ref = common_pb2.BoundaryRef(model=model, attribute=attribute, space=bspace, version=version)
+            try:
+                return await self.boundary.unary("GetBoundary", boundary_pb2.GetBoundaryRequest(ref=ref), call)
+            except ServiceError as e:
+                if e.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+        stored = await self.boundary.unary("ListBoundaries", boundary_pb2.ListBoundariesRequest(model=model), call)
+        names = sorted({b.ref.attribute for b in stored.boundaries
+                        if b.ref.space in BOUNDARY_SPACES.get(space, (space,))})
+        which = f"version {version} of " if version else ""
+        raise not_found(f"{field}: no {which}boundary {attribute!r} for model {model} in "
+                        f"{tensors.space_name(space)}; stored: {', '.join(names) or 'none'} (train one with "
+                        f"`ifgan train-boundary {attribute}` or import one)")
+
+    async def _boundary(self, index: int, edit: editor_pb2.AttributeEdit, model: str, space: int,
+                        call: CallContext) -> common_pb2.BoundaryRef:
+        """The boundary an edit follows: stored, or projected off the held attributes (cached per parent versions)."""
+        field = f"edits[{index}]"
+        target = await self._find_boundary(model, edit.attribute, space, edit.boundary_version, call,
+                                           f"{field}.attribute")
+        hold = list(dict.fromkeys(edit.hold))
+        if not hold:
+            return target.info.ref
+        conditions = await asyncio.gather(*(
+            self._find_boundary(model, h, target.info.ref.space, 0, call, f"{field}.hold[{k}]")
+            for k, h in enumerate(hold)))
+        key = (model, target.info.ref.space, target.info.ref.attribute, target.info.ref.version,
+               tuple((c.info.ref.attribute, c.info.ref.version) for c in conditions))
+        if key in self._conditioned:
+            self._conditioned.move_to_end(key)
+            return self._conditioned[key]
+        # A request id made of the parents' versions: every editor replica gets the same stored version.
+        rid = "editor-condition:" + hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        derived = await self.boundary.unary("ConditionBoundary", boundary_pb2.ConditionBoundaryRequest(
+            request_id=rid, target=target.info.ref, conditions=[c.info.ref for c in conditions]), call)
+        self._conditioned[key] = derived.info.ref
+        while len(self._conditioned) > self.settings.condition_cache_size:
+            self._conditioned.popitem(last=False)
+        return derived.info.ref
+
+    async def _render(self, items: list[Item], chunk: int, model: common_pb2.ModelRef, source: Source,
+                      request: editor_pb2.EditRequest, call: CallContext) -> list[tuple]:
+        """Synthesizes one chunk, re-scores and blends it; returns (image, face, scores) per item."""
+        codes = np.stack([it.code for it in items])
+        replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
+            request_id=f"{call.request_id}/{chunk}", model=model, codes=tensors.latents_from_numpy(source.space, codes),
+            format=RAW), call)
+        faces = [image for reply in replies for image in reply.images]
+        if len(faces) != len(items):
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"generator returned {len(faces)} images for "
+                                                            f"{len(items)} codes; retry")
+
+        async def score():
+            if not request.rescore:
+                return [None] * len(items)
+            replies = await self.scorer.collect("Score", scorer_pb2.ScoreRequest(
+                request_id=f"{call.request_id}/{chunk}", images=faces), call)
+            results = [None] * len(items)
+            for reply in replies:
+                for i, r in enumerate(reply.results, start=reply.offset):
+                    results[i] = list(r.scores)
+            return results
+
+        async def blend():
+            if source.photo is None or not request.blend_into_photo:
+                return [None] * len(items)
+            if source.alignment is None:
+                raise ServiceError(grpc.StatusCode.INTERNAL, "inversion returned no face alignment to blend with")
+            replies = await asyncio.gather(*(self.inversion.unary("Blend", inversion_pb2.BlendRequest(
+                photo=source.photo, face=face, alignment=source.alignment, format=request.format), call)
+                for face in faces))
+            return [r.image for r in replies]
+
+        scores, blended = await asyncio.gather(score(), blend())
+        fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
+        out = []
+        for face, s, b in zip(faces, scores, blended):
+            encoded = face if fmt == RAW else await _encode(face, fmt)
+            if b is not None:
+                out.append((b, encoded if request.include_face else None, s))
+            else:
+                out.append((encoded, None, s))
+        return out
+
+    # -- RPCs --------------------------------------------------------------------------------------------
+
+    async def Edit(self, request: editor_pb2.EditRequest, context: grpc.aio.ServicerContext):
+        call = self._call(request.request_id, context)
+        await context.send_initial_metadata((("x-request-id", call.request_id),))
+        started = time.monotonic()
+        steps = self._plan(request)
+        if request.format not in (common_pb2.IMAGE_FORMAT_UNSPECIFIED, common_pb2.IMAGE_FORMAT_PNG,
+                                  common_pb2.IMAGE_FORMAT_JPEG, RAW):
+            raise invalid_argument("format", f"{request.format}; accepted PNG, JPEG, RAW (unspecified = PNG)")
+        if request.blend_into_photo and request.WhichOneof("source") != "photo":
+            raise invalid_argument("blend_into_photo", "set only for photo sources; seeds and codes have no photo")
+        info = await self._model(request.model, call)
+        model = common_pb2.ModelRef(name=info.name, version=info.version)
+        source = await self._source(request, info, call)
+        refs = await asyncio.gather(*(self._boundary(i, e, info.name, source.space, call)
+                                      for i, e in enumerate(request.edits)))
+
+        items: list[Item] = []
+        if request.include_original:
+            items.append(Item(-1, 0, 0.0, source.code[0], None))
+        if request.edits:
+            edits = [boundary_pb2.Edit(boundary=ref, mode=e.mode, start=e.start, end=e.end, steps=n,
+                                       layer_start=e.layer_start, layer_end=e.layer_end)
+                     for ref, e, n in zip(refs, request.edits, steps)]
+            reply = await self.boundary.unary("EditLatents", boundary_pb2.EditLatentsRequest(
+                codes=tensors.latents_from_numpy(source.space, source.code), edits=edits), call)
+            edited = tensors.to_numpy(reply.codes.codes, "edited codes")  # (1, E, S, ...)
+            distances = tensors.to_numpy(reply.distances, "distances")  # (E, S)
+            for e, n in enumerate(steps):
+                items.extend(Item(e, s, float(distances[e, s]), edited[0, e, s], refs[e]) for s in range(n))
+
+        size = self.settings.chunk_size
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        factories = [lambda c=c, k=k: self._render(c, k, model, source, request, call) for k, c in enumerate(chunks)]
+        sent, total = 0, len(items)
+        async for chunk, rendered in _zip_ordered(chunks, pipeline.ordered(factories, self.settings.parallel_chunks)):
+            for item, (image, face, scores) in zip(chunk, rendered):
+                sent += 1
+                elapsed = time.monotonic() - started
+                response = editor_pb2.EditResponse(
+                    edit_index=item.edit, step_index=item.step, distance=item.distance, image=image,
+                    code=tensors.latents_from_numpy(source.space, item.code[None]), scores=scores or [],
+                    progress=common_pb2.Progress(stage="editing", done=sent, total=total, elapsed_seconds=elapsed,
+                                                 eta_seconds=elapsed / sent * (total - sent)),
+                    request_id=call.request_id, inversion_psnr=source.psnr)
+                if item.boundary is not None:
+                    response.boundary.CopyFrom(item.boundary)
+                if face is not None:
+                    response.face.CopyFrom(face)
+                if sent == 1:
+                    response.warnings.extend(source.warnings)
+                yield response
+        log.info("edited", extra={"images": total, "edits": len(request.edits), "source": request.WhichOneof("source"),
+                                  "seconds": round(time.monotonic() - started, 3)})
+
+    async def GetCatalog(self, request: editor_pb2.GetCatalogRequest, context: grpc.aio.ServicerContext):
+        call = self._call("", context)
+        catalog = editor_pb2.Catalog()
+
+        async def optional(what: str, coro):
+            try:
+                return await coro
+            except ServiceError as e:
+                catalog.warnings.append(f"{what}: {e.message}")
+                return None
+
+        models, default, attributes, boundaries, inversion = await asyncio.gather(
+            self.generator.unary("ListModels", generator_pb2.ListModelsRequest(), call),
+            self._model(common_pb2.ModelRef(), call),
+            optional("scorer", self.scorer.unary("ListAttributes", scorer_pb2.ListAttributesRequest(), call)),
+            optional("boundary", self.boundary.unary("ListBoundaries", boundary_pb2.ListBoundariesRequest(), call)),
+            optional("inversion", self.inversion.unary("GetInfo", inversion_pb2.GetInversionInfoRequest(), call)))
+        # The default model first: clients that name no model get it.
+        catalog.models.extend(sorted(models.models, key=lambda m: (m.name != default.name, m.name)))
+        if attributes is not None:
+            catalog.attributes.extend(attributes.attributes)
+        if boundaries is not None:
+            catalog.boundaries.extend(boundaries.boundaries)
+        if inversion is not None:
+            catalog.invertible_models.extend(inversion.models)
+        return catalog
+
+
+async def _encode(raw: common_pb2.Image, fmt: int) -> common_pb2.Image:
+    pixels = images.decode(raw, "image", max_pixels=1 << 30)
+    if pixels.shape[0] * pixels.shape[1] > 256 * 256:  # big images: keep the event loop free
+        return await asyncio.to_thread(images.encode, pixels, fmt)
+    return images.encode(pixels, fmt)
+
+
+async def _zip_ordered(chunks, results):
+    index = 0
+    async for rendered in results:
+        yield chunks[index], rendered
+        index += 1

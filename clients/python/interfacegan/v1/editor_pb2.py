@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from interfacegan.v1 import common_pb2 as interfacegan_dot_v1_dot_common__pb2
 from interfacegan.v1 import boundary_pb2 as interfacegan_dot_v1_dot_boundary__pb2
 from interfacegan.v1 import generator_pb2 as interfacegan_dot_v1_dot_generator__pb2
+from interfacegan.v1 import inversion_pb2 as interfacegan_dot_v1_dot_inversion__pb2
 from interfacegan.v1 import scorer_pb2 as interfacegan_dot_v1_dot_scorer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinterfacegan/v1/editor.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\x1a\x1einterfacegan/v1/boundary.proto\x1a\x1finterfacegan/v1/generator.proto\x1a\x1cinterfacegan/v1/scorer.proto\"\xca\x01\n\rAttributeEdit\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x18\n\x10\x62oundary_version\x18\x02 \x01(\r\x12+\n\x04mode\x18\x03 \x01(\x0e\x32\x1d.interfacegan.v1.DistanceMode\x12\r\n\x05start\x18\x04 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x0c\n\x04hold\x18\x07 \x03(\t\x12\x13\n\x0blayer_start\x18\x08 \x01(\r\x12\x11\n\tlayer_end\x18\t \x01(\r\"\xa4\x03\n\x0b\x45\x64itRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05space\x18\x03 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\x0e\n\x04seed\x18\x04 \x01(\x04H\x00\x12,\n\x04\x63ode\x18\x05 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatchH\x00\x12\'\n\x05photo\x18\x06 \x01(\x0b\x32\x16.interfacegan.v1.ImageH\x00\x12-\n\x05\x65\x64its\x18\x07 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeEdit\x12\x0f\n\x07rescore\x18\x08 \x01(\x08\x12,\n\x06\x66ormat\x18\t \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\x12\x18\n\x10\x62lend_into_photo\x18\n \x01(\x08\x12\x17\n\x0finversion_steps\x18\x0b \x01(\r\x12\x18\n\x10include_original\x18\x0c \x01(\x08\x42\x08\n\x06source\"\xa9\x02\n\x0c\x45\x64itResponse\x12\x12\n\nedit_index\x18\x01 \x01(\x05\x12\x12\n\nstep_index\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12%\n\x05image\x18\x04 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12*\n\x04\x63ode\x18\x05 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\x12/\n\x06scores\x18\x06 \x03(\x0b\x32\x1f.interfacegan.v1.AttributeScore\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x19.interfacegan.v1.Progress\x12.\n\x08\x62oundary\x18\x08 \x01(\x0b\x32\x1c.interfacegan.v1.BoundaryRef\"\x13\n\x11GetCatalogRequest\"\x9c\x01\n\x07\x43\x61talog\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.interfacegan.v1.ModelInfo\x12\x32\n\nattributes\x18\x02 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeInfo\x12\x31\n\nboundaries\x18\x03 \x03(\x0b\x32\x1d.interfacegan.v1.BoundaryInfo2\xa2\x01\n\rEditorService\x12\x45\n\x04\x45\x64it\x12\x1c.interfacegan.v1.EditRequest\x1a\x1d.interfacegan.v1.EditResponse0\x01\x12J\n\nGetCatalog\x12\".interfacegan.v1.GetCatalogRequest\x1a\x18.interfacegan.v1.CatalogB]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinterfacegan/v1/editor.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\x1a\x1einterfacegan/v1/boundary.proto\x1a\x1finterfacegan/v1/generator.proto\x1a\x1finterfacegan/v1/inversion.proto\x1a\x1cinterfacegan/v1/scorer.proto\"\xca\x01\n\rAttributeEdit\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x18\n\x10\x62oundary_version\x18\x02 \x01(\r\x12+\n\x04mode\x18\x03 \x01(\x0e\x32\x1d.interfacegan.v1.DistanceMode\x12\r\n\x05start\x18\x04 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x0c\n\x04hold\x18\x07 \x03(\t\x12\x13\n\x0blayer_start\x18\x08 \x01(\r\x12\x11\n\tlayer_end\x18\t \x01(\r\"\xba\x03\n\x0b\x45\x64itRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05space\x18\x03 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\x0e\n\x04seed\x18\x04 \x01(\x04H\x00\x12,\n\x04\x63ode\x18\x05 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatchH\x00\x12\'\n\x05photo\x18\x06 \x01(\x0b\x32\x16.interfacegan.v1.ImageH\x00\x12-\n\x05\x65\x64its\x18\x07 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeEdit\x12\x0f\n\x07rescore\x18\x08 \x01(\x08\x12,\n\x06\x66ormat\x18\t \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\x12\x18\n\x10\x62lend_into_photo\x18\n \x01(\x08\x12\x17\n\x0finversion_steps\x18\x0b \x01(\r\x12\x18\n\x10include_original\x18\x0c \x01(\x08\x12\x14\n\x0cinclude_face\x18\r \x01(\x08\x42\x08\n\x06source\"\x8d\x03\n\x0c\x45\x64itResponse\x12\x12\n\nedit_index\x18\x01 \x01(\x05\x12\x12\n\nstep_index\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12%\n\x05image\x18\x04 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12*\n\x04\x63ode\x18\x05 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\x12/\n\x06scores\x18\x06 \x03(\x0b\x32\x1f.interfacegan.v1.AttributeScore\x12+\n\x08progress\x18\x07 \x01(\x0b\x32\x19.interfacegan.v1.Progress\x12.\n\x08\x62oundary\x18\x08 \x01(\x0b\x32\x1c.interfacegan.v1.BoundaryRef\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x10\n\x08warnings\x18\n \x03(\t\x12\x16\n\x0einversion_psnr\x18\x0b \x01(\x01\x12$\n\x04\x66\x61\x63\x65\x18\x0c \x01(\x0b\x32\x16.interfacegan.v1.Image\"\x13\n\x11GetCatalogRequest\"\xeb\x01\n\x07\x43\x61talog\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.interfacegan.v1.ModelInfo\x12\x32\n\nattributes\x18\x02 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeInfo\x12\x31\n\nboundaries\x18\x03 \x03(\x0b\x32\x1d.interfacegan.v1.BoundaryInfo\x12;\n\x11invertible_models\x18\x04 \x03(\x0b\x32 .interfacegan.v1.InvertibleModel\x12\x10\n\x08warnings\x18\x05 \x03(\t2\xa2\x01\n\rEditorService\x12\x45\n\x04\x45\x64it\x12\x1c.interfacegan.v1.EditRequest\x1a\x1d.interfacegan.v1.EditResponse0\x01\x12J\n\nGetCatalog\x12\".interfacegan.v1.GetCatalogRequest\x1a\x18.interfacegan.v1.CatalogB]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +37,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interfacegan.v1.editor_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022io.interfacegan.v1P\001ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1'
-  _globals['_ATTRIBUTEEDIT']._serialized_start=175
-  _globals['_ATTRIBUTEEDIT']._serialized_end=377
-  _globals['_EDITREQUEST']._serialized_start=380
-  _globals['_EDITREQUEST']._serialized_end=800
-  _globals['_EDITRESPONSE']._serialized_start=803
-  _globals['_EDITRESPONSE']._serialized_end=1100
-  _globals['_GETCATALOGREQUEST']._serialized_start=1102
-  _globals['_GETCATALOGREQUEST']._serialized_end=1121
-  _globals['_CATALOG']._serialized_start=1124
-  _globals['_CATALOG']._serialized_end=1280
-  _globals['_EDITORSERVICE']._serialized_start=1283
-  _globals['_EDITORSERVICE']._serialized_end=1445
+  _globals['_ATTRIBUTEEDIT']._serialized_start=208
+  _globals['_ATTRIBUTEEDIT']._serialized_end=410
+  _globals['_EDITREQUEST']._serialized_start=413
+  _globals['_EDITREQUEST']._serialized_end=855
+  _globals['_EDITRESPONSE']._serialized_start=858
+  _globals['_EDITRESPONSE']._serialized_end=1255
+  _globals['_GETCATALOGREQUEST']._serialized_start=1257
+  _globals['_GETCATALOGREQUEST']._serialized_end=1276
+  _globals['_CATALOG']._serialized_start=1279
+  _globals['_CATALOG']._serialized_end=1514
+  _globals['_EDITORSERVICE']._serialized_start=1517
+  _globals['_EDITORSERVICE']._serialized_end=1679
 # @@protoc_insertion_point(module_scope)

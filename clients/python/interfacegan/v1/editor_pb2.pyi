@@ -1,6 +1,7 @@
 from interfacegan.v1 import common_pb2 as _common_pb2
 from interfacegan.v1 import boundary_pb2 as _boundary_pb2
 from interfacegan.v1 import generator_pb2 as _generator_pb2
+from interfacegan.v1 import inversion_pb2 as _inversion_pb2
 from interfacegan.v1 import scorer_pb2 as _scorer_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -33,7 +34,7 @@ class AttributeEdit(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., boundary_version: _Optional[int] = ..., mode: _Optional[_Union[_boundary_pb2.DistanceMode, str]] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., steps: _Optional[int] = ..., hold: _Optional[_Iterable[str]] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original")
+    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +47,7 @@ class EditRequest(_message.Message):
     BLEND_INTO_PHOTO_FIELD_NUMBER: _ClassVar[int]
     INVERSION_STEPS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FACE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     space: _common_pb2.LatentSpace
@@ -58,10 +60,11 @@ class EditRequest(_message.Message):
     blend_into_photo: bool
     inversion_steps: int
     include_original: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ...) -> None: ...
+    include_face: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ...) -> None: ...
 
 class EditResponse(_message.Message):
-    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary")
+    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary", "request_id", "warnings", "inversion_psnr", "face")
     EDIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +73,10 @@ class EditResponse(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     BOUNDARY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    INVERSION_PSNR_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     edit_index: int
     step_index: int
     distance: float
@@ -78,18 +85,26 @@ class EditResponse(_message.Message):
     scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.AttributeScore]
     progress: _common_pb2.Progress
     boundary: _common_pb2.BoundaryRef
-    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ...) -> None: ...
+    request_id: str
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    inversion_psnr: float
+    face: _common_pb2.Image
+    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., request_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., inversion_psnr: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ...) -> None: ...
 
 class GetCatalogRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Catalog(_message.Message):
-    __slots__ = ("models", "attributes", "boundaries")
+    __slots__ = ("models", "attributes", "boundaries", "invertible_models", "warnings")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    INVERTIBLE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_generator_pb2.ModelInfo]
     attributes: _containers.RepeatedCompositeFieldContainer[_scorer_pb2.AttributeInfo]
     boundaries: _containers.RepeatedCompositeFieldContainer[_boundary_pb2.BoundaryInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[_generator_pb2.ModelInfo, _Mapping]]] = ..., attributes: _Optional[_Iterable[_Union[_scorer_pb2.AttributeInfo, _Mapping]]] = ..., boundaries: _Optional[_Iterable[_Union[_boundary_pb2.BoundaryInfo, _Mapping]]] = ...) -> None: ...
+    invertible_models: _containers.RepeatedCompositeFieldContainer[_inversion_pb2.InvertibleModel]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, models: _Optional[_Iterable[_Union[_generator_pb2.ModelInfo, _Mapping]]] = ..., attributes: _Optional[_Iterable[_Union[_scorer_pb2.AttributeInfo, _Mapping]]] = ..., boundaries: _Optional[_Iterable[_Union[_boundary_pb2.BoundaryInfo, _Mapping]]] = ..., invertible_models: _Optional[_Iterable[_Union[_inversion_pb2.InvertibleModel, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

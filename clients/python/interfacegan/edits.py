@@ -1,0 +1,267 @@
+"""Edit specifications, the EditRequest builder, and the typed results of an edit (frames, grids)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from pathlib import Path
+from typing import Iterable, Literal, Sequence, Union
+
+import numpy as np
+from PIL import Image as PILImage
+
+from interfacegan.v1 import boundary_pb2, common_pb2, editor_pb2
+
+from . import codec
+from .grid import make_grid
+
+Output = Literal["numpy", "pil"]
+#: The face to edit: a seed (int), a latent code (numpy array), or a photo (path, bytes, PIL image).
+Source = Union[int, np.ndarray, str, Path, bytes, PILImage.Image]
+
+MODES = {"relative": boundary_pb2.DISTANCE_MODE_RELATIVE, "absolute": boundary_pb2.DISTANCE_MODE_ABSOLUTE}
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSpec:
+    """One attribute edit: move along `attribute`'s boundary through `steps` distances from `start` to `end`.
+
+    Attributes:
+        attribute: Boundary to follow, e.g. "age".
+        start / end: First and last distance (relative offsets, or signed distances from the hyperplane).
+        steps: Number of distances, 1 .. 256 (1 uses `end`).
+        mode: "relative" (code + t n) or "absolute" (the reference's code + (t - code . n) n).
+        hold: Attributes kept fixed (the boundary is projected off theirs: a conditional boundary).
+        version: Boundary version; 0 = newest.
+        layers: W+ only: (first, end) layers to edit.
+    """
+
+    attribute: str
+    start: float = -3.0
+    end: float = 3.0
+    steps: int = 7
+    mode: str = "relative"
+    hold: tuple[str, ...] = ()
+    version: int = 0
+    layers: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if not self.attribute:
+            raise ValueError("an edit needs an attribute name, e.g. 'age'")
+        if not 1 <= self.steps <= 256:
+            raise ValueError(f"steps {self.steps}: accepted 1 .. 256")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: accepted {', '.join(MODES)}")
+        if not (math.isfinite(self.start) and math.isfinite(self.end)):
+            raise ValueError("start and end must be finite numbers")
+        object.__setattr__(self, "hold", tuple(self.hold))
+
+    @property
+    def label(self) -> str:
+        """Short name for files and captions, e.g. 'gender' or 'gender|age'."""
+        return "|".join((self.attribute, *self.hold))
+
+    @property
+    def distances(self) -> np.ndarray:
+        return np.array([self.end]) if self.steps == 1 else np.linspace(self.start, self.end, self.steps)
+
+    @classmethod
+    def parse(cls, text: str) -> "EditSpec":
+        """Parses `ATTR[:START:END[:STEPS]][:key=value...]` or `ATTR:DISTANCE`.
+
+        Keys: hold=age+yaw, mode=absolute|relative, version=N, layers=FIRST-END.
+        Examples: "age" (-3..3, 7 steps), "age:2", "gender:-3:3:5:hold=age", "smile:-2:2:9:mode=absolute".
+        """
+        head, *rest = text.strip().split(":")
+        numbers, options = [], {}
+        for part in rest:
+            if "=" in part:
+                key, _, value = part.partition("=")
+                options[key.strip().lower()] = value.strip()
+            else:
+                numbers.append(part)
+        kwargs: dict = {}
+        try:
+            if len(numbers) == 1:
+                kwargs.update(start=float(numbers[0]), end=float(numbers[0]), steps=1)
+            elif len(numbers) in (2, 3):
+                kwargs.update(start=float(numbers[0]), end=float(numbers[1]))
+                if len(numbers) == 3:
+                    kwargs["steps"] = int(numbers[2])
+            elif numbers:
+                raise ValueError("too many numbers")
+            for key, value in options.items():
+                if key == "hold":
+                    kwargs["hold"] = tuple(h for h in value.replace(",", "+").split("+") if h)
+                elif key == "mode":
+                    kwargs["mode"] = value.lower()
+                elif key == "version":
+                    kwargs["version"] = int(value)
+                elif key == "layers":
+                    lo, _, hi = value.partition("-")
+                    kwargs["layers"] = (int(lo), int(hi or 0))
+                else:
+                    raise ValueError(f"unknown key {key!r}")
+            return cls(head.strip(), **kwargs)
+        except ValueError as e:
+            raise ValueError(f"edit {text!r}: {e}; expected ATTR[:START:END[:STEPS]][:hold=A+B][:mode=absolute]"
+                             f"[:version=N][:layers=FIRST-END], e.g. age:-3:3:7 or gender:-2:2:5:hold=age") from None
+
+    def to_proto(self) -> editor_pb2.AttributeEdit:
+        lo, hi = self.layers or (0, 0)
+        return editor_pb2.AttributeEdit(attribute=self.attribute, boundary_version=self.version, mode=MODES[self.mode],
+                                        start=self.start, end=self.end, steps=self.steps, hold=list(self.hold),
+                                        layer_start=lo, layer_end=hi)
+
+
+EditLike = Union[EditSpec, str]
+
+
+def edit_specs(edits: Iterable[EditLike] | EditLike) -> list[EditSpec]:
+    if isinstance(edits, (str, EditSpec)):
+        edits = [edits]
+    out = [e if isinstance(e, EditSpec) else EditSpec.parse(e) for e in edits]
+    if not out:
+        raise ValueError("give at least one edit, e.g. 'age' or EditSpec('age', -3, 3, 7)")
+    return out
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build_edit_request(source: Source, edits: Iterable[EditLike] | EditLike, *, model: str = "",
+                       model_version: str = "", space: str | int | None = None, rescore: bool = False,
+                       include_original: bool = False, blend: bool = False, include_face: bool = False,
+                       inversion_steps: int = 0, image_format: str = "png",
+                       request_id: str | None = None) -> editor_pb2.EditRequest:
+    """The EditRequest for a seed (int), a code (array) or a photo (path, bytes, PIL image, uint8 array).
+
+    A numpy array is a latent code when it is floating point and a photo when it is uint8.
+    """
+    specs = edit_specs(edits)
+    request = editor_pb2.EditRequest(
+        request_id=request_id or new_request_id(), model=common_pb2.ModelRef(name=model, version=model_version),
+        space=codec.space_of(space), edits=[s.to_proto() for s in specs], rescore=rescore,
+        format=codec.FORMATS[image_format.lower()], blend_into_photo=blend, inversion_steps=inversion_steps,
+        include_original=include_original, include_face=include_face)
+    if isinstance(source, (bool, np.bool_)):
+        raise TypeError("source must be a seed, a latent code or a photo, not a bool")
+    if isinstance(source, (int, np.integer)):
+        if source < 0:
+            raise ValueError(f"seed {source} must be >= 0")
+        request.seed = int(source)
+    elif isinstance(source, np.ndarray) and source.dtype != np.uint8:
+        request.code.CopyFrom(codec.latents(source, space))
+    else:
+        request.photo.CopyFrom(codec.image_message(source))
+    return request
+
+
+@dataclasses.dataclass
+class EditFrame:
+    """One streamed result: the image at one (edit, step), or the original (edit_index -1).
+
+    Attributes:
+        edit_index / step_index / distance: Where the frame sits in the request.
+        image: The edited image (numpy (H, W, 3) uint8 or PIL, as asked); the blended photo for photos with blend.
+        code: The edited latent code, (1, d) or (1, L, d).
+        scores: Attribute -> value, when `rescore` was asked; None where the scorer found no valid value.
+        boundary: The boundary used, e.g. "gender|age v1".
+        face: Photos with blend and include_face: the edited face crop.
+        done / total: Progress of the whole call.
+        message: The EditResponse itself.
+    """
+
+    edit_index: int
+    step_index: int
+    distance: float
+    image: np.ndarray | PILImage.Image
+    code: np.ndarray | None
+    scores: dict[str, float | None]
+    boundary: str
+    face: np.ndarray | PILImage.Image | None
+    done: int
+    total: int
+    message: editor_pb2.EditResponse = dataclasses.field(repr=False)
+
+    @classmethod
+    def of(cls, m: editor_pb2.EditResponse, output: Output = "numpy") -> "EditFrame":
+        def img(image):
+            a = codec.image_array(image)
+            return PILImage.fromarray(a) if output == "pil" else a
+        boundary = f"{m.boundary.attribute} v{m.boundary.version}" if m.boundary.attribute else ""
+        return cls(edit_index=m.edit_index, step_index=m.step_index, distance=m.distance, image=img(m.image),
+                   code=codec.array(m.code.codes) if m.code.HasField("codes") else None,
+                   scores={s.attribute: (s.value if s.valid else None) for s in m.scores}, boundary=boundary,
+                   face=img(m.face) if m.HasField("face") else None, done=m.progress.done, total=m.progress.total,
+                   message=m)
+
+
+@dataclasses.dataclass
+class EditResult:
+    """Every frame of one Edit call, with accessors by edit.
+
+    Attributes:
+        specs: The edits asked for, in request order.
+        frames: Frames in arrival (= request) order, the original first when asked.
+        request_id: The id the server ran the call under.
+        warnings: Notes about the source (e.g. several faces in a photo).
+        inversion_psnr: Photos: reconstruction PSNR of the inverted code, dB.
+    """
+
+    specs: list[EditSpec]
+    frames: list[EditFrame]
+    request_id: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    inversion_psnr: float = 0.0
+
+    @property
+    def original(self) -> EditFrame | None:
+        return next((f for f in self.frames if f.edit_index == -1), None)
+
+    def edit(self, index: int) -> list[EditFrame]:
+        """The frames of edit `index`, by step."""
+        return sorted((f for f in self.frames if f.edit_index == index), key=lambda f: f.step_index)
+
+    def images(self, index: int = 0) -> list:
+        return [f.image for f in self.edit(index)]
+
+    def grid(self, *, scale: int = 2, labels: bool = True, score: str | None = None) -> PILImage.Image:
+        """One row per edit, one column per step (the original first when it was returned).
+
+        Args:
+            scale: Nearest-neighbour upscaling of each tile (64 px faces are small).
+            labels: Write the edit and distance captions.
+            score: Attribute whose re-scored value is written under each tile (needs `rescore`).
+        """
+        rows, row_labels, captions = [], [], []
+        original = self.original
+        for i, spec in enumerate(self.specs):
+            frames = self.edit(i)
+            tiles = ([original.image] if original else []) + [f.image for f in frames]
+            caps = (["original"] if original else []) + [f"{f.distance:+.1f}" for f in frames]
+            if score:
+                all_frames = ([original] if original else []) + frames
+                caps = [f"{c} {_fmt(f.scores.get(score))}" for c, f in zip(caps, all_frames)]
+            rows.append([np.asarray(t) for t in tiles])
+            row_labels.append(spec.label)
+            captions.append(caps)
+        return make_grid(rows, row_labels=row_labels if labels else None,
+                         captions=captions if labels else None, scale=scale)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def collect(specs: Sequence[EditSpec], frames: Iterable[EditFrame]) -> EditResult:
+    result = EditResult(list(specs), [])
+    for f in frames:
+        if not result.frames:
+            result.request_id = f.message.request_id
+            result.warnings = list(f.message.warnings)
+            result.inversion_psnr = f.message.inversion_psnr
+        result.frames.append(f)
+    return result
