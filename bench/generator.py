@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads of the server and of (a); 1 leaves the second core to gRPC and clients")
     p.add_argument("--raw-threads-also", type=int, default=2, help="extra (a) row at this thread count, for context")
-    p.add_argument("--raw-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 32, 64],
+    p.add_argument("--raw-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 32, 64],
                    help="batch sizes of (a)")
     p.add_argument("--raw-seconds", type=float, default=3.0, help="seconds per raw batch size")
     p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64],
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per served point")
     p.add_argument("--format", choices=("raw", "png"), default="png", help="image format the clients ask for")
-    p.add_argument("--max-batch-size", type=int, default=64, help="server max_batch_size (batching on)")
+    p.add_argument("--max-batch-size", type=int, default=0, help="server max_batch_size (0 = the server's auto)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="server max_queue_delay_microseconds")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generator.json", help="result file")
     # worker mode (internal)
@@ -205,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     from services.generator import backends
     from services.generator.models import Registry, build_net
 
-    raw = raw_throughput(args, args.threads)
     device = str(backends.resolve_device(args.device))
-    ceiling = max(r["images_per_s"] for r in raw if r["batch"] <= args.max_batch_size)
+    raw = raw_throughput(args, args.threads)
+    max_batch = args.max_batch_size or (256 if device.startswith("cuda") else 16)
+    ceiling = max(r["images_per_s"] for r in raw if r["batch"] <= max_batch)
     spec = Registry().get(args.model)
     with torch.device("meta"):
         dim = build_net(spec.architecture, spec.resolution, **spec.kwargs).latent_shapes["z"][0]
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": device},
         "settings": {"torch_threads": args.threads, "interop_threads": 1, "load_processes": args.load_processes,
-                     "max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us,
+                     "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
                      "format": args.format, "warmup_s": args.warmup, "duration_s": args.duration,
                      "precision": args.precision},
         "raw_ceiling_images_per_s": ceiling, "table": table, "targets": targets,

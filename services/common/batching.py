@@ -74,6 +74,9 @@ class BatchingConfig:
             raise ValueError(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in 1..max_batch_size")
 
 
+_DEADLINE = object()  # outbox marker: the request's deadline passed
+
+
 class _Request:
     __slots__ = ("items", "key", "deadline", "enqueued", "scheduled", "consumed", "outbox", "done", "waited")
 
@@ -181,15 +184,16 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         waiting: dict[int, list] = {}
         offset = 0
+        # A timer (cheaper than wait_for's task per get) posts the deadline into the request's outbox.
+        timer = None if request.deadline is None else loop.call_at(request.deadline, request.outbox.put_nowait,
+                                                                   _DEADLINE)
         try:
             while offset < len(items):
-                wait = None if request.deadline is None else max(0.0, request.deadline - loop.time())
-                try:
-                    message = await asyncio.wait_for(request.outbox.get(), wait)
-                except TimeoutError:
+                message = await request.outbox.get()
+                if message is _DEADLINE:
                     metrics.REJECTED.labels(*self.labels, "deadline").inc()
                     raise deadline_exceeded(f"deadline passed after {offset} of {len(items)} results; "
-                                            f"give a longer deadline or fewer items") from None
+                                            f"give a longer deadline or fewer items")
                 if isinstance(message, BaseException):
                     raise message
                 start, results = message
@@ -201,7 +205,10 @@ class DynamicBatcher:
                         self._wakeup.set()  # it may have been held back for a slow reader (max_ahead)
                     yield offset, results
                     offset += len(results)
+            request.done = True
         finally:
+            if timer is not None:
+                timer.cancel()
             if not request.done:
                 self._cancel(request)
 

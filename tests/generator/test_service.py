@@ -66,7 +66,7 @@ def test_list_models_and_model_info(stub):
     assert info.name == "dcgan-digiface-64" and info.architecture == "dcgan" and info.loaded
     assert info.resolution == 64 and info.device == "cpu" and info.backend == "torch"
     assert [(s.space, list(s.shape)) for s in info.latent_spaces] == [(Z, [100])]
-    assert info.max_batch_size == 64 and info.max_request_codes == 4096 and info.precision == "float32"
+    assert info.max_batch_size == 16 and info.max_request_codes == 4096 and info.precision == "float32"
     assert stub.GetModelInfo(generator_pb2.GetModelInfoRequest(), timeout=10) == info
     err = error_of(stub.GetModelInfo, generator_pb2.GetModelInfoRequest(model={"name": "stylegan-ffhq"}), timeout=10)
     assert err.code() == grpc.StatusCode.NOT_FOUND and "dcgan-digiface-64" in err.details()
