@@ -9,11 +9,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 setup: system-deps venv models
 
-# redis-server is the only system package the services need.
+# redis-server runs the boundary store; docker-compose validates docker-compose.yml offline in the tests.
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (apt-get)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 venv: $(VENV)/.installed
 

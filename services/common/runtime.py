@@ -53,7 +53,9 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
-    ]
+    ] + ([("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+          # Long streams (training jobs, big Synthesize calls) may outlive the age: let them finish.
+          ("grpc.max_connection_age_grace_ms", 3_600_000)] if settings.max_connection_age_seconds > 0 else [])
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):

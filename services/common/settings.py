@@ -28,6 +28,8 @@ class ServerSettings:
     metrics_port: int = setting(-1, "Prometheus /metrics port; -1 disables, 0 picks a free port")
     max_message_mb: int = setting(16, "largest gRPC message accepted or sent, MiB")
     max_concurrent_rpcs: int = setting(256, "RPCs handled at once; more are refused with RESOURCE_EXHAUSTED")
+    max_connection_age_seconds: float = setting(60.0, "close client connections after this age (clients reconnect "
+                                                       "and re-resolve DNS, so new replicas get traffic); 0 = never")
     grace_seconds: float = setting(10.0, "on SIGTERM/SIGINT: seconds in-flight calls get to finish")
     drain_seconds: float = setting(1.0, "on SIGTERM/SIGINT: seconds health says NOT_SERVING while calls are "
                                         "still accepted, so load balancers move away before the port closes")
