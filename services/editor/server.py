@@ -16,7 +16,7 @@ import numpy as np
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
-from services.common import images, logs, pipeline, tensors
+from services.common import channels, images, logs, pipeline, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
 
@@ -101,7 +101,8 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
     def _upstream(self, name: str, addresses: str, stub_cls) -> Upstream:
         s = self.settings
         return Upstream(name, addresses, stub_cls, token=s.auth_token, max_message_bytes=s.max_message_bytes,
-                        attempts=s.retry_attempts, backoff=s.retry_backoff)
+                        attempts=s.retry_attempts, backoff=s.retry_backoff,
+                        config=channels.client_config(s, retry=False))
 
     def register(self, server: grpc.aio.Server) -> None:
         # Channels are made here, inside the server's event loop.

@@ -81,14 +81,17 @@ class Upstream:
         token: Bearer token sent downstream (the cluster shares one).
         attempts: Tries of an idempotent call on UNAVAILABLE / RESOURCE_EXHAUSTED.
         backoff: First wait between tries, seconds; doubles up to `max_backoff`, with jitter.
+        config: Channel configuration (TLS, limits); default plaintext without channel retries.
     """
 
     def __init__(self, name: str, addresses: str, stub_cls, *, token: str = "", max_message_bytes: int = 16 << 20,
-                 attempts: int = 4, backoff: float = 0.1, max_backoff: float = 2.0):
+                 attempts: int = 4, backoff: float = 0.1, max_backoff: float = 2.0,
+                 config: ch.ChannelConfig | None = None):
         self.name = name
         self.addresses = ch.split_addresses(addresses)
         # The editor retries itself (deadline-aware, across replicas): no retries inside the channel on top.
-        config = ch.ChannelConfig(retry=None, max_message_bytes=max_message_bytes)
+        # `config` (services/common/channels.client_config) carries TLS / mTLS from the editor's settings.
+        config = config or ch.ChannelConfig(retry=None, max_message_bytes=max_message_bytes)
         self.channels = [ch.aio_channel(a, config) for a in self.addresses]
         self.stubs = [stub_cls(c) for c in self.channels]
         self.token = token
