@@ -133,6 +133,8 @@ def make_session(model: str | bytes, runtime: mf.RuntimeSpec, providers: Sequenc
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, runtime.graph_optimization_level)
     opts.intra_op_num_threads = runtime.intra_op_num_threads
     opts.inter_op_num_threads = runtime.inter_op_num_threads
+    # Spinning idle threads cost ~40% more CPU per image here (and wall time on a busy machine).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if runtime.allow_spinning else "0")
     opts.log_severity_level = 3
     wanted = list(providers or runtime.providers)
     available = ort.get_available_providers()

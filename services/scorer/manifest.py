@@ -19,6 +19,7 @@ or one folder deep (`<folder>/<anything>/manifest.yaml`). Example::
       providers: [CUDAExecutionProvider, CPUExecutionProvider]
       graph_optimization_level: all # disable | basic | extended | all
       intra_op_num_threads: 0       # 0: ONNX Runtime's default
+      allow_spinning: false         # idle ONNX Runtime threads spin (lower latency, CPU burnt); default off
       max_batch_size: 64
     attributes:
       - name: smiling
@@ -104,6 +105,7 @@ class RuntimeSpec:
     intra_op_num_threads: int = 0
     inter_op_num_threads: int = 0
     max_batch_size: int = 64
+    allow_spinning: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +298,10 @@ def _runtime(d: Any, where: str) -> RuntimeSpec:
     if not isinstance(d, dict):
         raise ManifestError(f"{where}: not a mapping")
     _known(d, {"providers", "graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads",
-               "max_batch_size"}, where)
+               "max_batch_size", "allow_spinning"}, where)
+    spinning = d.get("allow_spinning", False)
+    if not isinstance(spinning, bool):
+        raise ManifestError(f"{where}: allow_spinning: {spinning!r}; give true or false")
     providers = d.get("providers", list(DEFAULT_PROVIDERS))
     if isinstance(providers, str):
         providers = [providers]
@@ -310,7 +315,8 @@ def _runtime(d: Any, where: str) -> RuntimeSpec:
     return RuntimeSpec(providers=tuple(providers), graph_optimization_level=level,
                        intra_op_num_threads=_integer(d.get("intra_op_num_threads", 0), f"{where}: intra_op_num_threads", 0, 256),
                        inter_op_num_threads=_integer(d.get("inter_op_num_threads", 0), f"{where}: inter_op_num_threads", 0, 256),
-                       max_batch_size=_integer(d.get("max_batch_size", 64), f"{where}: max_batch_size", 1, 4096))
+                       max_batch_size=_integer(d.get("max_batch_size", 64), f"{where}: max_batch_size", 1, 4096),
+                       allow_spinning=spinning)
 
 
 def _attribute(d: Any, where: str) -> AttributeSpec:
