@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,3 +65,15 @@ def make_pki(folder: Path, name: str = "test") -> dict[str, str]:
     client, client_key = leaf("interfacegan-client", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     out["client_cert"], out["client_key"] = _write(folder, f"{name}-client", client, client_key)
     return out
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> dict[str, str]:
+    """CA, server and client certificates the services and the tests trust."""
+    return make_pki(tmp_path_factory.mktemp("pki"), "ifgan")
+
+
+@pytest.fixture(scope="session")
+def rogue_pki(tmp_path_factory) -> dict[str, str]:
+    """Certificates of another CA, which the services must not trust."""
+    return make_pki(tmp_path_factory.mktemp("rogue-pki"), "rogue")
