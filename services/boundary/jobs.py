@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import time
@@ -18,7 +19,10 @@ TERMINAL = (boundary_pb2.JOB_STATE_SUCCEEDED, boundary_pb2.JOB_STATE_FAILED, bou
 
 
 class Job:
-    """One job's live state. Watchers get every change (coalesced: a slow watcher sees the newest state)."""
+    """One job's live state. Every watcher gets every update in order (a watcher that falls more than
+    `backlog` updates behind loses the oldest progress updates, never the final state)."""
+
+    backlog = 256
 
     def __init__(self, job_id: str, request_id: str, fingerprint: str):
         self.id = job_id
@@ -34,8 +38,8 @@ class Job:
         self.boundaries: list[boundary_pb2.BoundaryInfo] = []
         self.error = ""
         self.task: asyncio.Task | None = None
-        self._version = 0
-        self._changed = asyncio.Condition()
+        self._watchers: list[collections.deque] = []
+        self._wakeups: list[asyncio.Event] = []
 
     @property
     def finished(self) -> bool:
@@ -48,25 +52,34 @@ class Job:
                                          elapsed_seconds=time.time() - self.started, message=self.message))
 
     async def update(self, **fields) -> None:
-        """Sets fields (state, stage, done, total, eta, message, boundaries, error) and wakes watchers."""
+        """Sets fields (state, stage, done, total, eta, message, boundaries, error) and tells every watcher."""
         for key, value in fields.items():
             setattr(self, key, value)
-        async with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        update = self.snapshot()
+        for queue, wakeup in zip(self._watchers, self._wakeups):
+            queue.append(update)
+            wakeup.set()
 
     async def watch(self) -> AsyncIterator[boundary_pb2.JobUpdate]:
-        """The state now, then each change, until the job ends (its final state is always sent)."""
-        seen = -1
-        while True:
-            async with self._changed:
-                if seen == self._version:
-                    await self._changed.wait_for(lambda: self._version != seen)
-                seen = self._version
-                update = self.snapshot()
-            yield update
-            if update.state in TERMINAL:
-                return
+        """The state now, then every update, until the job ends (its final state is always sent)."""
+        queue: collections.deque = collections.deque(maxlen=self.backlog)
+        wakeup = asyncio.Event()
+        queue.append(self.snapshot())
+        self._watchers.append(queue)
+        self._wakeups.append(wakeup)
+        try:
+            while True:
+                while queue:
+                    update = queue.popleft()
+                    yield update
+                    if update.state in TERMINAL:
+                        return
+                wakeup.clear()
+                if not queue:
+                    await wakeup.wait()
+        finally:
+            self._watchers.remove(queue)
+            self._wakeups.remove(wakeup)
 
     def record(self) -> dict:
         """JSON-able final state (kept in Redis so WatchJob works after a restart)."""

@@ -7,6 +7,9 @@ import time
 import warnings
 
 import numpy as np
+# Imported here, not at first use: the import takes seconds and would be billed to the first SVM fit.
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.svm import SVC, LinearSVC
 
 #: Linear SVM solvers. "hinge" minimises the reference's objective (SVC(kernel='linear'): hinge loss, C)
 #: with liblinear's dual coordinate descent; "squared_hinge" is liblinear's primal solver (fastest,
@@ -78,9 +81,6 @@ def split_indices(count: int, train_split: float, rng: np.random.Generator) -> t
 def fit_linear_svm(x: np.ndarray, y: np.ndarray, *, c: float = 1.0, solver: str = DEFAULT_SOLVER,
                    seed: int = 0, max_iter: int = 5000) -> tuple[np.ndarray, float, bool]:
     """Fits a linear SVM; returns (coef (d,), intercept, converged)."""
-    from sklearn.svm import SVC, LinearSVC
-    from sklearn.exceptions import ConvergenceWarning
-
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
     if c <= 0:

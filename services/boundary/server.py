@@ -51,7 +51,7 @@ class Settings(ServerSettings):
     max_num_samples: int = setting(10_000_000, "largest num_samples a training job accepts")
     shard_size: int = setting(10_000, "samples per dataset shard file (a multiple of --sample-block)")
     sample_block: int = setting(500, "codes per sample/synthesize/score request of a job (capped by the services' limits)")
-    pipeline_depth: int = setting(3, "blocks in flight at once through generator and scorer")
+    pipeline_depth: int = setting(4, "blocks in flight at once through generator and scorer")
     max_jobs: int = setting(1, "training jobs running at once; more wait QUEUED")
     svm_max_iter: int = setting(5000, "iteration cap of the liblinear solvers")
     score_all_attributes: bool = setting(True, "score every scorer attribute in the sampling pass, so later "
