@@ -114,7 +114,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=FIXTURES, help="fixture folder")
     p.add_argument("--count", type=int, default=24, help="images to sample (step images)")
     p.add_argument("--seed", type=int, default=2020, help="latent seed (step images)")
-    p.add_argument("--upsample", type=int, default=4, help="bicubic upsampling factor before landmarks (step reference)")
+    p.add_argument("--upsample", type=int, default=4, help="bicubic upsampling before landmarks (step reference)")
     args = p.parse_args()
     make_images(args) if args.step == "images" else make_reference(args)
 

@@ -444,7 +444,8 @@ class Engine:
                 out[s.chip_key] = letterbox(image, s.height, s.width)
         return out
 
-    def run(self, prepared: Sequence[dict[tuple, np.ndarray]], groups: Sequence[frozenset[str]]) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, prepared: Sequence[dict[tuple, np.ndarray]], groups: Sequence[frozenset[str]]
+            ) -> tuple[np.ndarray, np.ndarray]:
         """Batched inference; image i gets the attributes of groups[i] (others stay NaN).
 
         Returns:

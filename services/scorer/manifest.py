@@ -312,9 +312,9 @@ def _runtime(d: Any, where: str) -> RuntimeSpec:
     if level not in OPT_LEVELS.values():
         raise ManifestError(f"{where}: graph_optimization_level: {level!r}; accepted: {', '.join(OPT_LEVELS)} "
                             f"(or {', '.join(OPT_LEVELS.values())})")
-    return RuntimeSpec(providers=tuple(providers), graph_optimization_level=level,
-                       intra_op_num_threads=_integer(d.get("intra_op_num_threads", 0), f"{where}: intra_op_num_threads", 0, 256),
-                       inter_op_num_threads=_integer(d.get("inter_op_num_threads", 0), f"{where}: inter_op_num_threads", 0, 256),
+    threads = {k: _integer(d.get(k, 0), f"{where}: {k}", 0, 256)
+               for k in ("intra_op_num_threads", "inter_op_num_threads")}
+    return RuntimeSpec(providers=tuple(providers), graph_optimization_level=level, **threads,
                        max_batch_size=_integer(d.get("max_batch_size", 64), f"{where}: max_batch_size", 1, 4096),
                        allow_spinning=spinning)
 

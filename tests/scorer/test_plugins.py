@@ -7,7 +7,6 @@ import math
 
 import cv2
 import dlib
-import grpc
 import numpy as np
 import onnx
 import pytest
