@@ -50,6 +50,13 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
     Asset("face_landmark.tflite", "mediapipe==0.10.21", "mediapipe/modules/face_landmark/face_landmark.tflite",
           "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
           "MediaPipe face mesh (468 landmarks + face presence), run through OpenCV DNN"),
+    # Real photos of faces for tests and benchmarks (public domain), shipped inside these wheels.
+    Asset("astronaut.png", "scikit-image==0.26.0", "skimage/data/astronaut.png",
+          "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+          "test photo: astronaut Eileen Collins (NASA, public domain), 512x512 RGB"),
+    Asset("grace_hopper.jpg", "matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+          "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
+          "test photo: Rear Admiral Grace Hopper (US Navy, public domain), 512x600 RGB"),
 )}
 
 

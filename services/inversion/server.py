@@ -1,36 +1,335 @@
-"""Inversion service settings."""
+"""Inversion service: images and photos to latent codes (encoder first guess, then batched Adam refinement)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import math
+import threading
+import time
 
+import cv2
 import grpc
+import numpy as np
+import torch
 
-from interfacegan.v1 import inversion_pb2_grpc
-from services.common import runtime
+from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
+from services.common import assets, images, tensors
+from services.common.errors import (ServiceError, failed_precondition, invalid_argument, not_found,
+                                    resource_exhausted)
+from services.common.faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
 from services.common.settings import ServerSettings, setting
+
+from . import encoder as enc
+from .framing import template_for
+from .quality import psnr as psnr_of
+from .quality import ssim as ssim_of
+from .refine import STOP_ENCODER, Inverter, Options
+from .worker import Job, RefineWorker
+
+log = logging.getLogger(__name__)
+
+SPACE_KEYS = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
+SPACE_ENUMS = {v: k for k, v in SPACE_KEYS.items()}
 
 
 @dataclasses.dataclass
 class Settings(ServerSettings):
     """Inversion service settings."""
 
+    default_model: str = setting("dcgan-digiface-64", "model loaded at start and used when a request names none")
+    models_json: str = setting("", "extra registry entries (JSON list of name, architecture, weights, resolution)")
+    default_steps: int = setting(120, "refinement step budget when a request gives none")
+    max_steps_limit: int = setting(2000, "largest step budget a request may ask for")
+    default_target_psnr: float = setting(40.0, "early-stop PSNR in dB when a request gives none")
+    learning_rate: float = setting(0.1, "peak Adam step in units of the space's per-dimension spread")
+    feature_weight: float = setting(0.1, "weight of the feature loss (encoder features) next to the pixel MSE")
+    progress_every: int = setting(10, "steps between streamed progress messages")
+    max_batch: int = setting(32, "images refined together at most (continuous batching)")
+    max_queue: int = setting(64, "refinements waiting at most; more are refused with RESOURCE_EXHAUSTED")
+    max_image_pixels: int = setting(4096 * 4096, "largest photo accepted, in pixels")
+    min_photo_side: int = setting(32, "smallest photo side accepted for face alignment, in pixels")
+    detect_upsample: int = setting(1, "dlib detector upsampling passes (1 finds faces down to about 40 px)")
+    torch_threads: int = setting(2, "torch CPU threads")
+
     service_name = "inversion"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.default_steps <= self.max_steps_limit:
+            raise ValueError("default_steps must be within 1..max_steps_limit")
+        if not 0 < self.default_target_psnr <= 100:
+            raise ValueError("default_target_psnr must be within (0, 100] dB")
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A generator with its inverter and encoder facts."""
+
+    model: object
+    inverter: Inverter
+    encoder_sha256: str
+    encoder_psnr: float
 
 
 class InversionService(inversion_pb2_grpc.InversionServiceServicer):
-    """Skeleton: RPCs answer UNIMPLEMENTED until the service's issue lands."""
+    """Invert (streaming), Blend and GetInfo over the generator zoo, one refinement worker for all."""
 
     service_names = ("interfacegan.v1.InversionService",)
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.registry = None
+        self.loaded: dict[str, Loaded] = {}
+        self._load_lock = threading.Lock()
+        self.faces: FaceFinder | None = None
+        self.worker: RefineWorker | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         inversion_pb2_grpc.add_InversionServiceServicer_to_server(self, server)
 
     async def load(self) -> None:
-        pass
+        from services.generator.models import Registry
+
+        torch.set_num_threads(self.settings.torch_threads)
+        self.registry = Registry()
+        if self.settings.models_json:
+            self.registry.register_json(self.settings.models_json)
+        await asyncio.to_thread(self._model, self.settings.default_model)
+        self.faces = FaceFinder(assets.path_of("shape_predictor_5_face_landmarks.dat", self.settings.models_dir))
+        self.worker = RefineWorker(self.settings.max_batch, self.settings.max_queue)
 
     async def close(self) -> None:
-        pass
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.close)
+
+    # --- models ------------------------------------------------------------------------------------
+    def _model(self, name: str) -> Loaded:
+        with self._load_lock:
+            if name in self.loaded:
+                return self.loaded[name]
+            try:
+                spec_ok = self.registry.get(name)
+            except KeyError:
+                raise not_found(f"unknown model {name!r}; known: {', '.join(sorted(self.registry.names()))}") from None
+            model = self.registry.load(spec_ok.name, "cpu", models_dir=self.settings.models_dir)
+            found = enc.load_for(name, self.settings.models_dir)
+            encoder, manifest = found if found else (None, {})
+            inverter = Inverter(model, encoder, feature_weight=self.settings.feature_weight)
+            loaded = Loaded(model, inverter, manifest.get("sha256", ""),
+                            float(manifest.get("held_out", {}).get("psnr", 0.0)))
+            self.loaded[name] = loaded
+            log.info("model ready", extra={"model": name, "encoder": bool(encoder), "spaces": inverter.spaces})
+            return loaded
+
+    async def _get(self, ref: common_pb2.ModelRef) -> Loaded:
+        name = ref.name or self.settings.default_model
+        return await asyncio.to_thread(self._model, name)
+
+    def _info(self, name: str, loaded: Loaded) -> inversion_pb2.InvertibleModel:
+        inv = loaded.inverter
+        return inversion_pb2.InvertibleModel(
+            model=common_pb2.ModelRef(name=name, version=loaded.model.spec.version),
+            spaces=[SPACE_ENUMS[s] for s in inv.spaces], has_encoder=inv.encoder is not None,
+            default_steps=self.settings.default_steps, resolution=inv.resolution,
+            default_target_psnr=self.settings.default_target_psnr, max_steps_limit=self.settings.max_steps_limit,
+            default_space=SPACE_ENUMS[inv.spaces[-1]], encoder_sha256=loaded.encoder_sha256,
+            encoder_psnr=loaded.encoder_psnr,
+            template_landmarks=template_for(name, inv.resolution).reshape(-1).tolist())
+
+    async def GetInfo(self, request, context):
+        out = inversion_pb2.InversionInfo()
+        for name in self.registry.names():
+            if name in self.loaded:
+                out.models.append(self._info(name, self.loaded[name]))
+            else:  # not loaded yet: describe from the registry without loading
+                spec = self.registry.get(name)
+                style = spec.architecture in ("stylegan", "stylegan2")
+                out.models.append(inversion_pb2.InvertibleModel(
+                    model=common_pb2.ModelRef(name=name, version=spec.version),
+                    spaces=[common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP] if style
+                    else [common_pb2.LATENT_SPACE_Z],
+                    has_encoder=enc.find(name, self.settings.models_dir) is not None,
+                    default_steps=self.settings.default_steps, resolution=spec.resolution,
+                    default_target_psnr=self.settings.default_target_psnr,
+                    max_steps_limit=self.settings.max_steps_limit,
+                    default_space=common_pb2.LATENT_SPACE_WP if style else common_pb2.LATENT_SPACE_Z,
+                    template_landmarks=template_for(name, spec.resolution).reshape(-1).tolist()))
+        return out
+
+    # --- request checks ----------------------------------------------------------------------------
+    def _space(self, request, inv: Inverter) -> str:
+        if request.space == common_pb2.LATENT_SPACE_UNSPECIFIED:
+            return inv.spaces[-1]
+        key = SPACE_KEYS.get(request.space)
+        if key not in inv.spaces:
+            accepted = ", ".join(tensors.space_name(SPACE_ENUMS[s]) for s in inv.spaces)
+            raise invalid_argument("space", f"{tensors.space_name(request.space)} is not invertible for "
+                                            f"{inv.model.name}; accepted: {accepted}")
+        return key
+
+    def _options(self, request) -> Options:
+        s = self.settings
+        if request.max_steps > s.max_steps_limit:
+            raise invalid_argument("max_steps", f"{request.max_steps} exceeds the limit of {s.max_steps_limit}; "
+                                                f"accepted: 0 (default {s.default_steps}) to {s.max_steps_limit}")
+        target = request.target_psnr or s.default_target_psnr
+        if not math.isfinite(target) or not 0 < target <= 100:
+            raise invalid_argument("target_psnr", f"{request.target_psnr} dB; accepted: 0 (default "
+                                                  f"{s.default_target_psnr}) or a value in (0, 100]")
+        return Options(max_steps=request.max_steps or s.default_steps, target_psnr=target,
+                       lr=s.learning_rate, progress_every=s.progress_every if request.stream_progress else 0)
+
+    def _prepare(self, request, inv: Inverter) -> tuple[np.ndarray, inversion_pb2.FaceAlignment | None, list[str]]:
+        """Decodes the image and frames it like the generator: (R, R, 3) target, alignment, warnings."""
+        res = inv.resolution
+        warnings: list[str] = []
+        if not request.HasField("image"):
+            raise invalid_argument("image", f"missing; accepted: {images.ACCEPTED}")
+        if request.align_face:
+            photo = images.decode(request.image, "image", max_pixels=self.settings.max_image_pixels,
+                                  min_side=self.settings.min_photo_side)
+            faces = self.faces.find(photo, self.settings.detect_upsample)
+            if not faces:
+                h, w = photo.shape[:2]
+                raise invalid_argument("image", f"no face found in the {w}x{h} photo; accepted: a photo with a "
+                                                f"frontal face at least about 40 px wide, or align_face=false for an "
+                                                f"image already framed like the generator's {res}x{res} output")
+            face = faces[0]
+            if len(faces) > 1:
+                warnings.append(f"{len(faces)} faces found; the largest was used "
+                                f"(box x={face.box[0]:.0f} y={face.box[1]:.0f} w={face.box[2]:.0f} h={face.box[3]:.0f})")
+            matrix = similarity_transform(face.landmarks, template_for(inv.model.name, res))
+            crop = warp_crop(photo, matrix, res)
+            alignment = inversion_pb2.FaceAlignment(
+                matrix=matrix.reshape(-1).tolist(), crop_size=res, face_box=list(face.box),
+                faces_found=len(faces), landmarks=face.landmarks.reshape(-1).tolist(),
+                detection_score=face.score)
+            return crop, alignment, warnings
+        image = images.decode(request.image, "image", max_pixels=self.settings.max_image_pixels)
+        h, w = image.shape[:2]
+        if h != w:
+            raise invalid_argument("image", f"{w}x{h} is not square; without align_face the image must be framed "
+                                            f"like the generator's output ({res}x{res}, other square sizes are "
+                                            f"resized); set align_face=true for a photo")
+        if h != res:
+            warnings.append(f"image resized from {w}x{h} to the model's {res}x{res}")
+            image = cv2.resize(image, (res, res), interpolation=cv2.INTER_AREA if h > res else cv2.INTER_CUBIC)
+        return image, None, warnings
+
+    # --- Invert ------------------------------------------------------------------------------------
+    async def Invert(self, request, context):
+        started = time.perf_counter()
+        loaded = await self._get(request.model)
+        inv = loaded.inverter
+        space = self._space(request, inv)
+        options = self._options(request)
+        fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
+        if fmt not in (common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_JPEG, common_pb2.IMAGE_FORMAT_RAW):
+            raise invalid_argument("format", f"{fmt} is not an ImageFormat; accepted: PNG, JPEG, RAW")
+        target_pixels, alignment, warnings = await asyncio.to_thread(self._prepare, request, inv)
+        target = inv.targets(target_pixels[None])[0]
+        guess = (await asyncio.to_thread(inv.first_guess, target[None], space))[0]
+        row = inv.new_row(target, guess, options)
+        base = inversion_pb2.InvertResponse(warnings=warnings, aligned_target=images.encode(target_pixels, fmt))
+        if alignment is not None:
+            base.alignment.CopyFrom(alignment)
+
+        def message(code, image, step, stage, final, stop=""):
+            score_psnr = float(psnr_of(image[None], target[None])[0])
+            score_ssim = float(ssim_of(image[None], target[None])[0])
+            pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            out = inversion_pb2.InvertResponse()
+            out.CopyFrom(base)
+            shape = (1, *code.shape)
+            out.code.CopyFrom(tensors.latents_from_numpy(SPACE_ENUMS[space], code.numpy().reshape(shape)))
+            out.reconstruction.CopyFrom(images.encode(pixels, fmt))
+            out.psnr, out.ssim, out.steps, out.final, out.stop_reason = score_psnr, score_ssim, step, final, stop
+            out.first_psnr = row.first_psnr if not math.isnan(row.first_psnr) else score_psnr
+            out.progress.CopyFrom(common_pb2.Progress(
+                stage=stage, done=step, total=options.max_steps, elapsed_seconds=time.perf_counter() - started,
+                eta_seconds=-1.0, message=f"{score_psnr:.2f} dB after {step} steps"))
+            return out
+
+        if request.encoder_only or request.stream_progress:
+            first = await asyncio.to_thread(lambda: inv.render(guess[None], space)[0].detach())
+            row.first_psnr = float(psnr_of(first[None], target[None])[0])
+            if request.encoder_only:
+                yield message(guess, first, 0, "done", True, STOP_ENCODER)
+                return
+            yield message(guess, first, 0, "encoding", False)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_progress(r):
+            if r.best_image is not None:
+                snapshot = (r.best_code.clone(), r.best_image.clone(), r.step)
+                loop.call_soon_threadsafe(queue.put_nowait, ("progress", snapshot))
+
+        def on_done(job):
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+        row.on_progress = on_progress if request.stream_progress else None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # Leave time to encode and send the answer: stop refining at 85% of the remaining time.
+            row.deadline = time.monotonic() + 0.85 * remaining - 0.05
+        if not self.worker.submit(Job(inv, space, row, on_done)):
+            active, queued = self.worker.load()
+            raise resource_exhausted(f"{queued} refinements are queued (limit {self.settings.max_queue}) and "
+                                     f"{active} running; retry later", retry_after=1.0)
+        try:
+            while True:
+                kind, payload = await queue.get()
+                if kind == "done":
+                    break
+                code, image, step = payload
+                yield message(code, image, step, "refining", False)
+        finally:
+            row.cancelled = True  # a cancelled call frees its place at the next step
+        if row.stopped == "error":
+            raise ServiceError(grpc.StatusCode.INTERNAL, "refinement failed; see the server log")
+        result_image = row.best_image if row.best_image is not None else \
+            await asyncio.to_thread(lambda: inv.render(row.best_code[None], space)[0].detach())
+        if row.stopped == "deadline":
+            row_warn = f"the call's deadline stopped refinement after {row.step} of {options.max_steps} steps"
+            base.warnings.append(row_warn)
+        yield message(row.best_code, result_image, row.step, "done", True, row.stopped or "max_steps")
+
+    # --- Blend -------------------------------------------------------------------------------------
+    async def Blend(self, request, context):
+        return await asyncio.to_thread(self._blend, request)
+
+    def _blend(self, request) -> inversion_pb2.BlendResponse:
+        s = self.settings
+        a = request.alignment
+        if len(a.matrix) != 6 or not all(math.isfinite(v) for v in a.matrix):
+            raise invalid_argument("alignment.matrix", f"{len(a.matrix)} values; accepted: the 6 finite values "
+                                                       f"of the 2x3 matrix Invert returned")
+        matrix = np.array(a.matrix, np.float64).reshape(2, 3)
+        det = float(np.linalg.det(matrix[:, :2]))
+        if not 1e-8 < abs(det) < 1e8:
+            raise invalid_argument("alignment.matrix", f"is not invertible (determinant {det:g}); accepted: the "
+                                                       f"matrix Invert returned")
+        if not 8 <= a.crop_size <= 4096:
+            raise invalid_argument("alignment.crop_size", f"{a.crop_size}; accepted: 8 to 4096")
+        feather = request.feather or 0.08
+        if not math.isfinite(feather) or not 0 <= feather <= 0.5:
+            raise invalid_argument("feather", f"{request.feather}; accepted: 0 (default 0.08) to 0.5")
+        if not request.HasField("photo"):
+            raise invalid_argument("photo", f"missing; accepted: {images.ACCEPTED}")
+        if not request.HasField("face"):
+            raise invalid_argument("face", f"missing; accepted: {images.ACCEPTED}")
+        photo = images.decode(request.photo, "photo", max_pixels=s.max_image_pixels)
+        face = images.decode(request.face, "face", max_pixels=4096 * 4096)
+        if face.shape[0] != face.shape[1]:
+            raise invalid_argument("face", f"{face.shape[1]}x{face.shape[0]} is not square; accepted: the aligned "
+                                           f"crop (crop_size x crop_size, or any square size)")
+        size = int(a.crop_size)
+        mask = feather_mask(size, (0.5 * size, 0.56 * size), (0.40 * size, 0.46 * size), feather * size)
+        out = paste_back(photo, face, matrix, mask)
+        return inversion_pb2.BlendResponse(image=images.encode(out, request.format or common_pb2.IMAGE_FORMAT_PNG))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from interfacegan.v1 import common_pb2 as interfacegan_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1finterfacegan/v1/inversion.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\"\x19\n\x17GetInversionInfoRequest\"A\n\rInversionInfo\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .interfacegan.v1.InvertibleModel\"\x95\x01\n\x0fInvertibleModel\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12,\n\x06spaces\x18\x02 \x03(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\x13\n\x0bhas_encoder\x18\x03 \x01(\x08\x12\x15\n\rdefault_steps\x18\x04 \x01(\r\"\xa4\x02\n\rInvertRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05space\x18\x03 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12%\n\x05image\x18\x04 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\x12\n\nalign_face\x18\x05 \x01(\x08\x12\x11\n\tmax_steps\x18\x06 \x01(\r\x12\x13\n\x0btarget_psnr\x18\x07 \x01(\x01\x12\x17\n\x0fstream_progress\x18\x08 \x01(\x08\x12,\n\x06\x66ormat\x18\t \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\"Y\n\rFaceAlignment\x12\x0e\n\x06matrix\x18\x01 \x03(\x01\x12\x11\n\tcrop_size\x18\x02 \x01(\r\x12\x10\n\x08\x66\x61\x63\x65_box\x18\x03 \x03(\x01\x12\x13\n\x0b\x66\x61\x63\x65s_found\x18\x04 \x01(\r\"\xb9\x02\n\x0eInvertResponse\x12+\n\x08progress\x18\x01 \x01(\x0b\x32\x19.interfacegan.v1.Progress\x12*\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\x12.\n\x0ereconstruction\x18\x03 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\x0c\n\x04psnr\x18\x04 \x01(\x01\x12\x0c\n\x04ssim\x18\x05 \x01(\x01\x12\x31\n\talignment\x18\x06 \x01(\x0b\x32\x1e.interfacegan.v1.FaceAlignment\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\r\n\x05\x66inal\x18\x08 \x01(\x08\x12.\n\x0e\x61ligned_target\x18\t \x01(\x0b\x32\x16.interfacegan.v1.Image\"\xbc\x01\n\x0c\x42lendRequest\x12%\n\x05photo\x18\x01 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\x31\n\talignment\x18\x03 \x01(\x0b\x32\x1e.interfacegan.v1.FaceAlignment\x12,\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\"6\n\rBlendResponse\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.interfacegan.v1.Image2\xfc\x01\n\x10InversionService\x12S\n\x07GetInfo\x12(.interfacegan.v1.GetInversionInfoRequest\x1a\x1e.interfacegan.v1.InversionInfo\x12K\n\x06Invert\x12\x1e.interfacegan.v1.InvertRequest\x1a\x1f.interfacegan.v1.InvertResponse0\x01\x12\x46\n\x05\x42lend\x12\x1d.interfacegan.v1.BlendRequest\x1a\x1e.interfacegan.v1.BlendResponseB]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1finterfacegan/v1/inversion.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\"\x19\n\x17GetInversionInfoRequest\"A\n\rInversionInfo\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .interfacegan.v1.InvertibleModel\"\xde\x02\n\x0fInvertibleModel\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12,\n\x06spaces\x18\x02 \x03(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\x13\n\x0bhas_encoder\x18\x03 \x01(\x08\x12\x15\n\rdefault_steps\x18\x04 \x01(\r\x12\x12\n\nresolution\x18\x05 \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_target_psnr\x18\x06 \x01(\x01\x12\x17\n\x0fmax_steps_limit\x18\x07 \x01(\r\x12\x33\n\rdefault_space\x18\x08 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\x16\n\x0e\x65ncoder_sha256\x18\t \x01(\t\x12\x14\n\x0c\x65ncoder_psnr\x18\n \x01(\x01\x12\x1a\n\x12template_landmarks\x18\x0b \x03(\x01\"\xba\x02\n\rInvertRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05space\x18\x03 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12%\n\x05image\x18\x04 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\x12\n\nalign_face\x18\x05 \x01(\x08\x12\x11\n\tmax_steps\x18\x06 \x01(\r\x12\x13\n\x0btarget_psnr\x18\x07 \x01(\x01\x12\x17\n\x0fstream_progress\x18\x08 \x01(\x08\x12,\n\x06\x66ormat\x18\t \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\x12\x14\n\x0c\x65ncoder_only\x18\n \x01(\x08\"\x85\x01\n\rFaceAlignment\x12\x0e\n\x06matrix\x18\x01 \x03(\x01\x12\x11\n\tcrop_size\x18\x02 \x01(\r\x12\x10\n\x08\x66\x61\x63\x65_box\x18\x03 \x03(\x01\x12\x13\n\x0b\x66\x61\x63\x65s_found\x18\x04 \x01(\r\x12\x11\n\tlandmarks\x18\x05 \x03(\x01\x12\x17\n\x0f\x64\x65tection_score\x18\x06 \x01(\x01\"\xf1\x02\n\x0eInvertResponse\x12+\n\x08progress\x18\x01 \x01(\x0b\x32\x19.interfacegan.v1.Progress\x12*\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\x12.\n\x0ereconstruction\x18\x03 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\x0c\n\x04psnr\x18\x04 \x01(\x01\x12\x0c\n\x04ssim\x18\x05 \x01(\x01\x12\x31\n\talignment\x18\x06 \x01(\x0b\x32\x1e.interfacegan.v1.FaceAlignment\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\r\n\x05\x66inal\x18\x08 \x01(\x08\x12.\n\x0e\x61ligned_target\x18\t \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\r\n\x05steps\x18\n \x01(\r\x12\x12\n\nfirst_psnr\x18\x0b \x01(\x01\x12\x13\n\x0bstop_reason\x18\x0c \x01(\t\"\xcd\x01\n\x0c\x42lendRequest\x12%\n\x05photo\x18\x01 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.interfacegan.v1.Image\x12\x31\n\talignment\x18\x03 \x01(\x0b\x32\x1e.interfacegan.v1.FaceAlignment\x12,\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\x12\x0f\n\x07\x66\x65\x61ther\x18\x05 \x01(\x01\"6\n\rBlendResponse\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.interfacegan.v1.Image2\xfc\x01\n\x10InversionService\x12S\n\x07GetInfo\x12(.interfacegan.v1.GetInversionInfoRequest\x1a\x1e.interfacegan.v1.InversionInfo\x12K\n\x06Invert\x12\x1e.interfacegan.v1.InvertRequest\x1a\x1f.interfacegan.v1.InvertResponse0\x01\x12\x46\n\x05\x42lend\x12\x1d.interfacegan.v1.BlendRequest\x1a\x1e.interfacegan.v1.BlendResponseB]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVERSIONINFO']._serialized_start=109
   _globals['_INVERSIONINFO']._serialized_end=174
   _globals['_INVERTIBLEMODEL']._serialized_start=177
-  _globals['_INVERTIBLEMODEL']._serialized_end=326
-  _globals['_INVERTREQUEST']._serialized_start=329
-  _globals['_INVERTREQUEST']._serialized_end=621
-  _globals['_FACEALIGNMENT']._serialized_start=623
-  _globals['_FACEALIGNMENT']._serialized_end=712
-  _globals['_INVERTRESPONSE']._serialized_start=715
-  _globals['_INVERTRESPONSE']._serialized_end=1028
-  _globals['_BLENDREQUEST']._serialized_start=1031
-  _globals['_BLENDREQUEST']._serialized_end=1219
-  _globals['_BLENDRESPONSE']._serialized_start=1221
-  _globals['_BLENDRESPONSE']._serialized_end=1275
-  _globals['_INVERSIONSERVICE']._serialized_start=1278
-  _globals['_INVERSIONSERVICE']._serialized_end=1530
+  _globals['_INVERTIBLEMODEL']._serialized_end=527
+  _globals['_INVERTREQUEST']._serialized_start=530
+  _globals['_INVERTREQUEST']._serialized_end=844
+  _globals['_FACEALIGNMENT']._serialized_start=847
+  _globals['_FACEALIGNMENT']._serialized_end=980
+  _globals['_INVERTRESPONSE']._serialized_start=983
+  _globals['_INVERTRESPONSE']._serialized_end=1352
+  _globals['_BLENDREQUEST']._serialized_start=1355
+  _globals['_BLENDREQUEST']._serialized_end=1560
+  _globals['_BLENDRESPONSE']._serialized_start=1562
+  _globals['_BLENDRESPONSE']._serialized_end=1616
+  _globals['_INVERSIONSERVICE']._serialized_start=1619
+  _globals['_INVERSIONSERVICE']._serialized_end=1871
 # @@protoc_insertion_point(module_scope)
