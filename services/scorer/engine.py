@@ -166,11 +166,17 @@ class FaceMesh:
         self.source = f"{path.name} sha256:{mf.sha256_prefix(path)}"
         self.session: ort.InferenceSession | None = None
         if backend != "opencv":
-            from .tflite_onnx import convert
+            try:
+                from .tflite_onnx import convert
 
-            session = make_session(convert(path).SerializeToString(), mf.RuntimeSpec(), providers, "face mesh")
-            if backend == "onnxruntime" or session.get_providers()[0] != "CPUExecutionProvider":
-                self.session = session
+                session = make_session(convert(path).SerializeToString(), mf.RuntimeSpec(), providers, "face mesh")
+            except Exception as e:  # noqa: BLE001 - auto falls back to OpenCV, which reads the file itself
+                if backend == "onnxruntime":
+                    raise
+                log.warning("face mesh: ONNX Runtime path unavailable (%s: %s); using OpenCV", type(e).__name__, e)
+            else:
+                if backend == "onnxruntime" or session.get_providers()[0] != "CPUExecutionProvider":
+                    self.session = session
         self._local = threading.local()
         if self.session is None:
             self.outputs = self._net().getUnconnectedOutLayersNames()
