@@ -73,7 +73,7 @@ def test_degenerate_landmarks_give_nan_not_a_number():
 # -- the face mesh on ONNX Runtime (converted from TFLite) equals OpenCV's TFLite importer ---------------------
 
 
-def test_converted_face_mesh_equals_opencvs_tflite_importer(faces):
+def test_converted_face_mesh_equals_opencvs_tflite_importer(faces, models_dir):
     import cv2
 
     from services.common import assets

@@ -220,7 +220,7 @@ def test_manifest_mistakes_are_refused_with_what_is_accepted(tmp_path, change, w
     ({"attributes": [{**TONE["attributes"][0], "output": "logits"}]}, ["'logits' not found", "means"]),
     ({"attributes": [{**TONE["attributes"][0], "name": "age"}]}, ["'age' is already used"]),
 ])
-def test_model_and_manifest_must_agree(tmp_path, change, words):
+def test_model_and_manifest_must_agree(tmp_path, models_dir, change, words):
     tone_model(tmp_path / "tone.onnx")
     (tmp_path / "tone.json").write_text(json.dumps({**TONE, **change}))
     with pytest.raises(mf.ManifestError) as info:
