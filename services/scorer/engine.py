@@ -464,7 +464,9 @@ class Engine:
         face_score, points = self.mesh.run(np.stack([p[("mesh",)] for p in prepared]))
         face = face_score >= self.face_threshold
         for group in sorted(frozenset().union(*groups)):
-            rows = np.array([i for i in range(n) if group in groups[i]])
+            rows = np.array([i for i in range(n) if group in groups[i] and face[i]], dtype=np.int64)
+            if not len(rows):  # no face: nothing to score, nothing computed
+                continue
             if group == MESH_GROUP:
                 found = self.mesh.upright([prepared[i][("mesh",)] for i in rows], points[rows])
             else:
@@ -472,8 +474,7 @@ class Engine:
                 found = model.scores(np.stack([prepared[i][model.manifest.input.chip_key] for i in rows]))
             for name, v in found.items():
                 values[rows, self.columns[name]] = v
-        values[~face] = np.nan  # never a score without a face
-        values[~np.isfinite(values)] = np.nan
+        values[~np.isfinite(values)] = np.nan  # NaN: invalid (no face, or a non-finite model output)
         return values, face_score
 
     def score(self, images: Sequence[np.ndarray], attributes: Sequence[str] | None = None) -> Scores:
