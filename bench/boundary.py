@@ -51,9 +51,9 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_ours(stub, n: int, ratio: float, seed: int, log) -> tuple[boundary_pb2.JobUpdate, float]:
+def run_ours(stub, n: int, ratio: float, seed: int, log, reuse: bool = False) -> tuple[boundary_pb2.JobUpdate, float]:
     request = boundary_pb2.TrainBoundariesRequest(request_id=uuid.uuid4().hex, attributes=ATTRIBUTES, num_samples=n,
-                                                  chosen_ratio=ratio, seed=seed, reuse_dataset=False)
+                                                  chosen_ratio=ratio, seed=seed, reuse_dataset=reuse)
     started, last_print = time.perf_counter(), 0.0
     update = None
     for update in stub.TrainBoundaries(request, timeout=24 * 3600):
@@ -157,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2020, help="sampling seed")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "boundary.json", help="result file")
     p.add_argument("--work-dir", type=Path, default=None, help="Redis, data and logs (default: a temp folder)")
+    p.add_argument("--reuse-dataset", action="store_true",
+                   help="grow the dataset already in --work-dir instead of sampling afresh (rates count new samples)")
     args = p.parse_args(argv)
     if args.quick:
         args.num_samples, args.baseline_samples, args.chosen_ratio = 1000, 100, 0.1
@@ -184,14 +186,17 @@ def main(argv=None) -> int:
             proc.wait_serving()
         log(f"services up; work dir {work}")
         log(f"ours: TrainBoundaries N={args.num_samples} ratio={args.chosen_ratio} attributes={ATTRIBUTES}")
+        existing = sum(json.loads(m.read_text())["shards"][i]["count"] for m in (work / "data").glob(
+            f"{MODEL}/*/z/seed-{args.seed}/manifest.json") for i in range(len(json.loads(m.read_text())["shards"])))
+        new_samples = args.num_samples - (existing if args.reuse_dataset else 0)
         with grpc.insecure_channel(boundary.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
             final, wall = run_ours(boundary_pb2_grpc.BoundaryServiceStub(ch), args.num_samples, args.chosen_ratio,
-                                   args.seed, log)
+                                   args.seed, log, args.reuse_dataset)
         rss = peak_rss_mb(boundary.pid)
         infos = {b.ref.attribute: b for b in final.boundaries}
         sampling = infos[ATTRIBUTES[0]].timings["sampling"]
-        ours_rate = args.num_samples / sampling
-        log(f"  {args.num_samples} samples in {sampling:.1f} s = {ours_rate:.1f} samples/s; job {wall:.1f} s; "
+        ours_rate = new_samples / sampling
+        log(f"  {new_samples} new samples in {sampling:.1f} s = {ours_rate:.1f} samples/s; job {wall:.1f} s; "
             f"boundary server peak RSS {rss:.0f} MiB")
         log("SVM checks")
         svm = svm_checks(work / "data", args.num_samples, args.chosen_ratio, args.seed, args.svm_samples,
@@ -220,7 +225,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "boundary", "quick": args.quick, "machine": f"{platform.node()} {os.cpu_count()} cores",
         "load_average_at_end": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "ours": {"num_samples": args.num_samples, "chosen_ratio": args.chosen_ratio,
+        "ours": {"num_samples": args.num_samples, "new_samples": new_samples, "chosen_ratio": args.chosen_ratio,
                  "sampling_seconds": sampling, "samples_per_second": ours_rate,
                  "svm_seconds_total": sum(b.timings["fitting"] for b in infos.values()),
                  "job_seconds": wall, "boundary_peak_rss_mb": rss, "timings": dict(infos[ATTRIBUTES[0]].timings)},

@@ -95,56 +95,108 @@ def fingerprint(request) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
+class JobRecords:
+    """Where finished jobs and request ids are kept (Redis, through the boundary store), so retries and
+    WatchJob work after a restart.
+
+    Args:
+        store: a BoundaryStore (claim_request, request_value, set_request, save_job, load_job).
+        ttl: seconds records are kept.
+    """
+
+    def __init__(self, store, ttl: int):
+        self.store, self.ttl = store, ttl
+
+    async def claim(self, rid: str, job_id: str) -> str:
+        return await self.store.claim_request(f"train:{rid}", job_id, self.ttl)
+
+    async def take_over(self, rid: str, job_id: str) -> None:
+        await self.store.set_request(f"train:{rid}", job_id, self.ttl)
+
+    async def lookup(self, rid: str) -> str | None:
+        return await self.store.request_value(f"train:{rid}")
+
+    async def save(self, job: "Job") -> None:
+        await self.store.save_job(job.id, job.record(), self.ttl)
+
+    async def load(self, job_id: str) -> dict | None:
+        return await self.store.load_job(job_id)
+
+
 class JobManager:
     """Runs jobs as asyncio tasks, at most `max_running` at once (the others wait QUEUED).
 
     Args:
         max_running: jobs running at the same time.
-        save: called with a finished job (persists its record); errors are logged, not raised.
-        load: returns a saved record for a job id unknown in memory, or None.
-        claim: (request_id, job_id) -> the job id that request id already names (or job_id itself).
+        records: persistence of finished jobs and request ids (None keeps them in memory only).
     """
 
-    def __init__(self, max_running: int = 1, *, save: Callable[[Job], Awaitable[None]] | None = None,
-                 load: Callable[[str], Awaitable[dict | None]] | None = None,
-                 claim: Callable[[str, str], Awaitable[str]] | None = None):
+    def __init__(self, max_running: int = 1, records: JobRecords | None = None):
         self.jobs: dict[str, Job] = {}
         self.by_request: dict[str, str] = {}
         self.slots = asyncio.Semaphore(max_running)
-        self._save, self._load, self._claim = save, load, claim
+        self.records = records
 
-    async def submit(self, request, work: Callable[[Job], Awaitable[list]]) -> tuple[Job | None, dict | None]:
-        """Starts `work(job)` for `request`, or finds the job its request_id already started.
+    async def submit(self, request, prepare: Callable[[], Awaitable[Callable[[Job], Awaitable[list]]]]
+                     ) -> tuple[Job | None, dict | None]:
+        """Starts a job for `request`, or finds the one its request_id already started.
 
-        Returns (live job, None) or (None, saved record) for a job that finished before a restart.
+        Args:
+            prepare: validates the request (raising ServiceError) and returns the job's work, `work(job)`;
+                called only when a new job starts, so a retry of a finished request needs no dependency.
+        Returns:
+            (live job, None), or (None, saved record) for a job that finished before a restart.
         """
         rid = request.request_id
         fp = fingerprint(request)
-        existing_id = self.by_request.get(rid) if rid else None
-        if rid and existing_id is None and self._claim is not None:
-            candidate = f"job-{uuid.uuid4().hex[:16]}"
-            claimed = await self._claim(rid, candidate)
-            existing_id = None if claimed == candidate else claimed
-            job_id = candidate
-        else:
-            job_id = f"job-{uuid.uuid4().hex[:16]}"
-        if existing_id:
-            job = self.jobs.get(existing_id)
-            record = None if job else (await self._load(existing_id) if self._load else None)
-            found_fp = job.fingerprint if job else (record or {}).get("fingerprint")
-            if found_fp is not None and found_fp != fp:
-                raise invalid_argument("request_id", f"{rid!r} was already used by job {existing_id} for a different "
-                                                     f"request; use a new request_id for a new job")
-            if job or record:
-                return job, record
-            # Claimed by an instance that died before finishing: run it again under the same id.
-            job_id = existing_id
-        job = Job(job_id, rid, fp)
-        self.jobs[job_id] = job
+        found = await self._find(rid, fp) if rid else None
+        if found is not None:
+            return found
+        work = await prepare()
+        found = self._find_local(rid, fp) if rid else None  # another call may have started it meanwhile
+        if found is not None:
+            return found
+        job = Job(f"job-{uuid.uuid4().hex[:16]}", rid, fp)
+        # Registered before the next await, so a concurrent retry in this process finds it.
+        self.jobs[job.id] = job
         if rid:
-            self.by_request[rid] = job_id
-        job.task = asyncio.create_task(self._run(job, work), name=job_id)
+            self.by_request[rid] = job.id
+            if self.records is not None:
+                claimed = await self.records.claim(rid, job.id)
+                if claimed != job.id:
+                    record = await self.records.load(claimed)
+                    if record is not None:  # finished meanwhile (another instance)
+                        del self.jobs[job.id], self.by_request[rid]
+                        self._check(rid, claimed, record.get("fingerprint"), fp)
+                        return None, record
+                    # Claimed by a job that never finished (its instance died): this one takes over.
+                    await self.records.take_over(rid, job.id)
+        job.task = asyncio.create_task(self._run(job, work), name=job.id)
         return job, None
+
+    @staticmethod
+    def _check(rid: str, job_id: str, found_fp: str | None, fp: str) -> None:
+        if found_fp is not None and found_fp != fp:
+            raise invalid_argument("request_id", f"{rid!r} was already used by job {job_id} for a different "
+                                                 f"request; use a new request_id for a new job")
+
+    def _find_local(self, rid: str, fp: str) -> tuple[Job, None] | None:
+        job_id = self.by_request.get(rid)
+        if job_id is None or job_id not in self.jobs:
+            return None
+        self._check(rid, job_id, self.jobs[job_id].fingerprint, fp)
+        return self.jobs[job_id], None
+
+    async def _find(self, rid: str, fp: str) -> tuple[Job | None, dict | None] | None:
+        local = self._find_local(rid, fp)
+        if local is not None or self.records is None:
+            return local
+        job_id = await self.records.lookup(rid)
+        record = await self.records.load(job_id) if job_id else None
+        if record is None:
+            return None  # unknown, or claimed by an instance that died before finishing: start afresh
+        self._check(rid, job_id, record.get("fingerprint"), fp)
+        return None, record
 
     async def _run(self, job: Job, work: Callable[[Job], Awaitable[list]]) -> None:
         try:
@@ -162,9 +214,9 @@ class JobManager:
             await job.update(state=boundary_pb2.JOB_STATE_FAILED, eta=0.0, error=f"{type(e).__name__}: {e}")
         log.info("job finished", extra={"job_id": job.id, "state": boundary_pb2.JobState.Name(job.state),
                                         "seconds": round(time.time() - job.started, 2), "error": job.error})
-        if self._save is not None:
+        if self.records is not None:
             try:
-                await self._save(job)
+                await self.records.save(job)
             except Exception:  # noqa: BLE001
                 log.exception("could not save the record of job %s", job.id)
 
@@ -174,7 +226,7 @@ class JobManager:
             async for update in job.watch():
                 yield update
             return
-        record = await self._load(job_id) if self._load else None
+        record = await self.records.load(job_id) if self.records else None
         if record is None:
             raise not_found(f"no job {job_id!r}; job ids come from TrainBoundaries (finished jobs are kept for a week)")
         yield boundary_pb2.JobUpdate.FromString(bytes.fromhex(record["update"]))
@@ -182,7 +234,7 @@ class JobManager:
     async def cancel(self, job_id: str) -> boundary_pb2.JobUpdate:
         job = self.jobs.get(job_id)
         if job is None:
-            record = await self._load(job_id) if self._load else None
+            record = await self.records.load(job_id) if self.records else None
             if record is None:
                 raise not_found(f"no job {job_id!r}")
             return boundary_pb2.JobUpdate.FromString(bytes.fromhex(record["update"]))

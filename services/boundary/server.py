@@ -22,7 +22,7 @@ from services.common.settings import ServerSettings, setting
 from . import analysis, convert, npyfiles, render, training
 from . import math as bm
 from .downstream import Downstream
-from .jobs import Job, JobManager
+from .jobs import Job, JobManager, JobRecords
 from .store import SPACE_KEYS, BoundaryNotFound, BoundaryStore, StoredBoundary, check_name
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             max_num_samples=settings.max_num_samples, shard_size=settings.shard_size,
             sample_block=settings.sample_block, pipeline_depth=settings.pipeline_depth,
             svm_max_iter=settings.svm_max_iter, score_all_attributes=settings.score_all_attributes)
-        ttl = int(settings.job_ttl_hours * 3600)
-        self.jobs = JobManager(settings.max_jobs, save=lambda job: self.store.save_job(job.id, job.record(), ttl),
-                               load=self.store.load_job,
-                               claim=lambda rid, job_id: self.store.claim_request(f"train:{rid}", job_id, ttl))
+        self.jobs = JobManager(settings.max_jobs, JobRecords(self.store, int(settings.job_ttl_hours * 3600)))
 
     def register(self, server: grpc.aio.Server) -> None:
         boundary_pb2_grpc.add_BoundaryServiceServicer_to_server(self, server)
@@ -164,12 +161,14 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
 
     @_handles_store_errors
     async def TrainBoundaries(self, request, context):
-        spec = await training.validate(request, self.downstream, self.train_settings)
+        async def prepare():
+            spec = await training.validate(request, self.downstream, self.train_settings)
 
-        async def work(job: Job):
-            return await training.train(job, spec, self.downstream, self.store, self.train_settings)
+            async def work(job: Job):
+                return await training.train(job, spec, self.downstream, self.store, self.train_settings)
+            return work
 
-        job, record = await self.jobs.submit(request, work)
+        job, record = await self.jobs.submit(request, prepare)
         if record is not None:
             yield JobManager.record_update(record)
             return

@@ -219,6 +219,13 @@ class BoundaryStore:
         existing = await self.redis.get(key)
         return existing.decode() if existing is not None else value
 
+    async def set_request(self, request_id: str, value: str, ttl: int) -> None:
+        await self.redis.set(f"{self.prefix}request:{request_id}", value, ex=ttl)
+
+    async def request_value(self, request_id: str) -> str | None:
+        value = await self.redis.get(f"{self.prefix}request:{request_id}")
+        return value.decode() if value is not None else None
+
     async def save_job(self, job_id: str, record: dict, ttl: int) -> None:
         await self.redis.set(f"{self.prefix}job:{job_id}", json.dumps(record, sort_keys=True), ex=ttl)
 

@@ -209,3 +209,28 @@ def test_finished_jobs_and_boundaries_survive_a_server_restart(first_job, servic
         assert [b.ref for b in watched[0].boundaries] == [b.ref for b in final.boundaries]
         got = stub.GetBoundary(boundary_pb2.GetBoundaryRequest(ref=final.boundaries[0].ref), timeout=30)
         assert got.info.validation_accuracy == final.boundaries[0].validation_accuracy
+
+
+def test_a_new_attribute_is_scored_on_the_stored_codes_without_resampling(services, launch_service, redis_url):
+    """With --no-score-all-attributes the pass scores only what was asked; a later attribute re-scores the
+    stored codes (stage "augmenting") instead of sampling new ones."""
+    generator_address = services["args"][services["args"].index("--generator-address") + 1]
+    scorer_address = services["args"][services["args"].index("--scorer-address") + 1]
+    proc = launch_service("boundary", "--redis-url", redis_url, "--redis-prefix", f"t{uuid.uuid4().hex[:8]}:",
+                          "--data-dir", str(services["data_dir"]), "--generator-address", generator_address,
+                          "--scorer-address", scorer_address, "--shard-size", "500", "--sample-block", "250",
+                          "--no-score-all-attributes")
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = boundary_pb2_grpc.BoundaryServiceStub(channel)
+        first = train(stub, attributes=["yaw"], num_samples=500, chosen_ratio=0.1, seed=21, reuse_dataset=True)
+        assert first[-1].state == SUCCEEDED, first[-1].error
+        manifest_file = services["data_dir"] / MODEL / "1" / "z" / "seed-21" / "manifest.json"
+        assert json.loads(manifest_file.read_text())["attributes"] == ["yaw"]
+        second = train(stub, attributes=["smile"], num_samples=500, chosen_ratio=0.1, seed=21, reuse_dataset=True)
+        assert second[-1].state == SUCCEEDED, second[-1].error
+        stages = {u.progress.stage for u in second}
+        assert "augmenting" in stages and "sampling" not in stages
+        assert json.loads(manifest_file.read_text())["attributes"] == ["smile", "yaw"]
+        smile = second[-1].boundaries[0]
+        assert smile.num_samples == 500 and smile.timings["augmenting"] > 0
+    proc.stop()
