@@ -10,10 +10,14 @@ import time
 import uuid
 from typing import AsyncIterator, Awaitable, Callable
 
+from prometheus_client import Gauge
+
 from interfacegan.v1 import boundary_pb2, common_pb2
 from services.common.errors import ServiceError, invalid_argument, not_found
 
 log = logging.getLogger(__name__)
+
+JOBS = Gauge("ifgan_boundary_jobs", "Training jobs known to this server, by state", ["state"])
 
 TERMINAL = (boundary_pb2.JOB_STATE_SUCCEEDED, boundary_pb2.JOB_STATE_FAILED, boundary_pb2.JOB_STATE_CANCELLED)
 
@@ -40,6 +44,7 @@ class Job:
         self.task: asyncio.Task | None = None
         self._watchers: list[collections.deque] = []
         self._wakeups: list[asyncio.Event] = []
+        JOBS.labels("queued").inc()
 
     @property
     def finished(self) -> bool:
@@ -53,8 +58,12 @@ class Job:
 
     async def update(self, **fields) -> None:
         """Sets fields (state, stage, done, total, eta, message, boundaries, error) and tells every watcher."""
+        before = self.state
         for key, value in fields.items():
             setattr(self, key, value)
+        if self.state != before:
+            JOBS.labels(boundary_pb2.JobState.Name(before)[10:].lower()).dec()
+            JOBS.labels(boundary_pb2.JobState.Name(self.state)[10:].lower()).inc()
         update = self.snapshot()
         for queue, wakeup in zip(self._watchers, self._wakeups):
             queue.append(update)

@@ -49,7 +49,8 @@ def heatmap_png(matrix: np.ndarray, row_labels: list[str], col_labels: list[str]
     left = 12 + max([width_of(r, font) for r in row_labels] + [0])
     top_label = 12 + max([width_of(c, font) for c in col_labels] + [0])
     top = top_label + (28 if title else 8)
-    img = Image.new("RGB", (left + cols * cell + 12, top + rows * cell + 12), "white")
+    width = max(left + cols * cell + 12, (width_of(title, font) + 16) if title else 0)
+    img = Image.new("RGB", (width, top + rows * cell + 12), "white")
     draw = ImageDraw.Draw(img)
     if title:
         draw.text((8, 6), title, fill="black", font=font)

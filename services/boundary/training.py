@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
 from interfacegan.v1 import boundary_pb2, common_pb2
 from services.common.errors import ServiceError, failed_precondition, invalid_argument
@@ -26,6 +27,10 @@ from .jobs import Job
 from .store import SPACE_KEYS, BoundaryStore
 
 log = logging.getLogger(__name__)
+
+SAMPLES = Counter("ifgan_boundary_samples_total", "Samples synthesized and scored by training jobs")
+SVM_SECONDS = Histogram("ifgan_boundary_svm_seconds", "Seconds of one boundary's SVM fit",
+                        buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))
 
 
 @dataclasses.dataclass
@@ -275,6 +280,7 @@ async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downs
             buffer_scores.append(values)
             buffer_valid.append(valid)
             sampled += len(codes)
+            SAMPLES.inc(len(codes))
             if sum(len(c) for c in buffer_codes) >= shard_size:
                 await asyncio.to_thread(flush)
             rate = sampled / max(1e-9, time.perf_counter() - t0)
@@ -351,6 +357,7 @@ async def _fit_all(job: Job, spec: TrainSpec, dataset: Dataset, settings: TrainS
         except ValueError as e:
             raise failed_precondition(f"attribute {attr}: {e}") from None
         fit_seconds[attr] = time.perf_counter() - t
+        SVM_SECONDS.observe(fit_seconds[attr])
     del gathered
 
     t = time.perf_counter()

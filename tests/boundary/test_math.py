@@ -218,3 +218,33 @@ def test_interpolation_and_cosine_matrix():
     np.testing.assert_allclose(np.diag(cos), 1.0)
     np.testing.assert_allclose(cos, cos.T)
     assert cos[0, 1] == pytest.approx(unit(normals[0]) @ unit(normals[1]))
+
+
+def test_heatmaps_render_as_png_and_svg():
+    import io
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    from services.boundary import render
+    from services.boundary.analysis import column_scaled, rescore_summary
+
+    m = bm.cosine_matrix(np.random.default_rng(12).standard_normal((3, 8)))
+    names = ["gender v1", "age v2", "gender|age v1"]
+    png = Image.open(io.BytesIO(render.heatmap_png(m, names, names, title="a long title for the cosine matrix")))
+    assert png.format == "PNG" and png.size[0] >= 3 * 56 and png.size[1] >= 3 * 56
+    # The diagonal (cosine 1) is painted the full positive colour.
+    assert render.colour(1.0) == tuple(render.POSITIVE) and render.colour(0.0) == tuple(render.ZERO)
+    assert render.colour(float("nan")) == (200, 200, 200)
+    root = ET.fromstring(render.heatmap_svg(m, names, ["<a&b>", "y", "z"], title="t"))
+    assert root.tag.endswith("svg") and len(root.findall("{http://www.w3.org/2000/svg}rect")) == 1 + 9
+    scaled = column_scaled(np.array([[2.0, -0.1], [-4.0, 0.05]]))
+    np.testing.assert_allclose(scaled, [[0.5, -1.0], [-1.0, 0.5]])
+    # Re-scoring summary: symmetric difference per unit edit, over samples valid at both ends.
+    plus = np.array([[3.0, 1.0], [5.0, 1.0], [100.0, 1.0]])
+    minus = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    valid = np.array([[True, True], [True, True], [False, True]])
+    mean, stderr, counts = rescore_summary(plus, minus, valid, distance=1.0)
+    np.testing.assert_allclose(mean, [1.5, 0.0])
+    np.testing.assert_array_equal(counts, [2, 3])
+    assert stderr[0] == pytest.approx(0.5) and stderr[1] == 0
