@@ -97,10 +97,14 @@ class Dataset:
         """An exclusive advisory lock on the folder (blocks); use as a context manager, from a thread."""
         return FolderLock(self.path / ".lock")
 
-    def reset(self, attributes: list[str]) -> None:
+    def reset(self, attributes: list[str], *, shard_size: int | None = None, block: int | None = None) -> None:
         """Forgets every shard (a rebuild); files are overwritten as shards are written again."""
         self.manifest["shards"] = []
         self.manifest["attributes"] = sorted(attributes)
+        if shard_size:
+            self.manifest["shard_size"] = int(shard_size)
+        if block:
+            self.manifest["block"] = int(block)
         self._write_manifest()
 
     # -- writing -----------------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ async def validate(request: boundary_pb2.TrainBoundariesRequest, downstream: Dow
               # One Score request carries the whole block of raw images.
               max(1, (downstream.max_message_bytes * 3 // 4) // max(1, info.resolution ** 2 * 3))]
     block = max(1, min(limits))
+    while settings.shard_size % block:  # blocks must tile shards exactly
+        block -= 1
     dataset_attributes = sorted(set(known) if settings.score_all_attributes else set(request.attributes))
     return TrainSpec(model=info.name, model_version=info.version, space=space, dimension=int(shapes[space][0]),
                      attributes=list(request.attributes), dataset_attributes=dataset_attributes, num_samples=n,
@@ -181,10 +183,8 @@ async def _ensure_dataset(job: Job, spec: TrainSpec, dataset: Dataset, downstrea
                           settings: TrainSettings, progress: _Progress) -> dict[str, float]:
     """Makes the dataset hold N samples scored on every needed attribute; returns stage timings."""
     timings = {"sampling": 0.0, "augmenting": 0.0}
-    block_in_manifest = dataset.manifest.setdefault("block", spec.block)
-    if not spec.reuse_dataset or block_in_manifest != spec.block and dataset.num_samples == 0:
-        dataset.manifest["block"] = spec.block
-        dataset.reset(spec.dataset_attributes)
+    if not spec.reuse_dataset or dataset.num_samples == 0:
+        dataset.reset(spec.dataset_attributes, shard_size=settings.shard_size, block=spec.block)
     block = int(dataset.manifest["block"])
     if dataset.shard_size % block:
         raise failed_precondition(f"dataset {dataset.path}: shard size {dataset.shard_size} is not a multiple of its "
