@@ -1,0 +1,423 @@
+"""ifgan: the command line of the InterFaceGAN service (edit faces, train and manage boundaries, batch catalogs).
+
+Remote commands need only this SDK; `ifgan cluster ...` runs the local cluster and needs the services
+package of the repository (pip install -e .).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import codec
+from ._requests import ApiError
+from .channel import ChannelConfig
+from .client import Client
+from .edits import EditSpec
+from .progress import ProgressBar
+
+STATES = {0: "unspecified", 1: "queued", 2: "running", 3: "succeeded", 4: "failed", 5: "cancelled"}
+EDIT_HELP = ("ATTR[:START:END[:STEPS]][:hold=A+B][:mode=absolute][:version=N][:layers=FIRST-END], e.g. age:-3:3:7, "
+             "gender:-2:2:5:hold=age, smile:1.5; repeat for several edits")
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _client(args) -> Client:
+    config = ChannelConfig(tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
+                           server_name=args.server_name or None)
+    token = args.token or os.environ.get("IFGAN_TOKEN") or os.environ.get("IFGAN_AUTH_TOKEN") or None
+    return Client(args.address, token=token, config=config, timeout=args.timeout,
+                  boundary_address=args.boundary_address or None, default_model=args.model)
+
+
+def _space(info) -> str:
+    return codec.SPACE_NAMES.get(info.ref.space, "?")
+
+
+def _boundary_rows(infos) -> list[str]:
+    lines = [f"{'attribute':<22} {'space':<5} {'ver':>3}  {'origin':<11} {'val acc':>7} {'rem acc':>7} "
+             f"{'samples':>8}  {'model'}"]
+    for b in infos:
+        val = f"{b.validation_accuracy:.3f}" if b.origin == "trained" else "-"
+        rem = f"{b.remaining_accuracy:.3f}" if b.origin == "trained" else "-"
+        lines.append(f"{b.ref.attribute:<22} {_space(b):<5} {b.ref.version:>3}  {b.origin:<11} {val:>7} {rem:>7} "
+                     f"{b.num_samples or '-':>8}  {b.ref.model}")
+    return lines
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+
+def cmd_cluster(args) -> int:
+    try:
+        from services import cluster
+    except ImportError:
+        print("ifgan cluster needs the services package: install the repository (pip install -e .) and run from it",
+              file=sys.stderr)
+        return 2
+    argv = [args.action]
+    if args.dir:
+        argv += ["--dir", str(args.dir)]
+    if args.action == "up":
+        argv += ["--detach"] if args.detach else []
+        argv += ["--free-ports"] if args.free_ports else []
+    return cluster.main(argv)
+
+
+def cmd_info(args) -> int:
+    with _client(args) as client:
+        catalog = client.catalog()
+    if args.json:
+        from google.protobuf import json_format
+        print(json_format.MessageToJson(catalog))
+        return 0
+    print("models (the first is the default):")
+    for m in catalog.models:
+        spaces = ", ".join(f"{codec.SPACE_NAMES[s.space]} {list(s.shape)}" for s in m.latent_spaces)
+        print(f"  {m.name:<22} {m.architecture:<9} {m.resolution:>4}px  {spaces}  {'loaded' if m.loaded else ''}")
+    print("attributes:")
+    for a in catalog.attributes:
+        print(f"  {a.name:<12} {a.unit:<12} {a.description}")
+    print("boundaries:")
+    for line in _boundary_rows(catalog.boundaries):
+        print("  " + line)
+    if catalog.invertible_models:
+        print("photos can be inverted into: " + ", ".join(
+            f"{m.model.name} ({', '.join(codec.SPACE_NAMES[s] for s in m.spaces)})" for m in catalog.invertible_models))
+    for w in catalog.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def follow_job(updates, *, quiet: bool = False) -> object:
+    """Draws a bar per stage of a JobUpdate stream; returns the last update."""
+    bar, stage, last = None, None, None
+    try:
+        for update in updates:
+            last = update
+            if not quiet and update.job_id and stage is None:
+                print(f"job {update.job_id}", file=sys.stderr)
+            p = update.progress
+            if p.stage != stage:
+                if bar is not None:
+                    bar.close()
+                stage = p.stage
+                bar = ProgressBar(p.total, stage or "job", "sample" if stage in ("sampling", "augmenting") else "it",
+                                  disable=quiet)
+            if bar is not None:
+                bar.moveto(p.done, p.total)
+                eta = f"ETA {p.eta_seconds:.0f}s" if p.eta_seconds >= 0 else ""
+                bar.set_postfix(" ".join(x for x in (eta, p.message) if x))
+    finally:
+        if bar is not None:
+            bar.close()
+    return last
+
+
+def cmd_train(args) -> int:
+    with _client(args) as client:
+        updates = client.train_boundaries(args.attributes, num_samples=args.num_samples, chosen_ratio=args.ratio,
+                                          train_split=args.train_split, seed=args.seed, svm_c=args.svm_c,
+                                          reuse_dataset=args.reuse_dataset, solver=args.solver, model=args.model,
+                                          space=args.space, request_id=args.request_id or None)
+        seen: dict[str, str] = {}
+        try:
+            last = follow_job(_remember(updates, seen), quiet=args.quiet)
+        except KeyboardInterrupt:
+            job_id = seen.get("job_id", "JOB_ID")
+            print(f"\nstopped following; the job goes on on the server.\n  re-attach: ifgan boundaries watch {job_id}\n"
+                  f"  cancel:    ifgan boundaries cancel {job_id}", file=sys.stderr)
+            return 130
+    return _report_job(last)
+
+
+def _remember(updates, seen: dict):
+    for u in updates:
+        seen["job_id"] = u.job_id or seen.get("job_id", "")
+        yield u
+
+
+def _report_job(last) -> int:
+    if last is None:
+        print("the job stream ended without an update", file=sys.stderr)
+        return 1
+    state = STATES.get(last.state, str(last.state))
+    if last.state != 3:
+        print(f"job {last.job_id} {state}: {last.error}", file=sys.stderr)
+        return 1
+    print(f"job {last.job_id} succeeded in {last.progress.elapsed_seconds:.1f} s")
+    for line in _boundary_rows(last.boundaries):
+        print("  " + line)
+    return 0
+
+
+def cmd_boundaries(args) -> int:
+    with _client(args) as client:
+        action = args.action
+        if action == "list":
+            infos = client.list_boundaries(model=args.model, attribute=args.attribute or "", space=args.space,
+                                           all_versions=args.all_versions)
+            if args.json:
+                from google.protobuf import json_format
+                print(json.dumps([json.loads(json_format.MessageToJson(b)) for b in infos], indent=2))
+            else:
+                print("\n".join(_boundary_rows(infos)))
+        elif action == "show":
+            info, normal = client.get_boundary(args.name, model=args.model, space=args.space)
+            from google.protobuf import json_format
+            print(json_format.MessageToJson(info))
+            print(f"normal: shape {list(normal.shape)}, norm {np.linalg.norm(normal):.6f}, "
+                  f"first values {np.round(normal.ravel()[:5], 4).tolist()}")
+        elif action == "import":
+            for path in args.files:
+                info = client.import_boundary(path, model=args.model, attribute=args.attribute or "",
+                                              space=args.space)
+                print(f"imported {path} as {info.ref.model}/{info.ref.attribute}/{_space(info)} v{info.ref.version}")
+        elif action == "export":
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in args.names:
+                file_name, npy = client.export_boundary(name, model=args.model, space=args.space)
+                (out / file_name).write_bytes(npy)
+                print(out / file_name)
+        elif action == "condition":
+            info = client.condition_boundary(args.name, args.hold, model=args.model, space=args.space)
+            print(f"{info.ref.attribute} v{info.ref.version} (parents: "
+                  f"{', '.join(f'{p.attribute} v{p.version}' for p in info.parents)})")
+        elif action == "watch":
+            return _report_job(follow_job(client.watch_job(args.job_id), quiet=args.quiet))
+        elif action == "cancel":
+            update = client.cancel_job(args.job_id)
+            print(f"job {update.job_id}: {STATES.get(update.state, update.state)}")
+        elif action == "analyze":
+            result = client.analyze_boundaries(args.names, model=args.model, space=args.space,
+                                               rescore_samples=args.rescore_samples, seed=args.seed)
+            labels = [f"{r.attribute}@{r.version}" for r in result.labels]
+            cos = codec.array(result.cosine)
+            width = max(len(x) for x in labels) + 1
+            print(" " * width + "".join(f"{x:>{width}}" for x in labels))
+            for name, row in zip(labels, cos):
+                print(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))
+            if args.out:
+                Path(args.out).write_bytes(result.cosine_image.encoded)
+                print(f"heatmap: {args.out}")
+    return 0
+
+
+def _read_code(path: Path) -> np.ndarray:
+    code = np.load(path, allow_pickle=False)
+    return np.asarray(code, dtype=np.float32)
+
+
+def cmd_edit(args) -> int:
+    specs = [EditSpec.parse(e) for e in (args.edit or ["age"])]
+    if sum(x is not None for x in (args.seed, args.code, args.photo)) != 1:
+        print("give exactly one face: --seed N, --code FILE.npy or --photo FILE", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = sum(s.steps for s in specs) + 1
+    with _client(args) as client, ProgressBar(total, "edit", "img", disable=args.quiet) as bar:
+        result = client.edit(seed=args.seed, code=_read_code(args.code) if args.code else None,
+                             photo=args.photo, edits=specs, model=args.model, space=args.space or None,
+                             rescore=args.rescore, include_original=True, blend=args.blend,
+                             inversion_steps=args.inversion_steps, image_format=args.format,
+                             on_frame=lambda f: bar.update())
+    from .catalog import safe_name
+    ext = "jpg" if args.format == "jpeg" else "png"
+    written = []
+    if result.original is not None:
+        path = out / f"original.{ext}"
+        path.write_bytes(codec.image_bytes(result.original.message.image, ext))
+        written.append(path)
+    for i, spec in enumerate(specs):
+        for f in result.edit(i):
+            path = out / f"{safe_name(spec.label)}_{f.step_index:02d}_{f.distance:+.2f}.{ext}"
+            path.write_bytes(codec.image_bytes(f.message.image, ext))
+            written.append(path)
+    if args.grid:
+        grid = Path(args.grid)
+        result.grid(scale=args.scale, score=args.grid_score or (specs[0].attribute if args.rescore else None)).save(grid)
+        print(f"grid: {grid}")
+    if args.rescore:
+        rows = [{"edit": specs[f.edit_index].label if f.edit_index >= 0 else "original", "step": f.step_index,
+                 "distance": f.distance, "scores": f.scores} for f in result.frames]
+        (out / "scores.json").write_text(json.dumps(rows, indent=2))
+        attrs = list(result.frames[0].scores)
+        print(f"{'edit':<16} {'dist':>6} " + " ".join(f"{a:>10}" for a in attrs))
+        for r in rows:
+            print(f"{r['edit']:<16} {r['distance']:>+6.2f} " + " ".join(
+                f"{r['scores'][a]:>10.3f}" if r["scores"][a] is not None else f"{'n/a':>10}" for a in attrs))
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if result.inversion_psnr:
+        print(f"inversion PSNR {result.inversion_psnr:.2f} dB")
+    print(f"{len(written)} images in {out} (request {result.request_id})")
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from .catalog import run_catalog
+    specs = [EditSpec.parse(e) for e in (args.edit or ["age"])]
+    stop = threading.Event()
+    with _client(args) as client:
+        summary = run_catalog(client, args.source, args.out, specs, concurrency=args.concurrency, blend=args.blend,
+                              image_format=args.format, inversion_steps=args.inversion_steps,
+                              retry_failed=args.retry_failed, progress=not args.quiet, stop=stop,
+                              timeout=args.timeout)
+    print(f"{summary.done} of {summary.total} photos done, {len(summary.failed)} failed, "
+          f"{summary.skipped} skipped as already handled ({summary.seconds:.1f} s); outputs in {summary.out}")
+    if summary.failed:
+        print(f"failures: {summary.out / 'failures.csv'}")
+        for pid, (code, reason) in list(summary.failed.items())[:10]:
+            print(f"  {pid}: {code}: {reason}")
+    if summary.interrupted:
+        print("interrupted: run the same command again to go on where it stopped", file=sys.stderr)
+        return 130
+    return 0 if not summary.failed else 1
+
+
+# -- parser ----------------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="ifgan", description=__doc__, formatter_class=Formatter)
+    p.add_argument("--address", default=env("IFGAN_ADDRESS", "127.0.0.1:50051"),
+                   help="editor gateway: host:port or a gRPC target (env IFGAN_ADDRESS)")
+    p.add_argument("--boundary-address", default=env("IFGAN_BOUNDARY_ADDRESS_CLIENT", ""),
+                   help="talk to a BoundaryService here instead of through the editor")
+    p.add_argument("--token", default=None, help="bearer token; when not given, env IFGAN_TOKEN or IFGAN_AUTH_TOKEN")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots unless --ca-cert)")
+    p.add_argument("--ca-cert", default=env("IFGAN_CA_CERT", None), help="PEM file of the CA to trust (implies --tls)")
+    p.add_argument("--server-name", default="", help="name to check in the server certificate instead of the host")
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline of one call, seconds")
+    p.add_argument("--model", default="", help="generator model; empty = the server's default")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("cluster", help="run the local cluster (Redis + every service) on this machine",
+                       formatter_class=Formatter)
+    c.add_argument("action", choices=("up", "down", "status"))
+    c.add_argument("--dir", type=Path, default=None, help="run folder (default $IFGAN_RUN_DIR or ./.run)")
+    c.add_argument("--detach", action="store_true", help="up: return once every service is SERVING")
+    c.add_argument("--free-ports", action="store_true", help="up: free ports instead of 50051-50055 and 6380")
+    c.set_defaults(fn=cmd_cluster)
+
+    c = sub.add_parser("info", help="models, attributes, boundaries (GetCatalog)", formatter_class=Formatter)
+    c.add_argument("--json", action="store_true", help="print the Catalog message as JSON")
+    c.set_defaults(fn=cmd_info)
+
+    c = sub.add_parser("train-boundary", help="train boundaries (one sampling pass for all), with a progress bar",
+                       formatter_class=Formatter)
+    c.add_argument("attributes", nargs="+", metavar="ATTR", help="attributes the scorer computes, e.g. gender age")
+    c.add_argument("--num-samples", type=int, default=0, help="codes to sample; 0 = the server default (500,000)")
+    c.add_argument("--ratio", type=float, default=0.0, help="fraction taken from each end; 0 = 0.02 (the paper's)")
+    c.add_argument("--train-split", type=float, default=0.0, help="training fraction of the chosen; 0 = 0.7")
+    c.add_argument("--seed", type=int, default=0, help="sampling and SVM seed")
+    c.add_argument("--svm-c", type=float, default=0.0, help="SVM C; 0 = 1.0")
+    c.add_argument("--solver", default="", choices=("", "hinge", "squared_hinge", "svc"), help="SVM solver; '' = hinge")
+    c.add_argument("--space", default="Z", help="latent space of the boundaries")
+    c.add_argument("--reuse-dataset", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse stored (code, score) samples of the same model/space/seed")
+    c.add_argument("--request-id", default="", help="idempotency key: the same id re-attaches to the same job")
+    c.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser("boundaries", help="list, show, import, export, condition, analyze boundaries; watch/cancel jobs",
+                       formatter_class=Formatter)
+    bsub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = bsub.add_parser("list", help="stored boundaries", formatter_class=Formatter)
+    b.add_argument("--attribute", default="", help="only this attribute")
+    b.add_argument("--space", default=None, help="only this space (Z, W, W+)")
+    b.add_argument("--all-versions", action="store_true", help="every version, not only the newest")
+    b.add_argument("--json", action="store_true", help="JSON output")
+    b = bsub.add_parser("show", help="one boundary's metadata and normal", formatter_class=Formatter)
+    b.add_argument("name", help="attribute, optionally @version, e.g. gender or gender|age@2")
+    b.add_argument("--space", default="Z", help="latent space")
+    b = bsub.add_parser("import", help="store reference-format .npy boundaries", formatter_class=Formatter)
+    b.add_argument("files", nargs="+", type=Path, help="files named {model}_{attr}[_w]_boundary.npy (or give --model ...)")
+    b.add_argument("--attribute", default="", help="attribute name instead of the file name's")
+    b.add_argument("--space", default=None, help="latent space instead of the file name's (Z, W, W+)")
+    b = bsub.add_parser("export", help="write boundaries as reference-format .npy files", formatter_class=Formatter)
+    b.add_argument("names", nargs="+", help="attributes, optionally @version")
+    b.add_argument("-o", "--out", default=".", help="output folder")
+    b.add_argument("--space", default="Z", help="latent space")
+    b = bsub.add_parser("condition", help="store a boundary projected off others (held attributes)",
+                        formatter_class=Formatter)
+    b.add_argument("name", help="the attribute to edit")
+    b.add_argument("--hold", action="append", required=True, help="attribute to hold fixed (repeat)")
+    b.add_argument("--space", default="Z", help="latent space")
+    b = bsub.add_parser("analyze", help="cosine matrix (and re-scoring study) of boundaries", formatter_class=Formatter)
+    b.add_argument("names", nargs="+", help="2 .. 32 attributes, optionally @version")
+    b.add_argument("--space", default="Z", help="latent space")
+    b.add_argument("--rescore-samples", type=int, default=0, help="codes for the re-scoring study; 0 = skip")
+    b.add_argument("--seed", type=int, default=0, help="seed of the re-scoring samples")
+    b.add_argument("-o", "--out", default="", help="write the cosine heatmap PNG here")
+    b = bsub.add_parser("watch", help="re-attach to a training job", formatter_class=Formatter)
+    b.add_argument("job_id")
+    b = bsub.add_parser("cancel", help="cancel a training job", formatter_class=Formatter)
+    b.add_argument("job_id")
+    c.set_defaults(fn=cmd_boundaries)
+
+    c = sub.add_parser("edit", help="edit one face (seed, code or photo): images and a grid", formatter_class=Formatter)
+    c.add_argument("--seed", type=int, default=None, help="sample the face from this seed")
+    c.add_argument("--code", type=Path, default=None, help="a latent code (.npy, (1, d) or (d))")
+    c.add_argument("--photo", type=Path, default=None, help="a photo (PNG or JPEG) with a face")
+    c.add_argument("-e", "--edit", action="append", default=None, help=EDIT_HELP + " (default: age)")
+    c.add_argument("--space", default="", help="latent space to edit in; '' = the model's default")
+    c.add_argument("-o", "--out", default="edits", help="output folder")
+    c.add_argument("--grid", default="", help="also write a grid PNG here (rows = edits, columns = steps)")
+    c.add_argument("--grid-score", default="", help="attribute whose score the grid captions show (with --rescore)")
+    c.add_argument("--scale", type=int, default=2, help="upscaling of the grid tiles")
+    c.add_argument("--rescore", action="store_true", help="score every attribute on every image (scores.json)")
+    c.add_argument("--blend", action=argparse.BooleanOptionalAction, default=False,
+                   help="photos: paste the edited face back into the photo")
+    c.add_argument("--inversion-steps", type=int, default=0, help="photos: refinement steps; 0 = server default")
+    c.add_argument("--format", default="png", choices=("png", "jpeg"), help="image format")
+    c.set_defaults(fn=cmd_edit)
+
+    c = sub.add_parser("catalog", help="edit every photo of a folder or CSV (resumable, failure report)",
+                       formatter_class=Formatter)
+    c.add_argument("source", type=Path, help="folder of PNG/JPEG photos, or a CSV with a path column (and id)")
+    c.add_argument("-o", "--out", type=Path, required=True, help="output folder (resumes a run found there)")
+    c.add_argument("-e", "--edit", action="append", default=None, help=EDIT_HELP + " (default: age)")
+    c.add_argument("-j", "--concurrency", type=int, default=2, help="photos in flight at once")
+    c.add_argument("--blend", action=argparse.BooleanOptionalAction, default=True,
+                   help="paste the edited face back into each photo (else write the aligned face crops)")
+    c.add_argument("--inversion-steps", type=int, default=0, help="refinement steps; 0 = server default")
+    c.add_argument("--format", default="png", choices=("png", "jpeg"), help="image format")
+    c.add_argument("--retry-failed", action="store_true", help="also retry photos that failed for lasting reasons")
+    c.set_defaults(fn=cmd_catalog)
+    return p
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "catalog":
+        # SIGTERM (a stopped container, a CI timeout) winds down like Ctrl-C: photos in flight are finished
+        # and journaled, so the next run resumes exactly.
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return args.fn(args)
+    except ApiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

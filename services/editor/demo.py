@@ -1,0 +1,352 @@
+"""The main job (`make demo`): boundaries for gender, age, yaw and smile on the default model, gender conditioned on
+age, and a report (out/demo/index.html) with edit grids, the raw vs conditioned gender edit and the age drift of
+each, the boundary cosine matrix and the SVM accuracies.
+
+It brings the local cluster up (services.cluster), drives it through the Python SDK only, and brings it down.
+The run folder keeps the (code, score) dataset and Redis, so a second run with the same seed reuses the samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from interfacegan import Client, EditSpec
+from interfacegan import codec
+from interfacegan.cli import follow_job
+from interfacegan.grid import make_grid
+from interfacegan.progress import ProgressBar
+
+from . import report as html
+
+ATTRIBUTES = ("gender", "age", "yaw", "smile")
+UNITS = {"gender": "P(male)", "age": "years", "yaw": "degrees", "smile": "mouth / eye width"}
+
+
+def caption(attribute: str, value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "no face"
+    return {"gender": f"male {value:.2f}", "age": f"{value:.0f} y", "yaw": f"{value:+.0f}°",
+            "smile": f"{value:.2f}"}.get(attribute, f"{value:.2f}")
+
+
+def log(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def train(client: Client, args) -> tuple[dict, float]:
+    started = time.monotonic()
+    last = follow_job(client.train_boundaries(list(ATTRIBUTES), num_samples=args.num_samples,
+                                              chosen_ratio=args.ratio, seed=args.seed, reuse_dataset=True,
+                                              solver=args.solver), quiet=args.quiet)
+    if last is None or last.state != 3:  # JOB_STATE_SUCCEEDED
+        raise RuntimeError(f"training failed: {getattr(last, 'error', 'no update')}")
+    return {b.ref.attribute: b for b in last.boundaries}, time.monotonic() - started
+
+
+def edit_all(client: Client, specs: list[EditSpec], seeds: list[int], args) -> dict[int, object]:
+    """One Edit call per seed (every edit, re-scored), a few at a time."""
+    results = {}
+    with ProgressBar(len(seeds) * sum(s.steps for s in specs), "editing", "img", disable=args.quiet) as bar, \
+            concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+        futures = {pool.submit(client.edit, seed=s, edits=specs, rescore=True, on_frame=lambda f: bar.update()): s
+                   for s in seeds}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+    return results
+
+
+def score_table(results: dict, seeds: list[int], edit: int, attribute: str, steps: int) -> np.ndarray:
+    """(seeds, steps) scores of `attribute` along edit `edit`; NaN where the scorer found no face."""
+    out = np.full((len(seeds), steps), np.nan)
+    for i, s in enumerate(seeds):
+        for f in results[s].edit(edit):
+            v = f.scores.get(attribute)
+            out[i, f.step_index] = np.nan if v is None else v
+    return out
+
+
+def drift(table: np.ndarray) -> dict:
+    """Mean end-to-end change (last step minus first) over seeds valid at both ends, with its standard error."""
+    both = table[:, -1] - table[:, 0]
+    both = both[np.isfinite(both)]
+    if not len(both):
+        return {"mean": float("nan"), "stderr": float("nan"), "n": 0}
+    return {"mean": float(both.mean()), "stderr": float(both.std(ddof=1) / math.sqrt(len(both))) if len(both) > 1
+            else float("nan"), "n": int(len(both))}
+
+
+def run(address: str, args, timings: dict) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    d, steps = args.distance, args.steps
+    with Client(address, timeout=600) as client:
+        client.wait_ready(60)
+        catalog = client.catalog()
+        model = catalog.models[0]
+        log(f"training {', '.join(ATTRIBUTES)} on {model.name}: {args.num_samples} samples, ratio {args.ratio}")
+        boundaries, timings["training"] = train(client, args)
+        for a in ATTRIBUTES:
+            b = boundaries[a]
+            log(f"  {a:<7} v{b.ref.version}: validation accuracy {b.validation_accuracy:.3f}, remaining "
+                f"{b.remaining_accuracy:.3f} ({b.num_positive}+{b.num_negative} chosen of {b.num_valid} valid)")
+
+        specs = [EditSpec(a, -d, d, steps, version=boundaries[a].ref.version) for a in ATTRIBUTES]
+        specs.append(EditSpec("gender", -d, d, steps, hold=("age",), version=boundaries["gender"].ref.version))
+        seeds = list(range(args.seed_base, args.seed_base + max(args.drift_seeds, args.grid_seeds)))
+        log(f"editing {len(seeds)} faces: {len(specs)} edits x {steps} steps, every image re-scored")
+        t = time.monotonic()
+        results = edit_all(client, specs, seeds, args)
+        timings["editing"] = time.monotonic() - t
+        conditioned = results[seeds[0]].edit(len(specs) - 1)[0].message.boundary
+        log(f"  {len(seeds) * len(specs) * steps} images in {timings['editing']:.1f} s; held-age gender boundary: "
+            f"{conditioned.attribute} v{conditioned.version}")
+
+        names = [f"{a}@{boundaries[a].ref.version}" for a in ATTRIBUTES] + [f"{conditioned.attribute}@{conditioned.version}"]
+        log(f"analysing {len(names)} boundaries (cosines; re-scoring study on {args.rescore_samples} codes)")
+        t = time.monotonic()
+        bar = ProgressBar(0, "re-scoring", "code", disable=args.quiet)
+        analysis = client.analyze_boundaries(names, rescore_samples=args.rescore_samples, seed=args.seed,
+                                             rescore_attributes=list(ATTRIBUTES), timeout=1800,
+                                             on_progress=lambda p: p.stage == "rescoring" and bar.moveto(p.done, p.total))
+        bar.close()
+        timings["analysis"] = time.monotonic() - t
+
+    # -- numbers --------------------------------------------------------------------------------------------
+    grid_seeds = seeds[:args.grid_seeds]
+    xs = [float(x) for x in specs[0].distances]
+    response = {}
+    for i, spec in enumerate(specs):
+        response[spec.label] = {a: [float(v) for v in np.nanmean(score_table(results, seeds, i, a, steps), axis=0)]
+                                for a in ATTRIBUTES}
+    raw, held = ATTRIBUTES.index("gender"), len(specs) - 1
+    drifts = {label: {a: drift(score_table(results, seeds, i, a, steps)) for a in ("age", "gender")}
+              for label, i in (("gender", raw), ("gender|age", held))}
+    cosine = codec.array(analysis.cosine)
+    rescore = codec.array(analysis.rescore) if analysis.HasField("rescore") else None
+
+    # -- pictures ---------------------------------------------------------------------------------------------
+    files = {}
+    for i, spec in enumerate(specs):
+        target = spec.attribute if not spec.hold else "age"
+        rows = [[f.image for f in results[s].edit(i)] for s in grid_seeds]
+        captions = [[caption(target, f.scores.get(target)) for f in results[s].edit(i)] for s in grid_seeds]
+        image = make_grid(rows, row_labels=[f"seed {s}" for s in grid_seeds], captions=captions, scale=2,
+                          title=f"{spec.label}: distance {-d:+g} ... {d:+g} (captions: {target})")
+        name = f"grid_{spec.label.replace('|', '_given_')}.png"
+        image.save(out / name)
+        files[spec.label] = name
+    # The raw and the held gender edit of each face in consecutive rows, both captioned with the re-scored age.
+    rows, labels, captions = [], [], []
+    for s in grid_seeds:
+        for i, name in ((raw, "raw"), (held, "age held")):
+            rows.append([f.image for f in results[s].edit(i)])
+            labels.append(f"{s} {name}")
+            captions.append([caption("age", f.scores.get("age")) for f in results[s].edit(i)])
+    make_grid(rows, row_labels=labels, captions=captions, scale=2,
+              title=f"gender {-d:+g} ... {d:+g}: raw vs age held (captions: age)").save(out / "grid_gender_raw_vs_held.png")
+    files["raw vs held"] = "grid_gender_raw_vs_held.png"
+    if analysis.HasField("cosine_image"):
+        (out / "cosine.png").write_bytes(analysis.cosine_image.encoded)
+    if analysis.HasField("rescore_image"):
+        (out / "rescore.png").write_bytes(analysis.rescore_image.encoded)
+
+    data = {
+        "model": {"name": model.name, "version": model.version, "architecture": model.architecture,
+                  "resolution": model.resolution, "device": model.device},
+        "num_samples": args.num_samples, "ratio": args.ratio, "seed": args.seed, "distance": d, "steps": steps,
+        "seeds": seeds, "grid_seeds": grid_seeds, "distances": xs,
+        "boundaries": {a: {"version": b.ref.version, "validation_accuracy": b.validation_accuracy,
+                           "remaining_accuracy": b.remaining_accuracy, "train_accuracy": b.train_accuracy,
+                           "num_samples": b.num_samples, "num_valid": b.num_valid, "num_positive": b.num_positive,
+                           "num_negative": b.num_negative, "solver": b.solver, "converged": b.converged,
+                           "threshold": b.threshold, "timings": dict(b.timings)} for a, b in boundaries.items()},
+        "conditioned": {"attribute": conditioned.attribute, "version": conditioned.version},
+        "cosine": {"labels": names, "matrix": cosine.tolist()},
+        "rescore": {"labels": names, "attributes": list(analysis.scored_attributes),
+                    "matrix": rescore.tolist() if rescore is not None else None,
+                    "samples": args.rescore_samples, "distance": 3.0},
+        "response": response, "drift": drifts, "grids": files, "timings": timings,
+    }
+    (out / "report.json").write_text(json.dumps(data, indent=2))
+    return data
+
+
+def _fmt_drift(x: dict, unit: str) -> str:
+    if not x["n"]:
+        return "n/a"
+    return f"{x['mean']:+.2f} {unit} ± {x['stderr']:.2f} (n={x['n']})"
+
+
+def write_report(out: Path, data: dict) -> Path:
+    """Writes out/index.html from the numbers of `run`."""
+    d, t = data["distance"], data["timings"]
+    b = data["boundaries"]
+    raw, held = data["drift"]["gender"], data["drift"]["gender|age"]
+    cond = data["conditioned"]
+    cos = data["cosine"]
+    labels = cos["labels"]
+    cos_ga = cos["matrix"][0][1]
+    cut = 1 - abs(held["age"]["mean"]) / abs(raw["age"]["mean"]) if raw["age"]["n"] and raw["age"]["mean"] else float("nan")
+    body = [
+        f"<h1>InterFaceGAN on {html.esc(data['model']['name'])}</h1>",
+        f'<p class="lead">Boundaries for gender, age, yaw and smile trained on {data["num_samples"]:,} samples '
+        f'(top and bottom {data["ratio"]:.0%} of the scores, 70/30 split, linear SVM), a gender boundary '
+        f'conditioned on age, and edits of {len(data["seeds"])} sampled faces from {-d:+g} to {d:+g} in '
+        f'{data["steps"]} steps, every image re-scored by the scorer service. Generated by '
+        f'<code>python -m services.editor.demo</code> through the Python SDK against the local gRPC cluster.</p>',
+        '<div class="cards">',
+        *(f'<div class="card"><b>{b[a]["validation_accuracy"]:.1%}</b><span>{a} validation accuracy</span></div>'
+          for a in ATTRIBUTES),
+        f'<div class="card"><b>{raw["age"]["mean"]:+.1f} → {held["age"]["mean"]:+.1f} y</b><span>age drift of the '
+        f'gender edit, raw → age held</span></div>',
+        f'<div class="card"><b>{t["total"] / 60:.1f} min</b><span>whole job ({t["training"]:.0f} s training)</span></div>',
+        "</div>",
+        "<h2>Edit grids</h2>",
+        f'<p class="lead">One row per face (seeds {data["grid_seeds"][0]}–{data["grid_seeds"][-1]}), one column per '
+        f'distance along the boundary (relative offsets, the middle column is the unedited face). Captions: the '
+        f'edited attribute re-scored on that very image.</p>',
+    ]
+    for a in ATTRIBUTES:
+        curve = data["response"][a][a]
+        mid = len(curve) // 2
+        chart = html.line_chart(data["distances"], {f"mean {a}": curve}, title=f"mean {a} along the {a} boundary",
+                                ylabel=UNITS[a], width=360, height=230)
+        body.append('<div class="side">' + html.figure(
+            data["grids"][a], f"<b>{a}</b> ({UNITS[a]}): mean over {len(data['seeds'])} faces {curve[0]:.3g} at "
+                              f"{-d:+g}, {curve[mid]:.3g} unedited, {curve[-1]:.3g} at {d:+g}.") + chart + "</div>")
+    body += [
+        "<h2>Gender edit: raw vs age held fixed</h2>",
+        f'<p class="lead">The raw gender boundary and the age boundary have cosine {cos_ga:+.3f}; projecting the age '
+        f'normal out of the gender normal (<code>hold=age</code>, stored as <code>{html.esc(cond["attribute"])} '
+        f'v{cond["version"]}</code>) gives a direction orthogonal to age. Age drift = mean age at {d:+g} minus '
+        f'mean age at {-d:+g}, per face, over {raw["age"]["n"]} faces valid at both ends. Captions show the '
+        f're-scored age.</p>',
+        html.table(["edit", "age drift (years)", "P(male) change", "faces"],
+                   [["gender (raw)", _fmt_drift(raw["age"], ""), _fmt_drift(raw["gender"], ""), raw["age"]["n"]],
+                    ["gender | age held", _fmt_drift(held["age"], ""), _fmt_drift(held["gender"], ""),
+                     held["age"]["n"]]]),
+        f'<p class="note">Holding age cut the age drift by {cut:.0%} while the gender change stayed '
+        f'{"comparable" if abs(held["gender"]["mean"]) > 0.5 * abs(raw["gender"]["mean"]) else "smaller"}.</p>'
+        if math.isfinite(cut) else "",
+        '<div class="side">',
+        html.figure(data["grids"]["raw vs held"],
+                    f"Each face twice: the raw gender edit (age drift <b>{_fmt_drift(raw['age'], 'y')}</b> over all "
+                    f"faces), then the age-held one (<b>{_fmt_drift(held['age'], 'y')}</b>). Captions: re-scored age."),
+        '<div>',
+        html.line_chart(data["distances"], {"raw gender": data["response"]["gender"]["age"],
+                                            "gender, age held": data["response"]["gender|age"]["age"]},
+                        title="mean age along the gender edit", ylabel="age (years)"),
+        html.line_chart(data["distances"], {"raw gender": data["response"]["gender"]["gender"],
+                                            "gender, age held": data["response"]["gender|age"]["gender"]},
+                        title="mean P(male) along the gender edit", ylabel="P(male)"),
+        "</div></div>",
+        "<h2>Boundary cosine matrix</h2>",
+        '<p class="lead">Cosine of the unit normals (the paper\'s disentanglement measure): near 0 means independent '
+        'directions; the conditioned boundary is orthogonal to age by construction.</p>',
+        html.heat_table(cos["matrix"], labels, labels, fmt="{:+.3f}", scale=1.0),
+    ]
+    rs = data["rescore"]
+    if rs["matrix"] is not None:
+        m = np.array(rs["matrix"])
+        scaled = m / np.maximum(np.abs(m).max(axis=0, keepdims=True), 1e-12)
+        body += [
+            "<h3>Re-scoring study</h3>",
+            f'<p class="lead">Mean change of each attribute per unit of edit along each boundary, measured on '
+            f'{rs["samples"]} sampled codes edited by ±3 (colours scaled per column: each column has its own unit).</p>',
+            html.heat_table(m, labels, rs["attributes"], fmt="{:+.3f}", colour=scaled),
+        ]
+    rows = []
+    for a in ATTRIBUTES:
+        x = b[a]
+        fit = x["timings"].get("fitting", float("nan"))
+        rows.append([a, f"v{x['version']}", f"{x['validation_accuracy']:.3f}", f"{x['remaining_accuracy']:.3f}",
+                     f"{x['train_accuracy']:.3f}", f"{x['num_positive']} + {x['num_negative']}",
+                     f"{x['num_valid']:,} / {x['num_samples']:,}", f"{x['threshold']:.3g}", x["solver"],
+                     "yes" if x["converged"] else "no", f"{fit:.2f}"])
+    sampling = b["gender"]["timings"].get("sampling", 0.0)
+    body += [
+        "<h2>SVM accuracies</h2>",
+        html.table(["attribute", "version", "validation acc.", "remaining acc.", "train acc.", "chosen (+ / −)",
+                    "valid / sampled", "threshold", "solver", "converged", "fit (s)"], rows),
+        '<p class="note">Validation: the held-out 30% of the chosen extremes. Remaining: every other valid sample, '
+        'labelled by the threshold (max + min) / 2 — lower, as in the paper. Invalid scores (no face found) are '
+        'dropped before choosing.</p>',
+        "<h2>Timings</h2>",
+        html.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in t.items()] + [
+            ["sampling (generate + score, inside training)", f"{sampling:.1f}"],
+            ["samples per second through generate + score",
+             f"{data['num_samples'] / sampling:.0f}" if sampling else "reused dataset"]]),
+        f'<p class="note">Model {html.esc(data["model"]["name"])} v{html.esc(data["model"]["version"])} on '
+        f'{html.esc(data["model"]["device"])}; seed {data["seed"]}. Numbers: <a href="report.json">report.json</a>.</p>',
+    ]
+    path = out / "index.html"
+    html.write(path, f"InterFaceGAN demo — {data['model']['name']}", "\n".join(body))
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.editor.demo", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="report folder (index.html, grids, report.json)")
+    p.add_argument("--num-samples", type=int, default=30_000, help="codes sampled, synthesized and scored for training")
+    p.add_argument("--ratio", type=float, default=0.05, help="fraction of samples taken from each end of the scores")
+    p.add_argument("--solver", default="hinge", help="linear SVM solver of the boundary service")
+    p.add_argument("--seed", type=int, default=0, help="sampling / SVM / study seed")
+    p.add_argument("--distance", type=float, default=3.0, help="edits go from -distance to +distance")
+    p.add_argument("--steps", type=int, default=7, help="steps per edit")
+    p.add_argument("--grid-seeds", type=int, default=6, help="faces shown per grid")
+    p.add_argument("--drift-seeds", type=int, default=64, help="faces edited to measure responses and drifts")
+    p.add_argument("--seed-base", type=int, default=1000, help="first seed of the edited faces")
+    p.add_argument("--rescore-samples", type=int, default=300, help="codes of the re-scoring study (0 = skip)")
+    p.add_argument("--concurrency", type=int, default=4, help="Edit calls in flight")
+    p.add_argument("--address", default="", help="use a running editor at this address instead of a local cluster")
+    p.add_argument("--run-dir", type=Path, default=Path(".run/demo"),
+                   help="local cluster folder (logs, Redis AOF, the reusable dataset)")
+    p.add_argument("--fixed-ports", action="store_true", help="local cluster on 50051-50055/6380 instead of free ports")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    cluster = None
+    try:
+        address = args.address
+        if not address:
+            from services.cluster import Cluster
+            log(f"starting the local cluster in {args.run_dir}")
+            t = time.monotonic()
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+            cluster = Cluster.up(args.run_dir.resolve(), fixed_ports=args.fixed_ports,
+                                 log=lambda line: log("  " + line))
+            timings["cluster up"] = time.monotonic() - t
+            address = cluster.services["editor"].address
+        data = run(address, args, timings)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if cluster is not None:
+            t = time.monotonic()
+            cluster.down()
+            timings["cluster down"] = time.monotonic() - t
+    timings["total"] = time.monotonic() - started
+    data["timings"] = timings
+    (Path(args.out) / "report.json").write_text(json.dumps(data, indent=2))
+    path = write_report(Path(args.out), data)
+    log(f"done in {timings['total']:.0f} s (training {timings['training']:.0f} s): {path.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
