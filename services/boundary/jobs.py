@@ -13,7 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from prometheus_client import Gauge
 
 from interfacegan.v1 import boundary_pb2, common_pb2
-from services.common.errors import ServiceError, invalid_argument, not_found
+from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +138,15 @@ class JobManager:
     Args:
         max_running: jobs running at the same time.
         records: persistence of finished jobs and request ids (None keeps them in memory only).
+        max_queued: jobs that may wait QUEUED; one more is refused with RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, max_running: int = 1, records: JobRecords | None = None):
+    def __init__(self, max_running: int = 1, records: JobRecords | None = None, max_queued: int = 16):
         self.jobs: dict[str, Job] = {}
         self.by_request: dict[str, str] = {}
         self.slots = asyncio.Semaphore(max_running)
         self.records = records
+        self.max_queued = max_queued
 
     async def submit(self, request, prepare: Callable[[], Awaitable[Callable[[Job], Awaitable[list]]]]
                      ) -> tuple[Job | None, dict | None]:
@@ -165,6 +167,10 @@ class JobManager:
         found = self._find_local(rid, fp) if rid else None  # another call may have started it meanwhile
         if found is not None:
             return found
+        waiting = sum(1 for j in self.jobs.values() if j.state == boundary_pb2.JOB_STATE_QUEUED)
+        if waiting >= self.max_queued:
+            raise resource_exhausted(f"{waiting} training jobs are waiting already (at most {self.max_queued} may "
+                                     f"wait); retry when one has finished", retry_after=30.0)
         job = Job(f"job-{uuid.uuid4().hex[:16]}", rid, fp)
         # Registered before the next await, so a concurrent retry in this process finds it.
         self.jobs[job.id] = job

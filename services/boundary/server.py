@@ -53,6 +53,7 @@ class Settings(ServerSettings):
     sample_block: int = setting(500, "codes per sample/synthesize/score request of a job (capped by the services' limits)")
     pipeline_depth: int = setting(4, "blocks in flight at once through generator and scorer")
     max_jobs: int = setting(1, "training jobs running at once; more wait QUEUED")
+    max_queued_jobs: int = setting(16, "training jobs that may wait QUEUED; more are refused with RESOURCE_EXHAUSTED")
     svm_max_iter: int = setting(5000, "iteration cap of the liblinear solvers")
     score_all_attributes: bool = setting(True, "score every scorer attribute in the sampling pass, so later "
                                                "boundaries of other attributes reuse the dataset")
@@ -116,7 +117,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             max_num_samples=settings.max_num_samples, shard_size=settings.shard_size,
             sample_block=settings.sample_block, pipeline_depth=settings.pipeline_depth,
             svm_max_iter=settings.svm_max_iter, score_all_attributes=settings.score_all_attributes)
-        self.jobs = JobManager(settings.max_jobs, JobRecords(self.store, int(settings.job_ttl_hours * 3600)))
+        self.jobs = JobManager(settings.max_jobs, JobRecords(self.store, int(settings.job_ttl_hours * 3600)),
+                               max_queued=settings.max_queued_jobs)
 
     def register(self, server: grpc.aio.Server) -> None:
         boundary_pb2_grpc.add_BoundaryServiceServicer_to_server(self, server)

@@ -299,9 +299,10 @@ def test_full_queue_answers_resource_exhausted_with_retry_information(limited_ge
 
 
 def test_concurrent_training_jobs_are_limited(launch_service, cluster, redis_url, tmp_path):
-    """--max-jobs 1: a second job waits QUEUED until the first ends (here: is cancelled)."""
+    """--max-jobs 1: a second job waits QUEUED until the first ends (here: is cancelled); with --max-queued-jobs 1
+    a third is refused at once with RESOURCE_EXHAUSTED and a retry hint."""
     boundary = launch_service("boundary", "--redis-url", redis_url, "--redis-prefix", f"jobs{uuid.uuid4().hex[:6]}:",
-                              "--data-dir", str(tmp_path / "data"), "--max-jobs", "1",
+                              "--data-dir", str(tmp_path / "data"), "--max-jobs", "1", "--max-queued-jobs", "1",
                               env={"IFGAN_GENERATOR_ADDRESS": cluster.services["generator"].address,
                                    "IFGAN_SCORER_ADDRESS": cluster.services["scorer"].address})
     with grpc.insecure_channel(boundary.address) as channel:
@@ -319,6 +320,11 @@ def test_concurrent_training_jobs_are_limited(launch_service, cluster, redis_url
         assert running.state == boundary_pb2.JOB_STATE_RUNNING
         assert next(stub.WatchJob(boundary_pb2.WatchJobRequest(job_id=update.job_id), timeout=30)).state == \
             boundary_pb2.JOB_STATE_QUEUED
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.TrainBoundaries(boundary_pb2.TrainBoundariesRequest(attributes=["gender"], num_samples=200_000,
+                                                                          seed=3), timeout=60))
+        assert err.value.code() == C.RESOURCE_EXHAUSTED and "at most 1 may wait" in err.value.details()
+        assert errors.status_details(err.value).get("retry_after", 0) > 0
         for job_id in (update.job_id, first_id):
             final = stub.CancelJob(boundary_pb2.CancelJobRequest(job_id=job_id), timeout=60)
             assert final.state == boundary_pb2.JOB_STATE_CANCELLED
