@@ -33,6 +33,8 @@ or one folder deep (`<folder>/<anything>/manifest.yaml`). Example::
 
 `kind: expectation` takes `weights` (one per output column: value = sum_k p_k w_k); `kind: regression` takes
 `index`, `scale` and `offset` (value = raw[index] * scale + offset).
+
+Check a folder before deploying it: `python -m services.scorer.check DIR`.
 """
 
 from __future__ import annotations
@@ -360,3 +362,4 @@ def _bound(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ManifestError(f"{where}: {value!r} is not a number")
     return float(value)
+

@@ -235,3 +235,18 @@ def test_names_must_be_unique_across_plugins(tmp_path):
     (tmp_path / "tone2.json").write_text(json.dumps(TONE))
     with pytest.raises(mf.ManifestError, match="red_level is also defined"):
         mf.load_folder(tmp_path)
+
+
+def test_check_command_validates_a_folder_offline(plugins_dir, tmp_path, models_dir):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "services.scorer.check", str(plugins_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ok: 6 plug-in attribute(s)" in done.stdout and "tone_index" in done.stdout
+    tone_model(tmp_path / "tone.onnx")
+    (tmp_path / "tone.json").write_text(json.dumps({**TONE, "input": {**TONE["input"], "size": 20}}))
+    done = subprocess.run([sys.executable, "-m", "services.scorer.check", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "needs [N, 3, 20, 20]" in done.stderr
