@@ -135,7 +135,13 @@ def credentials(config: ChannelConfig) -> grpc.ChannelCredentials | None:
 
 
 def split_addresses(addresses: str | Sequence[str]) -> list[str]:
-    """'a:1, b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2'] (empty parts dropped)."""
+    """'a:1, b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2'] (empty parts dropped).
+
+    A gRPC target URI that itself lists addresses ('ipv4:10.0.0.1:50052,10.0.0.2:50052') stays one target:
+    its channel balances over them with the round robin policy.
+    """
+    if isinstance(addresses, str) and addresses.strip().startswith(("ipv4:", "ipv6:")):
+        return [addresses.strip()]
     parts: Iterable[str] = addresses.split(",") if isinstance(addresses, str) else addresses
     out = [p.strip() for p in parts if p and p.strip()]
     if not out:
