@@ -1,13 +1,14 @@
 """Generator benchmark: raw in-process throughput vs served over gRPC with dynamic batching on and off.
 
 In one run on one machine:
-  (a) raw: the model in this process, batched, with the server's thread and device settings (the ceiling);
+  (a) raw: the model in a process of its own, batched, with the server's thread and device settings (the ceiling);
   (b) served, batching on: 1, 8 and 64 concurrent closed-loop clients, one image per request;
   (c) served, batching off (max_batch_size 1): the same clients.
-The load generator runs in its own process(es); its CPU use (and the server's) is measured from /proc.
-(b) and (c) run on two servers started side by side and are measured alternately (b1, c1, b8, c8, ...), so
-noise from other work on the machine hits both alike. Writes bench/results/generator.json with the table and
-`targets`: b64 >= 0.8 a, b64 >= 2.5 c64, b1 >= 0.9 c1 (10 c64 on a GPU).
+The load generator runs in its own process(es); its CPU use and the server's are measured from /proc.
+The machine is shared, so the load drifts: (a), (b) and (c) are measured in alternating slices (a, b, c, a, b,
+c, ...) by long-lived runner processes and summed, so every comparison sees the same conditions. Writes
+bench/results/generator.json with the table and `targets`: b64 >= 0.8 a, b64 >= 2.5 c64 (10 c64 on a GPU),
+b1 >= 0.9 c1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,111 +39,159 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-# --- load generator (runs in its own process) -------------------------------------------------------------
-async def _load(address: str, clients: int, warmup: float, duration: float, fmt: int, dim: int, model: str,
-                server_pid: int) -> dict:
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Runner:
+    """A child process answering one JSON command per line on stdin with one JSON line on stdout."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen([sys.executable, __file__, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self.ready = json.loads(self.proc.stdout.readline())
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"runner {self.proc.args[2:4]} died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def _serve_commands(handle) -> int:
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(handle(json.loads(line))), flush=True)
+    return 0
+
+
+# --- (a) raw runner ------------------------------------------------------------------------------------------
+def raw_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from services.generator import backends
+    from services.generator.models import load_model
+
+    backends.configure_threads(args.threads, 1)
+    device = backends.resolve_device(args.device)
+    model = load_model(args.model, device, dtype=backends.resolve_dtype(args.precision, device))
+    codes = {}
+
+    def handle(cmd: dict) -> dict:
+        batch = cmd["batch"]
+        if batch not in codes:
+            codes[batch] = model.sample(batch, seed=batch)
+            for _ in range(2):
+                model.synthesize(codes[batch], "z", output="uint8")
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < cmd["seconds"]:
+            model.synthesize(codes[batch], "z", output="uint8")  # includes the copy back to the host
+            done += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return {"images": done, "seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+
+    return _serve_commands(handle)
+
+
+# --- (b), (c) load generator ---------------------------------------------------------------------------------
+def load_main(args: argparse.Namespace) -> int:
     import grpc
 
     from interfacegan.v1 import generator_pb2, generator_pb2_grpc
     from services.common import tensors
 
-    rng = np.random.default_rng(clients)
-    codes = rng.standard_normal((256, dim)).astype(np.float32)
-    requests = [generator_pb2.SynthesizeRequest(model={"name": model}, codes=tensors.latents_from_numpy(1, codes[i:i + 1]),
-                                                format=fmt) for i in range(len(codes))]
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        loop = asyncio.get_running_loop()
-        start = loop.time() + warmup
-        end = start + duration
+    rng = np.random.default_rng(args.clients)
+    codes = rng.standard_normal((256, args.dim)).astype(np.float32)
+    requests = [generator_pb2.SynthesizeRequest(model={"name": args.model}, format=args.format_code,
+                                                codes=tensors.latents_from_numpy(1, codes[i:i + 1]))
+                for i in range(len(codes))]
+    addresses = args.addresses.split(",")
+    pids = [int(p) for p in args.server_pids.split(",")]
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def connect() -> list:  # channels belong to the loop they are made on, kept across slices
+        return [generator_pb2_grpc.GeneratorServiceStub(grpc.aio.insecure_channel(
+            a, options=[("grpc.max_receive_message_length", 64 << 20)])) for a in addresses]
+
+    stubs = loop.run_until_complete(connect())
+
+    async def run(target: int, warmup: float, seconds: float) -> dict:
+        stub, now = stubs[target], loop.time()
+        start, end = now + warmup, now + warmup + seconds
         latencies: list[float] = []
         errors = 0
 
         async def client(i: int) -> None:
             nonlocal errors
             k = i
-            while True:
-                t0 = loop.time()
-                if t0 >= end:
-                    return
+            while (t0 := loop.time()) < end:
                 try:
-                    async for _ in stub.Synthesize(requests[k % len(requests)], timeout=30):
+                    async for _ in stub.Synthesize(requests[k % len(requests)], timeout=60):
                         pass
                 except grpc.RpcError:
                     errors += 1
                 t1 = loop.time()
-                if start <= t1 <= end and t0 >= start:
+                if t0 >= start and t1 <= end:
                     latencies.append(t1 - t0)
-                k += clients
+                elif start <= t1 <= end:
+                    latencies.append(t1 - t0)  # started in warmup, finished inside: counts as a completion
+                k += args.clients
 
-        tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+        tasks = [asyncio.create_task(client(i)) for i in range(args.clients)]
         await asyncio.sleep(max(0.0, start - loop.time()))
-        cpu0, server0, wall0 = _self_cpu(), proc_cpu_seconds(server_pid), time.perf_counter()
+        cpu0, server0, wall0 = _self_cpu(), proc_cpu_seconds(pids[target]), time.perf_counter()
         await asyncio.sleep(max(0.0, end - loop.time()))
-        cpu1, server1, wall1 = _self_cpu(), proc_cpu_seconds(server_pid), time.perf_counter()
+        cpu1, server1, wall1 = _self_cpu(), proc_cpu_seconds(pids[target]), time.perf_counter()
         await asyncio.gather(*tasks)
-    wall = wall1 - wall0
-    return {"completed": len(latencies), "seconds": wall, "latencies": latencies, "errors": errors,
-            "client_cpu": (cpu1 - cpu0) / wall, "server_cpu": (server1 - server0) / wall}
+        return {"completed": len(latencies), "seconds": wall1 - wall0, "latencies": latencies, "errors": errors,
+                "client_cpu": cpu1 - cpu0, "server_cpu": server1 - server0}
+
+    return _serve_commands(lambda cmd: loop.run_until_complete(run(cmd["target"], cmd["warmup"], cmd["seconds"])))
 
 
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+class Totals:
+    """Sums the slices of one benchmark point."""
 
+    def __init__(self):
+        self.images = 0
+        self.seconds = 0.0
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.client_cpu = 0.0
+        self.server_cpu = 0.0
 
-def worker_main(args: argparse.Namespace) -> int:
-    result = asyncio.run(_load(args.address, args.worker_clients, args.warmup, args.duration, args.format_code,
-                               args.dim, args.model, args.server_pid))
-    json.dump(result, sys.stdout)
-    return 0
+    def add_load(self, r: dict) -> None:
+        self.images += r["completed"]
+        self.seconds += r["seconds"]
+        self.latencies += r["latencies"]
+        self.errors += r["errors"]
+        self.client_cpu += r["client_cpu"]
+        self.server_cpu += r["server_cpu"]
 
+    def add_raw(self, r: dict) -> None:
+        self.images += r["images"]
+        self.seconds += r["seconds"]
+        self.server_cpu += r["cpu"]
 
-def load(address: str, clients: int, procs: int, args: argparse.Namespace, server_pid: int, dim: int) -> dict:
-    """Runs `clients` closed-loop clients spread over `procs` load-generator processes; merges their results."""
-    procs = max(1, min(procs, clients))
-    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    children = [subprocess.Popen(
-        [sys.executable, __file__, "--worker", "--address", address, "--worker-clients", str(n),
-         "--warmup", str(args.warmup), "--duration", str(args.duration), "--format-code", str(args.format_code),
-         "--dim", str(dim), "--model", args.model, "--server-pid", str(server_pid)],
-        stdout=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}) for n in shares]
-    results = [json.loads(c.communicate(timeout=args.warmup + args.duration + 120)[0]) for c in children]
-    latencies = np.array([x for r in results for x in r["latencies"]]) * 1000
-    seconds = max(r["seconds"] for r in results)
-    return {"clients": clients, "images_per_s": round(sum(r["completed"] for r in results) / seconds, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2) if len(latencies) else None,
-            "errors": sum(r["errors"] for r in results),
-            "client_cpu_cores": round(sum(r["client_cpu"] for r in results), 2),
-            "server_cpu_cores": round(results[0]["server_cpu"], 2), "load_processes": procs}
-
-
-# --- raw in-process throughput ------------------------------------------------------------------------------
-def raw_throughput(args: argparse.Namespace, threads: int) -> list[dict]:
-    import torch
-
-    from services.generator import backends
-    from services.generator.models import load_model
-
-    backends.configure_threads(threads, 1)
-    device = backends.resolve_device(args.device)
-    model = load_model(args.model, device, dtype=backends.resolve_dtype(args.precision, device))
-    rows = []
-    for batch in args.raw_batch_sizes:
-        codes = model.sample(batch, seed=batch)
-        for _ in range(2):
-            model.synthesize(codes, "z", output="uint8")
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.raw_seconds:
-            model.synthesize(codes, "z", output="uint8")
-            done += batch
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rows.append({"threads": threads, "batch": batch,
-                     "images_per_s": round(done / (time.perf_counter() - start), 1)})
-    return rows
+    def row(self, case: str, clients: int | None = None) -> dict:
+        ms = np.array(self.latencies) * 1000
+        out = {"case": case, "images_per_s": round(self.images / self.seconds, 1)}
+        if clients is not None:
+            out.update({"clients": clients, "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+                        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+                        "errors": self.errors, "client_cpu_cores": round(self.client_cpu / self.seconds, 2)})
+        out.update({"server_cpu_cores": round(self.server_cpu / self.seconds, 2),
+                    "server_cpu_ms_per_image": round(1000 * self.server_cpu / max(1, self.images), 2)})
+        return out
 
 
 def start_server(args: argparse.Namespace, batching: bool, log_dir: Path):
@@ -168,120 +218,149 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", help="auto (fp16 on CUDA), float32, float16")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads of the server and of (a); 1 leaves the second core to gRPC and clients")
-    p.add_argument("--raw-threads-also", type=int, default=2, help="extra (a) row at this thread count, for context")
     p.add_argument("--raw-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 32, 64],
-                   help="batch sizes of (a)")
-    p.add_argument("--raw-seconds", type=float, default=3.0, help="seconds per raw batch size")
+                   help="batch sizes of the (a) sweep")
+    p.add_argument("--sweep-seconds", type=float, default=2.0, help="seconds per batch size of the (a) sweep")
     p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64],
                    help="concurrent clients of (b) and (c)")
     p.add_argument("--load-processes", type=int, default=1, help="load-generator processes (clients spread over them)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per served point")
+    p.add_argument("--rounds", type=int, default=5, help="alternating slices per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured slice")
+    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per point (over all its slices)")
     p.add_argument("--format", choices=("raw", "png"), default="png", help="image format the clients ask for")
     p.add_argument("--max-batch-size", type=int, default=0, help="server max_batch_size (0 = the server's auto)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="server max_queue_delay_microseconds")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generator.json", help="result file")
-    # worker mode (internal)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--address", help=argparse.SUPPRESS)
-    p.add_argument("--worker-clients", type=int, help=argparse.SUPPRESS)
+    # runner modes (internal)
+    p.add_argument("--raw-runner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--load-runner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--addresses", help=argparse.SUPPRESS)
+    p.add_argument("--server-pids", help=argparse.SUPPRESS)
+    p.add_argument("--runner-clients", dest="clients_n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--format-code", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--dim", type=int, default=100, help=argparse.SUPPRESS)
-    p.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        return worker_main(args)
+    if args.raw_runner:
+        return raw_main(args)
+    if args.load_runner:
+        args.clients = args.clients_n
+        return load_main(args)
     if args.quick:
         args.clients, args.raw_batch_sizes = [1, 8], [1, 16]
-        args.raw_seconds, args.warmup, args.duration, args.raw_threads_also = 0.5, 0.5, 1.5, 0
-    from interfacegan.v1 import common_pb2
-
-    args.format_code = common_pb2.IMAGE_FORMAT_RAW if args.format == "raw" else common_pb2.IMAGE_FORMAT_PNG
-
-    import tempfile
+        args.sweep_seconds, args.warmup, args.duration, args.rounds = 0.5, 0.3, 1.5, 1
 
     import torch
 
+    from interfacegan.v1 import common_pb2
     from services.generator import backends
     from services.generator.models import Registry, build_net
 
+    format_code = common_pb2.IMAGE_FORMAT_RAW if args.format == "raw" else common_pb2.IMAGE_FORMAT_PNG
     device = str(backends.resolve_device(args.device))
-    raw = raw_throughput(args, args.threads)
     max_batch = args.max_batch_size or (256 if device.startswith("cuda") else 16)
-    ceiling = max(r["images_per_s"] for r in raw if r["batch"] <= max_batch)
     spec = Registry().get(args.model)
     with torch.device("meta"):
         dim = build_net(spec.architecture, spec.resolution, **spec.kwargs).latent_shapes["z"][0]
+    common = ["--model", args.model, "--device", args.device, "--precision", args.precision]
+    slice_s = args.duration / args.rounds
 
-    served: dict[str, dict[int, dict]] = {"b": {}, "c": {}}
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    raw = Runner(["--raw-runner", "--threads", str(args.threads), *common])
+    sweep = {}
+    for batch in args.raw_batch_sizes:
+        t = Totals()
+        t.add_raw(raw.ask(batch=batch, seconds=args.sweep_seconds))
+        sweep[batch] = t.row(f"a raw batch {batch}, sweep")
+        say(f"  a sweep batch {batch:3d}: {sweep[batch]['images_per_s']} img/s")
+    best = max((b for b in sweep if b <= max_batch), key=lambda b: sweep[b]["images_per_s"])
+
+    served: dict[str, dict[int, Totals]] = {"b": {}, "c": {}}
+    ceiling = Totals()
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {"b": start_server(args, True, Path(tmp)), "c": start_server(args, False, Path(tmp))}
+        servers = [start_server(args, True, Path(tmp)), start_server(args, False, Path(tmp))]
         try:
+            addresses = ",".join(s.address for s in servers)
+            pids = ",".join(str(s.pid) for s in servers)
             for clients in args.clients:
-                for mode in ("b", "c"):
-                    proc = servers[mode]
-                    served[mode][clients] = load(proc.address, clients, args.load_processes, args, proc.pid, dim)
-                    row = served[mode][clients]
-                    print(f"  {mode}{clients:<3d} {row['images_per_s']:8.1f} img/s  p50 {row['p50_ms']} ms  "
-                          f"p99 {row['p99_ms']} ms  client cpu {row['client_cpu_cores']}  "
-                          f"server cpu {row['server_cpu_cores']}", file=sys.stderr, flush=True)
+                procs = max(1, min(args.load_processes, clients))
+                shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+                loaders = [Runner(["--load-runner", "--addresses", addresses, "--server-pids", pids, "--runner-clients",
+                                   str(n), "--format-code", str(format_code), "--dim", str(dim), "--model", args.model])
+                           for n in shares]
+                served["b"][clients], served["c"][clients] = Totals(), Totals()
+                top = clients == max(args.clients)
+                for _ in range(args.rounds):
+                    if top:  # the ceiling, measured between the slices it is compared with
+                        ceiling.add_raw(raw.ask(batch=best, seconds=slice_s))
+                    for target, mode in enumerate("bc"):
+                        for loader in loaders:  # several processes: started together, then collected
+                            loader.proc.stdin.write(json.dumps({"target": target, "warmup": args.warmup,
+                                                                "seconds": slice_s}) + "\n")
+                            loader.proc.stdin.flush()
+                        for loader in loaders:
+                            result = json.loads(loader.proc.stdout.readline())
+                            result["server_cpu"] /= len(loaders)  # every loader measured the same server
+                            served[mode][clients].add_load(result)
+                for loader in loaders:
+                    loader.close()
+                for mode in "bc":
+                    row = served[mode][clients].row(mode, clients)
+                    say(f"  {mode}{clients:<3d} {row['images_per_s']:8.1f} img/s  p50 {row['p50_ms']} ms  "
+                        f"p99 {row['p99_ms']} ms  client cpu {row['client_cpu_cores']}  "
+                        f"server cpu {row['server_cpu_cores']}")
         finally:
-            for proc in servers.values():
-                proc.stop()
-    extra = raw_extra(args) if args.raw_threads_also and args.raw_threads_also != args.threads else []
+            for s in servers:
+                s.stop()
+            raw.close()
 
-    top = max(args.clients)
-    b_top, c_top = served["b"][top]["images_per_s"], served["c"][top]["images_per_s"]
-    b1, c1 = served["b"][min(args.clients)]["images_per_s"], served["c"][min(args.clients)]["images_per_s"]
+    top, low = max(args.clients), min(args.clients)
+    a = ceiling.row(f"a raw batch {best}, between b{top}/c{top} slices")
+    b_top, c_top = served["b"][top].row("").get("images_per_s"), served["c"][top].row("").get("images_per_s")
+    b1, c1 = served["b"][low].row("")["images_per_s"], served["c"][low].row("")["images_per_s"]
     gpu = device.startswith("cuda")
     targets = {
-        f"b{top}_over_raw": {"value": ratio(b_top, ceiling), "target": 0.8},
+        f"b{top}_over_raw": {"value": ratio(b_top, a["images_per_s"]), "target": 0.8},
         f"b{top}_over_c{top}": {"value": ratio(b_top, c_top), "target": 10.0 if gpu else 2.5},
-        f"b{min(args.clients)}_over_c{min(args.clients)}": {"value": ratio(b1, c1), "target": 0.9},
+        f"b{low}_over_c{low}": {"value": ratio(b1, c1), "target": 0.9},
     }
     for t in targets.values():
         t["met"] = bool(t["value"] >= t["target"])
 
-    table = [{"case": f"a raw batch {r['batch']} ({r['threads']} thr)", "images_per_s": r["images_per_s"]}
-             for r in raw + extra]
+    table = [sweep[b] for b in args.raw_batch_sizes] + [a]
     for mode, label in (("b", "batching on"), ("c", "batching off")):
-        for clients, row in served[mode].items():
-            table.append({"case": f"{mode} {label}, {clients} clients", **row})
+        for clients, totals in served[mode].items():
+            table.append(totals.row(f"{mode} {label}, {clients} clients", clients))
     result = {
         "benchmark": "generator", "quick": args.quick, "model": args.model,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "device": device},
+                    "torch": torch.__version__, "device": device, "load_average": os.getloadavg()},
         "settings": {"torch_threads": args.threads, "interop_threads": 1, "load_processes": args.load_processes,
                      "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
-                     "format": args.format, "warmup_s": args.warmup, "duration_s": args.duration,
-                     "precision": args.precision},
-        "raw_ceiling_images_per_s": ceiling, "table": table, "targets": targets,
+                     "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
+                     "duration_s": args.duration, "precision": args.precision, "raw_batch": best},
+        "raw_ceiling_images_per_s": a["images_per_s"], "table": table, "targets": targets,
     }
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    say(f"wrote {args.out}")
     return 0
 
 
-def raw_extra(args: argparse.Namespace) -> list[dict]:
-    """(a) at another thread count, in a fresh process (torch threads are per process)."""
-    code = ("import json,sys; sys.path.insert(0, %r); import argparse; from bench.generator import raw_throughput; "
-            "a = argparse.Namespace(**json.loads(sys.argv[1])); print(json.dumps(raw_throughput(a, a.t)))") % str(ROOT)
-    params = {"device": args.device, "precision": args.precision, "model": args.model,
-              "raw_batch_sizes": args.raw_batch_sizes, "raw_seconds": args.raw_seconds, "t": args.raw_threads_also}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(params)], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def print_table(result: dict) -> None:
-    print(f"\ngenerator benchmark  model {result['model']}  device {result['machine']['device']}  "
-          f"torch threads {result['settings']['torch_threads']}  format {result['settings']['format']}")
-    print(f"{'case':42s} {'img/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'client cpu':>10s} {'server cpu':>10s}")
+    s = result["settings"]
+    print(f"\ngenerator benchmark  model {result['model']}  device {result['machine']['device']}  torch threads "
+          f"{s['torch_threads']}  max_batch_size {s['max_batch_size']}  format {s['format']}  "
+          f"load avg {result['machine']['load_average'][0]:.1f}")
+    print("cpu columns: cores busy; cpu ms/img = server (or raw) CPU time per image, less sensitive to other load")
+    print(f"{'case':40s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'client cpu':>10s} {'server cpu':>10s} "
+          f"{'cpu ms/img':>10s}")
     for row in result["table"]:
-        print(f"{row['case']:42s} {row['images_per_s']:9.1f} {_fmt(row.get('p50_ms')):>8s} {_fmt(row.get('p99_ms')):>8s} "
-              f"{_fmt(row.get('client_cpu_cores')):>10s} {_fmt(row.get('server_cpu_cores')):>10s}")
+        print(f"{row['case']:40s} {row['images_per_s']:8.1f} {_fmt(row.get('p50_ms')):>8s} "
+              f"{_fmt(row.get('p99_ms')):>8s} {_fmt(row.get('client_cpu_cores')):>10s} "
+              f"{_fmt(row.get('server_cpu_cores')):>10s} {_fmt(row.get('server_cpu_ms_per_image')):>10s}")
     print("targets:")
     for name, t in result["targets"].items():
         print(f"  {name:24s} {t['value']:7.3f}  >= {t['target']:<5}  {'met' if t['met'] else 'NOT MET'}")

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Hashable
 
 import grpc
@@ -24,6 +25,7 @@ from .models import DEFAULT_MODEL, GeneratorModel, ModelSpec, Registry, build_ne
 
 log = logging.getLogger(__name__)
 
+RETRY_LOAD_SECONDS = 30.0
 SPACE_OF_PROTO = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
 PROTO_OF_SPACE = {v: k for k, v in SPACE_OF_PROTO.items()}
 FORMATS = {common_pb2.IMAGE_FORMAT_UNSPECIFIED: common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_PNG:
@@ -65,6 +67,10 @@ def _sizes(text: str) -> tuple[int, ...]:
     return tuple(sorted({int(s) for s in text.replace(" ", "").split(",") if s}))
 
 
+def _encode_all(pixels: list[np.ndarray], fmt: int) -> list[common_pb2.Image]:
+    return [images.encode(p, fmt) for p in pixels]
+
+
 class _Entry:
     """A registry model, its loaded GeneratorModel and batcher, or why it failed to load."""
 
@@ -73,6 +79,7 @@ class _Entry:
         self.model: GeneratorModel | None = None
         self.batcher: DynamicBatcher | None = None
         self.error = ""
+        self.failed_at = -1e9  # loop time of the last failed load; retried after RETRY_LOAD_SECONDS
         self.lock = asyncio.Lock()
         self.shapes: dict[str, tuple[int, ...]] | None = None
         self.truncation = (1.0, 0)
@@ -106,12 +113,15 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
             instances=settings.instances)
         # Message budget for streamed responses: stay well under the send limit.
         self.response_bytes = max(1 << 20, settings.max_message_bytes // 2)
+        self._encoders = ThreadPoolExecutor(2, thread_name_prefix="encode")
 
     def register(self, server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(self, server)
 
     async def load(self) -> None:
         threads = backends.configure_threads(self.settings.torch_threads, 1)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick kernels once
         log.info("torch settings", extra={"threads": threads[0], "interop_threads": threads[1],
                                           "device": str(self.device), "dtype": str(self.dtype)})
         names = [self.settings.default_model]
@@ -130,6 +140,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         for entry in self.entries.values():
             if entry.batcher is not None:
                 await entry.batcher.close()
+        self._encoders.shutdown(wait=True)
 
     # --- models ------------------------------------------------------------------------------------
     def _load_sync(self, spec: ModelSpec) -> GeneratorModel:
@@ -145,12 +156,15 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
     async def _ensure_loaded(self, entry: _Entry) -> _Entry:
         if entry.model is not None:
             return entry
+        loop = asyncio.get_running_loop()
         async with entry.lock:
-            if entry.model is None:
+            # A broken file is not re-read on every request, but a fixed one is picked up after a while.
+            if entry.model is None and loop.time() - entry.failed_at >= RETRY_LOAD_SECONDS:
                 try:
                     model = await asyncio.to_thread(self._load_sync, entry.spec)
                 except Exception as e:  # noqa: BLE001 - reported per model, the server keeps serving others
                     entry.error = f"{type(e).__name__}: {e}"
+                    entry.failed_at = loop.time()
                     log.error("model failed to load", extra={"model": entry.spec.name, "error": entry.error})
                     return entry
                 batcher = DynamicBatcher(self._runner(model), self.batching, service="generator",
@@ -207,12 +221,16 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
     def _runner(self, model: GeneratorModel):
         def run_batch(items: list, key: Hashable) -> list:
             space, psi, layers = key
-            codes = np.stack([code for code, _ in items])
-            pixels = model.synthesize(codes, space, truncation_psi=psi, truncation_layers=layers,
+            pixels = model.synthesize(np.stack(items), space, truncation_psi=psi, truncation_layers=layers,
                                       output="uint8").numpy()
-            # Encoding here keeps PNG/JPEG compression off the event loop.
-            return [images.encode(pixels[i], fmt) for i, (_, fmt) in enumerate(items)]
+            return list(pixels)  # (H, W, 3) uint8 views; encoded off the batch thread (see _encode)
         return run_batch
+
+    async def _encode(self, pixels: list[np.ndarray], fmt: int) -> list[common_pb2.Image]:
+        if fmt == common_pb2.IMAGE_FORMAT_RAW:
+            return [images.encode(p, fmt) for p in pixels]
+        # PNG/JPEG compression (Pillow releases the GIL) runs beside the next batch instead of delaying it.
+        return await asyncio.get_running_loop().run_in_executor(self._encoders, _encode_all, pixels, fmt)
 
     # --- RPCs --------------------------------------------------------------------------------------
     async def ListModels(self, request, context):
@@ -290,10 +308,11 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
             psi, layers = self._truncation(request.truncation_psi, request.truncation_layers, model)
         elif not math.isfinite(request.truncation_psi) or not 0 <= request.truncation_psi <= 1:
             raise invalid_argument("truncation_psi", f"{request.truncation_psi} is outside (0, 1]")
-        items = [(codes[i], fmt) for i in range(codes.shape[0])]
+        items = list(codes)
         timeout = context.time_remaining()
         async with contextlib.aclosing(batcher.stream(items, key=(space, psi, layers), timeout=timeout)) as chunks:
-            async for offset, encoded in chunks:
+            async for offset, pixels in chunks:
+                encoded = await self._encode(pixels, fmt)
                 for start, part in self._split(encoded):
                     yield generator_pb2.SynthesizeResponse(offset=offset + start, images=part)
 

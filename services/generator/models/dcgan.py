@@ -26,6 +26,7 @@ class DCGANGenerator(GeneratorNet):
     """
 
     architecture = "dcgan"
+    channels_last_ok = True
 
     def __init__(self, resolution: int = 64, latent_dim: int = 100, base_channels: int = 64, channels: int = 3):
         super().__init__()
@@ -50,7 +51,8 @@ class DCGANGenerator(GeneratorNet):
                 "base_channels": self.base_channels, "channels": self.channels}
 
     def render(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z.reshape(z.shape[0], self.latent_dim, 1, 1))
+        x = z.reshape(z.shape[0], self.latent_dim, 1, 1)
+        return self.main(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
     @classmethod
     def state_dict_of(cls, checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
