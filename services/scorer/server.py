@@ -32,7 +32,7 @@ class Settings(ServerSettings):
     providers: str = setting("", "ONNX Runtime providers for every model, comma-separated, overriding the "
                                  "manifests (e.g. CPUExecutionProvider); empty: as each manifest says")
     mesh_backend: str = setting("auto", "face mesh runner: onnxruntime (converted graph, batched, CUDA where "
-                                        "available), opencv (OpenCV DNN, fastest on CPU) or auto (onnxruntime "
+                                        "available), opencv (OpenCV DNN; as fast on CPU) or auto (onnxruntime "
                                         "when it gets a GPU, else opencv)")
     max_batch_size: int = setting(64, "largest batch the models run at once")
     max_batch_delay_ms: float = setting(5.0, "how long a batch waits for more images before it runs")
