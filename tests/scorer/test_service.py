@@ -134,9 +134,10 @@ def test_images_of_any_size_and_aspect_are_scored(scorer, faces, img):
     assert all(r.face_found for r in results[:3])
     yaw = scorer.table(results, "yaw")[0]
     # The face box of a non-square image is its centred square: the mesh sees the very same face, unsquashed.
-    assert abs(yaw[1] - yaw[0]) < 1e-6
+    assert abs(yaw[1] - yaw[0]) < 1e-3
     assert abs(yaw[2] - yaw[0]) < 6
-    assert [s.value for s in results[4].scores] == [s.value for s in results[0].scores]  # alpha dropped
+    np.testing.assert_allclose([s.value for s in results[4].scores], [s.value for s in results[0].scores],
+                               atol=1e-6)  # alpha dropped
 
 
 # -- input checks -------------------------------------------------------------------------------------------
