@@ -59,7 +59,8 @@ def make_pki(folder: Path, name: str = "test") -> dict[str, str]:
         return builder.sign(ca_key, hashes.SHA256()), key
 
     # Services present one certificate both as servers and as clients of other services (mTLS inside).
-    server, server_key = leaf("interfacegan-service", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    server, server_key = leaf("interfacegan-service",
+                              [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
                               [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     out["server_cert"], out["server_key"] = _write(folder, f"{name}-server", server, server_key)
     client, client_key = leaf("interfacegan-client", [ExtendedKeyUsageOID.CLIENT_AUTH], [])

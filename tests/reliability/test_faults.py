@@ -158,7 +158,10 @@ def test_killing_a_generator_replica_under_load_fails_no_request(faulty):
     assert in_flight and len(after) >= 6, (len(in_flight), len(after))
     # The editor redid the calls the dead replica dropped, on the other one.
     log = editor.log_path.read_text()
-    assert "retrying" in log and g1.address in log
+    retried = [line for line in log.splitlines() if "retrying" in line and g1.address in line]
+    assert retried
+    print(f"\n{len(results)} Edit calls, {len(in_flight)} in flight at the kill, {len(after)} after it, 0 failed; "
+          f"{len(retried)} downstream calls redone on the other replica")
     assert check_health(editor.address) == "SERVING"
 
 
@@ -203,6 +206,8 @@ def test_redis_killed_mid_training_loses_no_boundary_and_the_job_ends_cleanly(fa
             after = _stored(stub)
             for key, data in before.items():
                 assert after.get(key) == data, f"boundary {key} lost or changed"
+            print(f"\njob after Redis was killed and restarted: {boundary_pb2.JobState.Name(final.state)} "
+                  f"{final.error}; {len(before)} boundaries intact")
             if final.state == boundary_pb2.JOB_STATE_SUCCEEDED:
                 assert (MODEL, "gender", Z, 1) in after
             else:
@@ -218,6 +223,7 @@ def test_redis_killed_mid_training_loses_no_boundary_and_the_job_ends_cleanly(fa
                 attributes=["gender"], num_samples=600, chosen_ratio=0.05, seed=11, reuse_dataset=True), timeout=120)]
             assert states[-1].state == boundary_pb2.JOB_STATE_FAILED and states[-1].error, states[-1]
             assert "redis" in states[-1].error.lower() or "connect" in states[-1].error.lower(), states[-1].error
+            print(f"job while Redis is down: FAILED: {states[-1].error}")
             assert check_health(faulty["boundary"].address) == "SERVING"
         finally:
             redis_proc.proc = RedisProcess.start(redis_proc.port, redis_proc.data_dir).proc

@@ -92,7 +92,8 @@ def test_raw_images(height, width, channels, size):
 
 @FUZZ
 @given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=6) | st.lists(st.integers(-2, 40), max_size=4),
-       st.integers(0, 10), st.binary(max_size=4096) | st.sampled_from([b"\x00\x00\xc0\x7f" * 16, b"\x00\x00\x80\x7f" * 16]))
+       st.integers(0, 10),
+       st.binary(max_size=4096) | st.sampled_from([b"\x00\x00\xc0\x7f" * 16, b"\x00\x00\x80\x7f" * 16]))
 def test_tensors(shape, dtype, data):
     message = common_pb2.Tensor(shape=shape, dtype=dtype, data=data)
     try:

@@ -5,7 +5,6 @@ health exempt, limits (message size, batch size, queue, concurrent jobs), and ch
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 import uuid
@@ -89,7 +88,8 @@ def health(channel, timeout=5.0) -> str:
 def wait_serving_tls(proc: ServiceProcess, credentials, timeout=240.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        assert proc.proc.poll() is None, f"{proc.name} exited; log {proc.log_path}:\n{proc.log_path.read_text()[-3000:]}"
+        assert proc.proc.poll() is None, \
+            f"{proc.name} exited; log {proc.log_path}:\n{proc.log_path.read_text()[-3000:]}"
         try:
             with grpc.secure_channel(proc.address, credentials) as channel:
                 if health(channel, 3) == "SERVING":
@@ -108,7 +108,8 @@ def secured(request, pki, redis_url, models_dir, tmp_path_factory):
     over TLS channels carrying the token and, under mTLS, the services' client certificate."""
     mode = request.param
     folder = tmp_path_factory.mktemp(f"secured-{mode}")
-    args = ["--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca"], "--drain-seconds", "0"]
+    args = ["--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca"],
+            "--drain-seconds", "0"]
     env = {"IFGAN_MODELS_DIR": str(models_dir), "IFGAN_REDIS_URL": redis_url,
            "IFGAN_REDIS_PREFIX": f"sec{uuid.uuid4().hex[:8]}:", "IFGAN_DATA_DIR": str(folder / "data")}
     if mode == "mtls":
@@ -155,7 +156,8 @@ def test_tls_call_works_and_plaintext_is_refused(secured, pki, service):
 def test_mtls_refuses_callers_without_a_trusted_client_certificate(secured, pki, rogue_pki, service):
     mode, procs = secured
     address = procs[service].address
-    attempts = {"no client certificate": creds(pki, cert=False), "certificate of another CA": creds(pki, other=rogue_pki)}
+    attempts = {"no client certificate": creds(pki, cert=False),
+                "certificate of another CA": creds(pki, other=rogue_pki)}
     for what, credentials in attempts.items():
         with grpc.secure_channel(address, credentials) as channel:
             if mode == "tls":  # TLS only: any caller may connect; the token still guards the RPCs
