@@ -148,7 +148,7 @@ def run_baseline(generator_address: str, scorer_address: str, n: int, seed: int,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small version: N=1000, baseline 100, ratio 0.1")
+    p.add_argument("--quick", action="store_true", help="small version: N=600, baseline 60, ratio 0.1")
     p.add_argument("--num-samples", type=int, default=100_000, help="N of the training job")
     p.add_argument("--chosen-ratio", type=float, default=0.02, help="top/bottom fraction (the paper: 0.02)")
     p.add_argument("--baseline-samples", type=int, default=2000, help="N of the reference-style baseline (0 skips)")
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                    help="grow the dataset already in --work-dir instead of sampling afresh (rates count new samples)")
     args = p.parse_args(argv)
     if args.quick:
-        args.num_samples, args.baseline_samples, args.chosen_ratio = 1000, 100, 0.1
+        args.num_samples, args.baseline_samples, args.chosen_ratio = 600, 60, 0.1
         args.svm_samples, args.subsample = 400, 200
         if args.out == p.get_default("out"):
             args.out = Path(tempfile.gettempdir()) / "boundary-bench-quick.json"

@@ -147,6 +147,7 @@ class JobManager:
         self.slots = asyncio.Semaphore(max_running)
         self.records = records
         self.max_queued = max_queued
+        self.keep_finished = 256
 
     async def submit(self, request, prepare: Callable[[], Awaitable[Callable[[Job], Awaitable[list]]]]
                      ) -> tuple[Job | None, dict | None]:
@@ -234,6 +235,16 @@ class JobManager:
                 await self.records.save(job)
             except Exception:  # noqa: BLE001
                 log.exception("could not save the record of job %s", job.id)
+                return  # keep it in memory: it is the only copy
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        """Bounds memory: beyond `keep_finished` finished jobs, the oldest live on only as Redis records."""
+        finished = [j for j in self.jobs.values() if j.finished]
+        for job in sorted(finished, key=lambda j: j.started)[:max(0, len(finished) - self.keep_finished)]:
+            del self.jobs[job.id]
+            if job.request_id and self.by_request.get(job.request_id) == job.id:
+                del self.by_request[job.request_id]
 
     async def watch(self, job_id: str) -> AsyncIterator[boundary_pb2.JobUpdate]:
         job = self.jobs.get(job_id)

@@ -122,3 +122,23 @@ def test_request_ids_are_idempotent_across_restarts(redis_url):
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_finished_jobs_leave_memory_but_stay_answerable_from_redis(redis_url):
+    async def scenario():
+        store = BoundaryStore(redis_url, prefix=f"t{uuid.uuid4().hex[:8]}:")
+        manager = JobManager(records=JobRecords(store, ttl=600))
+        manager.keep_finished = 2
+        jobs = []
+        for i in range(4):
+            job, _ = await manager.submit(request(f"r{i}"), prepared(lambda j: steps(j, 1)))
+            await job.task
+            jobs.append(job)
+        assert set(manager.jobs) == {jobs[2].id, jobs[3].id}
+        watched = [u async for u in manager.watch(jobs[0].id)]
+        assert watched[-1].state == SUCCEEDED and watched[-1].job_id == jobs[0].id
+        live, record = await manager.submit(request("r0"), prepared(lambda j: steps(j, 1)))
+        assert live is None and JobManager.record_update(record).job_id == jobs[0].id
+        await store.close()
+
+    asyncio.run(scenario())
