@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import grpc
-
 from ._requests import ApiError
 from .edits import EditResult, EditSpec, edit_specs
 from .progress import ProgressBar
@@ -141,7 +139,8 @@ class Journal:
 
 
 def _outputs_of(photo: Photo, specs: Sequence[EditSpec], fmt: str) -> list[str]:
-    base = safe_name(os.path.splitext(photo.id)[0])
+    # The id's folders are kept (each part made file-name safe, so no id can write outside the output folder).
+    base = "/".join(safe_name(part) for part in os.path.splitext(photo.id)[0].replace("\\", "/").split("/") if part)
     ext = "jpg" if fmt in ("jpg", "jpeg") else "png"
     names = [f"{base}/original.{ext}", f"{base}/grid.png"]
     for spec in specs:
@@ -297,6 +296,3 @@ def _write_reports(out: Path, photos: list[Photo], journal: Journal, summary: Su
               "mean_seconds_per_photo": round(sum(r["seconds"] for r in done) / len(done), 3) if done else None}
     atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
 
-
-def is_transient(code: grpc.StatusCode | str) -> bool:
-    return (code.name if isinstance(code, grpc.StatusCode) else code) in TRANSIENT
