@@ -82,6 +82,8 @@ def raw_main(args: argparse.Namespace) -> int:
     backends.configure_threads(args.threads, 1)
     device = backends.resolve_device(args.device)
     model = load_model(args.model, device, dtype=backends.resolve_dtype(args.precision, device))
+    if args.backend == "onnxruntime":
+        backends.attach_onnx(model, args.threads)
     codes = {}
 
     def handle(cmd: dict) -> dict:
@@ -198,6 +200,7 @@ def start_server(args: argparse.Namespace, batching: bool, log_dir: Path):
     from services.cluster import ServiceProcess
 
     flags = ["--torch-threads", str(args.threads), "--device", args.device, "--precision", args.precision,
+             "--backend", args.backend,
              "--max-batch-size", str(args.max_batch_size), "--log-level", "WARNING",
              "--max-queue-delay-microseconds", str(args.max_queue_delay_us), "--default-model", args.model,
              "--batching" if batching else "--no-batching"]
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="dcgan-digiface-64", help="registry model to benchmark")
     p.add_argument("--device", default="auto", help="server and raw device: auto, cpu, cuda")
     p.add_argument("--precision", default="auto", help="auto (fp16 on CUDA), float32, float16")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"), help="server and (a) backend")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads of the server and of (a); 1 leaves the second core to gRPC and clients")
     p.add_argument("--raw-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 32, 64],
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = Registry().get(args.model)
     with torch.device("meta"):
         dim = build_net(spec.architecture, spec.resolution, **spec.kwargs).latent_shapes["z"][0]
-    common = ["--model", args.model, "--device", args.device, "--precision", args.precision]
+    common = ["--model", args.model, "--device", args.device, "--precision", args.precision, "--backend", args.backend]
     slice_s = args.duration / args.rounds
 
     def say(text: str) -> None:
@@ -336,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "generator", "quick": args.quick, "model": args.model,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": device, "load_average": os.getloadavg()},
-        "settings": {"torch_threads": args.threads, "interop_threads": 1, "load_processes": args.load_processes,
+        "settings": {"torch_threads": args.threads, "interop_threads": 1, "backend": args.backend, "load_processes": args.load_processes,
                      "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
                      "duration_s": args.duration, "precision": args.precision, "raw_batch": best},
@@ -351,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(result: dict) -> None:
     s = result["settings"]
-    print(f"\ngenerator benchmark  model {result['model']}  device {result['machine']['device']}  torch threads "
+    print(f"\ngenerator benchmark  model {result['model']}  device {result['machine']['device']}  "
+          f"backend {s['backend']}  torch threads "
           f"{s['torch_threads']}  max_batch_size {s['max_batch_size']}  format {s['format']}  "
           f"load avg {result['machine']['load_average'][0]:.1f}")
     print("cpu columns: cores busy; cpu ms/img = server (or raw) CPU time per image, less sensitive to other load")
