@@ -300,6 +300,7 @@ class DynamicBatcher:
 
     async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> list[tuple[_Request, int, int]]:
         cfg = self.config
+        full = min(cfg.max_batch_size, max(cfg.preferred_batch_sizes, default=cfg.max_batch_size))
         while True:
             now = loop.time()
             self._purge(now)
@@ -311,8 +312,7 @@ class DynamicBatcher:
             key = eligible[0].key
             group = [r for r in eligible if r.key == key]
             pending = sum(r.remaining for r in group)
-            if pending >= cfg.max_batch_size or (cfg.preferred_batch_sizes and pending in cfg.preferred_batch_sizes
-                                                  and pending == max(cfg.preferred_batch_sizes)):
+            if pending >= full:  # a full (or largest preferred) batch never waits
                 break
             until = self._wait_until(len(group), min(r.enqueued for r in group))
             if until is None or now >= until:

@@ -254,3 +254,18 @@ def test_config_is_validated():
         BatchingConfig(max_batch_size=0)
     with pytest.raises(ValueError):
         BatchingConfig(max_batch_size=8, preferred_batch_sizes=(16,))
+
+
+def test_preferred_batch_sizes_are_formed_when_possible():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=16, preferred_batch_sizes=(4, 8),
+                                max_queue_delay_microseconds=0)
+        blocker = await hold(device, batcher)
+        waiting = [asyncio.create_task(batcher.submit([i])) for i in range(11)]
+        await asyncio.sleep(0.02)
+        device.gate.set()
+        await asyncio.gather(blocker, *waiting)
+        assert [len(b) for b in device.batches[1:]] == [8, 3]  # the largest preferred size, then the rest
+        await batcher.close()
+    run(main())
