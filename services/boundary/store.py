@@ -24,6 +24,9 @@ import time
 
 import numpy as np
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 SPACE_KEYS = {1: "z", 2: "w", 3: "wp"}
 SPACE_BY_KEY = {v: k for k, v in SPACE_KEYS.items()}
@@ -105,8 +108,14 @@ class BoundaryStore:
     def __init__(self, url: str, prefix: str = "ifgan:", *, socket_timeout: float = 10.0):
         self.url = url
         self.prefix = prefix
+        # After a Redis restart every pooled connection is stale: without retries the first command on each
+        # fails ("Connection closed by server") although Redis is back, and a training job would lose its result.
+        # A command is retried on a fresh connection; the write script runs at most once per connection it
+        # reached, and the rare retry after a lost reply stores one more version, never half a boundary.
         self.redis = aioredis.from_url(url, decode_responses=False, socket_timeout=socket_timeout,
-                                       socket_connect_timeout=5.0, health_check_interval=30)
+                                       socket_connect_timeout=5.0, health_check_interval=30,
+                                       retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 4),
+                                       retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
         self._put = self.redis.register_script(_PUT)
 
     async def close(self) -> None:
