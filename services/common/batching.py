@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Hashable, Sequence
@@ -75,6 +76,7 @@ class BatchingConfig:
 
 
 _DEADLINE = object()  # outbox marker: the request's deadline passed
+_NO_KEY = object()
 
 
 class _Request:
@@ -124,6 +126,11 @@ class DynamicBatcher:
         self._last_done = 0.0
         self._item_seconds = 0.0  # EMA of compute seconds per item, for retry hints
         self._closed = False
+        self._purge_at = math.inf  # earliest deadline in the queue: purging is skipped before it
+        # Metric children resolved once (labels() costs more than the update); queue depth is read at scrape time.
+        metrics.QUEUE_DEPTH.labels(*self.labels).set_function(self._scraped_depth)
+        self._batch_size = metrics.BATCH_SIZE.labels(*self.labels)
+        self._queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,7 +146,6 @@ class DynamicBatcher:
         while self._queue:
             self._fail(self._queue.popleft(), unavailable("the server is shutting down; retry on another replica"),
                        "closed")
-        self._update_depth()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,6 +163,12 @@ class DynamicBatcher:
     @property
     def queued_items(self) -> int:
         return sum(r.remaining for r in self._queue)
+
+    def _scraped_depth(self) -> float:
+        try:  # called from the metrics HTTP thread while the loop may be changing the queue
+            return float(self.queued_items)
+        except RuntimeError:
+            return float(len(self._queue))
 
     @property
     def busy(self) -> bool:
@@ -231,8 +243,9 @@ class DynamicBatcher:
             raise resource_exhausted(f"the batch queue is full ({len(self._queue)} requests waiting, limit "
                                      f"{self.config.max_queue_size}); retry after about {retry:.2f} s", retry)
         request = _Request(items, key, None if timeout is None else now + timeout, now)
+        if request.deadline is not None:
+            self._purge_at = min(self._purge_at, request.deadline)
         self._queue.append(request)
-        self._update_depth()
         self._wakeup.set()
         return request
 
@@ -245,19 +258,18 @@ class DynamicBatcher:
         with contextlib.suppress(ValueError):
             self._queue.remove(request)
             metrics.REJECTED.labels(*self.labels, "cancelled").inc()
-        self._update_depth()
 
     def _fail(self, request: _Request, error: BaseException, reason: str) -> None:
         request.done = True
         request.outbox.put_nowait(error)
         metrics.REJECTED.labels(*self.labels, reason).inc()
 
-    def _update_depth(self) -> None:
-        metrics.QUEUE_DEPTH.labels(*self.labels).set(self.queued_items)
-
     def _purge(self, now: float) -> None:
-        """Drops requests whose deadline passed while queued (never computed) and finished ones."""
-        kept = collections.deque()
+        """Drops requests whose deadline passed while queued (never computed); free until the earliest one."""
+        if now < self._purge_at:
+            return
+        kept: collections.deque[_Request] = collections.deque()
+        next_deadline = math.inf
         for r in self._queue:
             if r.done:
                 continue
@@ -265,13 +277,31 @@ class DynamicBatcher:
                 self._fail(r, deadline_exceeded(f"deadline passed while queued ({r.scheduled} of {len(r.items)} "
                                                 f"items had started); the rest was not computed"), "deadline")
                 continue
+            if r.deadline is not None:
+                next_deadline = min(next_deadline, r.deadline)
             kept.append(r)
-        if len(kept) != len(self._queue):
-            self._queue = kept
-            self._update_depth()
+        self._queue = kept
+        self._purge_at = next_deadline
 
-    def _eligible(self) -> list[_Request]:
-        return [r for r in self._queue if r.scheduled - r.consumed < self.max_ahead]
+    def _candidates(self) -> tuple[list[_Request], int, float, float]:
+        """One pass over the queue: the oldest eligible request's key group, its items, oldest arrival and
+        earliest deadline (requests held back for a slow reader are skipped)."""
+        group: list[_Request] = []
+        pending, oldest, deadline = 0, math.inf, math.inf
+        key = _NO_KEY
+        for r in self._queue:
+            if r.scheduled - r.consumed >= self.max_ahead:
+                continue
+            if key is _NO_KEY:
+                key = r.key
+            elif r.key != key:
+                continue
+            group.append(r)
+            pending += len(r.items) - r.scheduled
+            oldest = min(oldest, r.enqueued)
+            if r.deadline is not None:
+                deadline = min(deadline, r.deadline)
+        return group, pending, oldest, deadline
 
     # --- scheduling --------------------------------------------------------------------------------
     async def _schedule(self) -> None:
@@ -304,21 +334,17 @@ class DynamicBatcher:
         while True:
             now = loop.time()
             self._purge(now)
-            eligible = self._eligible()
-            if not eligible:
+            group, pending, oldest, deadline = self._candidates()
+            if not group:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            key = eligible[0].key
-            group = [r for r in eligible if r.key == key]
-            pending = sum(r.remaining for r in group)
             if pending >= full:  # a full (or largest preferred) batch never waits
                 break
-            until = self._wait_until(len(group), min(r.enqueued for r in group))
+            until = self._wait_until(len(group), oldest)
             if until is None or now >= until:
                 break
-            if any(r.deadline is not None for r in group):
-                until = min(until, min(r.deadline for r in group if r.deadline is not None))
+            until = min(until, deadline)
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), max(0.0, until - now))
@@ -337,18 +363,17 @@ class DynamicBatcher:
             taken += n
             if not r.waited:
                 r.waited = True
-                metrics.QUEUE_WAIT.labels(*self.labels).observe(now - r.enqueued)
+                self._queue_wait.observe(now - r.enqueued)
         for r, _, _ in batch:  # served requests leave the queue; partly served ones go to its back
             self._queue.remove(r)
             if r.remaining:
                 self._queue.append(r)
-        self._update_depth()
         return batch
 
     async def _execute(self, batch: list[tuple[_Request, int, int]], loop: asyncio.AbstractEventLoop) -> None:
         items = list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in batch))
         key = batch[0][0].key
-        metrics.BATCH_SIZE.labels(*self.labels).observe(len(items))
+        self._batch_size.observe(len(items))
         started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self.run_batch, items, key)
@@ -361,7 +386,6 @@ class DynamicBatcher:
                     with contextlib.suppress(ValueError):
                         self._queue.remove(r)
                     self._fail(r, e, "error")
-            self._update_depth()
             return
         finally:
             elapsed = time.perf_counter() - started

@@ -9,6 +9,7 @@ import time
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common import metrics
 from services.common.batching import BatchingConfig, DynamicBatcher
@@ -168,6 +169,7 @@ def test_full_queue_refuses_with_retry_hint_and_cancel_frees_a_place():
         second = asyncio.create_task(batcher.submit([2]))
         await asyncio.sleep(0.01)
         assert batcher.queued_requests == 2
+        assert REGISTRY.get_sample_value("ifgan_batch_queue_depth", dict(zip(("service", "queue"), batcher.labels))) == 2
         with pytest.raises(ServiceError) as err:
             await batcher.submit([3])
         assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -246,7 +248,8 @@ def test_batching_off_runs_one_item_per_batch_and_metrics_are_recorded():
     labels = run(main())
     sizes = metrics.BATCH_SIZE.labels(*labels)
     assert sizes._sum.get() == 10  # ten batches of one item
-    assert metrics.QUEUE_DEPTH.labels(*labels)._value.get() == 0
+    depth = REGISTRY.get_sample_value("ifgan_batch_queue_depth", {"service": labels[0], "queue": labels[1]})
+    assert depth == 0
 
 
 def test_config_is_validated():
