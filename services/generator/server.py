@@ -26,6 +26,7 @@ from .models import DEFAULT_MODEL, GeneratorModel, ModelSpec, Registry, build_ne
 log = logging.getLogger(__name__)
 
 RETRY_LOAD_SECONDS = 30.0
+INLINE_ENCODE_PIXELS = 256 * 256  # slices up to this many pixels are PNG/JPEG-encoded on the event loop
 SPACE_OF_PROTO = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
 PROTO_OF_SPACE = {v: k for k, v in SPACE_OF_PROTO.items()}
 FORMATS = {common_pb2.IMAGE_FORMAT_UNSPECIFIED: common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_PNG:
@@ -83,6 +84,7 @@ class _Entry:
         self.lock = asyncio.Lock()
         self.shapes: dict[str, tuple[int, ...]] | None = None
         self.truncation = (1.0, 0)
+        self.expected: dict[int, tuple[int, ...]] = {}  # proto space -> code shape, once loaded
 
 
 class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
@@ -171,6 +173,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
                                          queue=entry.spec.name)
                 await batcher.start()
                 entry.model, entry.batcher, entry.error = model, batcher, ""
+                entry.expected = {PROTO_OF_SPACE[s]: v for s, v in model.latent_shapes.items()}
                 log.info("model loaded", extra={"model": entry.spec.name, "device": str(model.device),
                                                 "precision": model.precision, "backend": model.backend})
         return entry
@@ -227,9 +230,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         return run_batch
 
     async def _encode(self, pixels: list[np.ndarray], fmt: int) -> list[common_pb2.Image]:
-        if fmt == common_pb2.IMAGE_FORMAT_RAW:
-            return [images.encode(p, fmt) for p in pixels]
-        # PNG/JPEG compression (Pillow releases the GIL) runs beside the next batch instead of delaying it.
+        if fmt == common_pb2.IMAGE_FORMAT_RAW or sum(p.shape[0] * p.shape[1] for p in pixels) <= INLINE_ENCODE_PIXELS:
+            return _encode_all(pixels, fmt)  # a few small images: a thread hop would cost more than encoding
+        # Big PNG/JPEG compression (Pillow releases the GIL) runs in a thread, keeping the event loop responsive.
         return await asyncio.get_running_loop().run_in_executor(self._encoders, _encode_all, pixels, fmt)
 
     # --- RPCs --------------------------------------------------------------------------------------
@@ -247,14 +250,14 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         return self._describe(entry)
 
     def _space(self, value: int, model: GeneratorModel, field: str) -> str:
+        space = SPACE_OF_PROTO.get(value)
+        if space in model.latent_shapes:
+            return space
         accepted = ", ".join(f"{tensors.space_name(PROTO_OF_SPACE[s])} {list(v)}" for s, v in model.latent_shapes.items())
-        if value not in SPACE_OF_PROTO:
+        if space is None:
             raise invalid_argument(field, f"{value} is not a latent space; accepted for {model.name}: {accepted}")
-        space = SPACE_OF_PROTO[value]
-        if space not in model.latent_shapes:
-            raise invalid_argument(field, f"space {tensors.space_name(value)} is not supported by {model.name} "
-                                          f"({model.architecture}); accepted: {accepted}")
-        return space
+        raise invalid_argument(field, f"space {tensors.space_name(value)} is not supported by {model.name} "
+                                      f"({model.architecture}); accepted: {accepted}")
 
     @staticmethod
     def _truncation(psi: float, layers: int, model: GeneratorModel) -> tuple[float | None, int | None]:
@@ -293,8 +296,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
 
     async def Synthesize(self, request, context):
         entry = await self._model(request.model)
-        model, batcher = entry.model, entry.batcher
-        expected = {PROTO_OF_SPACE[s]: v for s, v in model.latent_shapes.items()}
+        model, batcher, expected = entry.model, entry.batcher, entry.expected
         if request.codes.space != common_pb2.LATENT_SPACE_UNSPECIFIED:
             self._space(request.codes.space, model, "codes.space")
         proto_space, codes = tensors.latents_to_numpy(request.codes, "codes", expected=expected,
