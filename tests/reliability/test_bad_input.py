@@ -435,10 +435,10 @@ def _jpeg() -> bytes:
 # -- fixtures -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def relia_cluster(models_dir, tmp_path_factory) -> Cluster:
-    c = Cluster.up(tmp_path_factory.mktemp("bad-input-cluster"), fixed_ports=False,
-                   env={"IFGAN_MODELS_DIR": str(models_dir)}, log=lambda *_: None)
-    # Boundaries the cases refer to: 512-d reference normals (a twin of age: parallel) and 100-d default-model ones.
+def relia_cluster(cluster) -> Cluster:
+    """The session cluster, with the boundaries the cases refer to (names of their own, as other tests do):
+    512-d reference normals (with a twin of age: parallel) and 100-d ones of the default model."""
+    c = cluster
     with grpc.insecure_channel(c.services["boundary"].address) as channel:
         stub = boundary_pb2_grpc.BoundaryServiceStub(channel)
         age = (REFERENCE / "stylegan_ffhq_age_boundary.npy").read_bytes()
@@ -452,8 +452,7 @@ def relia_cluster(models_dir, tmp_path_factory) -> Cluster:
                                   ("rel-gender", rng.standard_normal((1, D)))):
             stub.ImportBoundary(boundary_pb2.ImportBoundaryRequest(model=MODEL, attribute=attribute, space=Z,
                                                                    npy=npy(normal)), timeout=30)
-    yield c
-    c.down()
+    return c
 
 
 @pytest.fixture(scope="module")

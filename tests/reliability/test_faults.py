@@ -182,7 +182,7 @@ def _restart(redis_proc: RedisProcess, *, kill: bool) -> RedisProcess:
     return RedisProcess.start(redis_proc.port, redis_proc.data_dir)
 
 
-def test_redis_killed_mid_training_loses_no_boundary_and_the_job_ends_cleanly(faulty, redis_proc):
+def test_redis_killed_mid_training_loses_no_boundary_and_the_job_goes_on(faulty, redis_proc):
     with grpc.insecure_channel(faulty["boundary"].address) as channel:
         stub = boundary_pb2_grpc.BoundaryServiceStub(channel)
         for name in ("stylegan_ffhq_age_boundary.npy", "stylegan_ffhq_smile_w_boundary.npy",
@@ -202,16 +202,14 @@ def test_redis_killed_mid_training_loses_no_boundary_and_the_job_ends_cleanly(fa
             final = None
             for update in stub.WatchJob(boundary_pb2.WatchJobRequest(job_id=job_id), timeout=300):
                 final = update
-            assert final.state in (boundary_pb2.JOB_STATE_SUCCEEDED, boundary_pb2.JOB_STATE_FAILED)
             after = _stored(stub)
             for key, data in before.items():
                 assert after.get(key) == data, f"boundary {key} lost or changed"
             print(f"\njob after Redis was killed and restarted: {boundary_pb2.JobState.Name(final.state)} "
                   f"{final.error}; {len(before)} boundaries intact")
-            if final.state == boundary_pb2.JOB_STATE_SUCCEEDED:
-                assert (MODEL, "gender", Z, 1) in after
-            else:
-                assert final.error
+            # Redis is back before the job stores its boundary: the job goes on and its boundary is stored.
+            assert final.state == boundary_pb2.JOB_STATE_SUCCEEDED, final.error
+            assert (MODEL, "gender", Z, 1) in after
             # Redis down while a job stores its result: the job fails with a message, the server stays up.
             restarted.proc.send_signal(signal.SIGKILL)
             restarted.proc.wait(10)

@@ -5,6 +5,7 @@ health exempt, limits (message size, batch size, queue, concurrent jobs), and ch
 from __future__ import annotations
 
 import io
+import signal
 import threading
 import time
 import uuid
@@ -128,7 +129,10 @@ def secured(request, pki, redis_url, models_dir, tmp_path_factory):
             wait_serving_tls(proc, creds(pki))
         yield mode, procs
     finally:
-        for proc in reversed(list(procs.values())):
+        for proc in procs.values():  # all at once: each takes seconds to shut down
+            if proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
             proc.stop()
 
 
