@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets.values():
         t["met"] = bool(t["value"] >= t["target"])
 
+    # Load-independent view: server CPU time per image (on a busy shared machine a process's throughput
+    # mostly reflects the CPU share it gets; the CPU it spends per image does not depend on that share).
+    cpu_ms = {f"{m}{n}": served[m][n].row("")["server_cpu_ms_per_image"] for m in "bc" for n in args.clients}
+    efficiency = {"raw_cpu_ms_per_image": a["server_cpu_ms_per_image"], "served_cpu_ms_per_image": cpu_ms,
+                  f"c{top}_over_b{top}_cpu_per_image": ratio(cpu_ms[f"c{top}"], cpu_ms[f"b{top}"])}
     table = [sweep[b] for b in args.raw_batch_sizes] + [a]
     for mode, label in (("b", "batching on"), ("c", "batching off")):
         for clients, totals in served[mode].items():
@@ -345,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
                      "duration_s": args.duration, "precision": args.precision, "raw_batch": best},
         "raw_ceiling_images_per_s": a["images_per_s"], "table": table, "targets": targets,
+        "cpu_efficiency": efficiency,
     }
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -366,6 +372,8 @@ def print_table(result: dict) -> None:
         print(f"{row['case']:40s} {row['images_per_s']:8.1f} {_fmt(row.get('p50_ms')):>8s} "
               f"{_fmt(row.get('p99_ms')):>8s} {_fmt(row.get('client_cpu_cores')):>10s} "
               f"{_fmt(row.get('server_cpu_cores')):>10s} {_fmt(row.get('server_cpu_ms_per_image')):>10s}")
+    e = result["cpu_efficiency"]
+    print("cpu per image (ms): raw", e["raw_cpu_ms_per_image"], " served", e["served_cpu_ms_per_image"])
     print("targets:")
     for name, t in result["targets"].items():
         print(f"  {name:24s} {t['value']:7.3f}  >= {t['target']:<5}  {'met' if t['met'] else 'NOT MET'}")
