@@ -12,8 +12,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from . import codec
@@ -123,6 +125,25 @@ def follow_job(updates, *, quiet: bool = False) -> object:
     return last
 
 
+def follow_training(client: Client, updates, *, quiet: bool = False, seen: dict | None = None,
+                    attempts: int = 6):
+    """follow_job, re-attaching (WatchJob) when the stream breaks: the job runs on, whatever the connection does."""
+    seen = {} if seen is None else seen
+    stream = _remember(updates, seen)
+    for attempt in range(attempts):
+        try:
+            return follow_job(stream, quiet=quiet)
+        except ApiError as e:
+            if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    or not seen.get("job_id") or attempt == attempts - 1:
+                raise
+            wait = min(2 ** attempt, 15)
+            print(f"\nlost the job stream ({e.code.name}); re-attaching to {seen['job_id']} in {wait} s",
+                  file=sys.stderr)
+            time.sleep(wait)
+            stream = _remember(client.watch_job(seen["job_id"]), seen)
+
+
 def cmd_train(args) -> int:
     with _client(args) as client:
         updates = client.train_boundaries(args.attributes, num_samples=args.num_samples, chosen_ratio=args.ratio,
@@ -131,7 +152,7 @@ def cmd_train(args) -> int:
                                           space=args.space, request_id=args.request_id or None)
         seen: dict[str, str] = {}
         try:
-            last = follow_job(_remember(updates, seen), quiet=args.quiet)
+            last = follow_training(client, updates, quiet=args.quiet, seen=seen)
         except KeyboardInterrupt:
             job_id = seen.get("job_id", "JOB_ID")
             print(f"\nstopped following; the job goes on on the server.\n  re-attach: ifgan boundaries watch {job_id}\n"
