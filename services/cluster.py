@@ -5,10 +5,15 @@ Usage: python -m services.cluster up [--detach] | down | status
 
 from __future__ import annotations
 
+import os
+
+# Children are started with fork+exec (preexec_fn); gRPC's fork handlers can crash a child forked while the
+# parent has live gRPC threads. Must be set before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import ctypes
 import json
-import os
 import shutil
 import signal
 import socket
@@ -308,20 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     if (directory / "cluster.json").exists() and status_from_state(directory, log=lambda *_: None):
         print(f"a cluster is already running from {directory}; `python -m services.cluster down` first")
         return 1
+    stop: list[int] = []
+    if not args.detach:
+        # Ctrl-C or SIGTERM at any moment, even while starting, ends in the same orderly `down`.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.append(1))
     started = time.perf_counter()
     cluster = Cluster.up(directory, fixed_ports=not args.free_ports, tie_to_parent=not args.detach)
     print(f"cluster up in {time.perf_counter() - started:.1f} s; logs in {directory / 'logs'}")
     if args.detach:
         print("stop it with: python -m services.cluster down")
         return 0
-    print("Ctrl-C stops every service")
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    try:
-        while not stop and all(p.proc.poll() is None for p in cluster.services.values()):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    print("Ctrl-C stops every service", flush=True)
+    while not stop and all(p.proc.poll() is None for p in cluster.services.values()):
+        time.sleep(0.2)
     dead = [n for n, p in cluster.services.items() if p.proc.poll() is not None]
     if dead:
         print(f"service(s) exited: {', '.join(dead)}; stopping the cluster")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc's first import: see services/cluster.py
+
 import pytest
 
 from services.cluster import Cluster, RedisProcess, ServiceProcess, free_port
