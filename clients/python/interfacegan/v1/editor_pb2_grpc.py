@@ -50,7 +50,11 @@ class EditorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Edit(self, request, context):
-        """Edits one face; streams one message per (edit, step), in order.
+        """Edits one face; streams one message per (edit, step), in order (the
+        original first when asked). Safe to retry: it stores nothing but the
+        conditional boundaries of held attributes, which are deduplicated.
+        The editor also serves interfacegan.v1.BoundaryService by relaying it to
+        the boundary service, so clients need this one address.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
