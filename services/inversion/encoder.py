@@ -17,7 +17,8 @@ from services.common.settings import default_models_dir
 #: Encoders shipped with the repository (trained by `python -m services.inversion.train_encoder`).
 SHIPPED_DIR = Path(__file__).parent / "weights"
 #: sha256 of each shipped encoder's weights; a shipped file with another hash is refused.
-SHIPPED_SHA256: dict[str, str] = {}
+SHIPPED_SHA256: dict[str, str] = {
+    "dcgan-digiface-64": "60695a7b940e62eb2af9c36b3e19919420acac18476bbed1f9543760e25f2e15"}
 
 
 class EncoderError(RuntimeError):
@@ -128,7 +129,8 @@ def load(path: str | os.PathLike, expected_sha256: str | None = None) -> tuple[E
     path = Path(path)
     side = path.with_suffix(path.suffix + ".json")
     if not path.exists():
-        raise EncoderError(f"encoder weights {path} are missing; train them: python -m services.inversion.train_encoder")
+        raise EncoderError(f"encoder weights {path} are missing; train them: "
+                           f"python -m services.inversion.train_encoder")
     if not side.exists():
         raise EncoderError(f"{side} (the encoder's manifest with its sha256) is missing; the encoder is refused")
     try:

@@ -13,8 +13,10 @@ import sys
 import numpy as np
 
 #: Mean 5-point landmarks of dcgan-digiface-64 faces, as fractions of the image side, measured with
-#: `python -m services.inversion.framing --samples 2000 --seed 0` (faces found on 1437 of 2000; per-face std 0.017-0.030).
-DCGAN_DIGIFACE_TEMPLATE = np.array([[0.71309, 0.46866], [0.59147, 0.47596], [0.29295, 0.47240], [0.41311, 0.47768], [0.49988, 0.71991]])
+#: `python -m services.inversion.framing --samples 2000 --seed 0` (faces found on 1437 of 2000; per-face
+#: std 0.017-0.030 of the side). Order: image-right eye outer, inner; image-left eye outer, inner; nose.
+DCGAN_DIGIFACE_TEMPLATE = np.array([[0.71309, 0.46866], [0.59147, 0.47596], [0.29295, 0.47240], [0.41311, 0.47768],
+                                    [0.49988, 0.71991]])
 
 #: Models without a measured template use the default model's framing (their faces are assumed to be
 #: framed like DigiFace crops); a user can measure theirs with this command.

@@ -34,9 +34,9 @@ class Options:
         progress_every: Report progress every this many steps (0: never).
     """
 
-    max_steps: int = 120
+    max_steps: int = 100
     target_psnr: float = 40.0
-    lr: float = 0.1
+    lr: float = 0.15
     progress_every: int = 0
 
 
@@ -75,6 +75,18 @@ class _Row:
         self.deadline: float | None = None  # time.monotonic() value
 
 
+def clipped_residual(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """images - targets, except where a target pixel sits at the clip limit and the image goes past it.
+
+    Served images are clipped to [-1, 1]: a target pixel at +1 only says "at least 1", so an output
+    beyond it is no error (style-based generators often overshoot; DCGAN's tanh never reaches the limit).
+    """
+    diff = images - targets
+    limit = 1 - 1 / 255
+    over = ((targets >= limit) & (images > targets)) | ((targets <= -limit) & (images < targets))
+    return torch.where(over, torch.zeros_like(diff), diff)
+
+
 def pyramid_features(images: torch.Tensor) -> list[torch.Tensor]:
     """A small fixed conv net (no weights to learn or download): image gradients at three scales."""
     out = []
@@ -94,10 +106,15 @@ class Inverter:
         encoder: The model's trained encoder, or None (then the first guess is the space's mean).
         feature_weight: Weight of the feature loss (encoder features, else `pyramid_features`) relative to
             the pixel MSE.
+        encoder_iterations: Fixed-point corrections of the encoder's guess (see `_encode`).
+        encoder_step: Step size of those corrections.
     """
 
-    def __init__(self, model, encoder: Encoder | None = None, feature_weight: float = 0.1):
+    def __init__(self, model, encoder: Encoder | None = None, feature_weight: float = 1.0,
+                 encoder_iterations: int = 3, encoder_step: float = 0.5):
         self.model = model
+        self.encoder_iterations = encoder_iterations
+        self.encoder_step = encoder_step
         self.net = model.net
         self.encoder = encoder
         self.feature_weight = feature_weight
@@ -139,7 +156,7 @@ class Inverter:
         n = targets.shape[0]
         with torch.no_grad():
             if self.encoder is not None:
-                guess = self.encoder(targets)
+                guess = self._encode(targets)
             else:
                 pool = self._prior_pool(candidates)
                 images = self.render(pool, self.encoder_space)
@@ -148,6 +165,26 @@ class Inverter:
         if space == "wp":
             guess = guess.unsqueeze(1).repeat(1, self.model.latent_shapes["wp"][0], 1)
         return guess
+
+    def _encode(self, targets: torch.Tensor) -> torch.Tensor:
+        """The encoder's guess, corrected by fixed-point iterations code += a (E(x) - E(G(code))).
+
+        An encoder's error is largely systematic: where E(G(code)) differs from E(x), moving the code by
+        that difference cancels much of it (a Newton-like step with the encoder as approximate inverse;
+        ReStyle's idea without a second network). Each iteration costs one generator and one encoder pass
+        (about 5 Adam steps); the best iterate per image (by PSNR) is kept, so it never makes a guess worse.
+        """
+        wanted = self.encoder(targets)
+        guess, best = wanted.clone(), wanted.clone()
+        best_score = torch.full((targets.shape[0],), -math.inf)
+        for i in range(self.encoder_iterations + 1):
+            images = quantize(self.render(guess, self.encoder_space))
+            score = psnr(images, targets)
+            better = score > best_score
+            best[better], best_score = guess[better], torch.where(better, score, best_score)
+            if i < self.encoder_iterations:
+                guess = guess + self.encoder_step * (wanted - self.encoder(images))
+        return best
 
     def _prior_pool(self, count: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(12345)
@@ -179,7 +216,7 @@ class Inverter:
         codes = torch.stack([r.code for r in rows]).requires_grad_(True)
         targets = torch.stack([r.target for r in rows])
         images = self.render(codes, space)
-        loss = (images - targets).square().mean(dim=(1, 2, 3)).sum()
+        loss = clipped_residual(images, targets).square().mean(dim=(1, 2, 3)).sum()
         if self.feature_weight > 0 and rows[0].features is not None:
             for k, feat in enumerate(self._features(images)):
                 want = torch.stack([r.features[k] for r in rows])

@@ -16,8 +16,7 @@ import torch
 
 from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
 from services.common import assets, images, tensors
-from services.common.errors import (ServiceError, failed_precondition, invalid_argument, not_found,
-                                    resource_exhausted)
+from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
 from services.common.faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
 from services.common.settings import ServerSettings, setting
 
@@ -40,11 +39,12 @@ class Settings(ServerSettings):
 
     default_model: str = setting("dcgan-digiface-64", "model loaded at start and used when a request names none")
     models_json: str = setting("", "extra registry entries (JSON list of name, architecture, weights, resolution)")
-    default_steps: int = setting(120, "refinement step budget when a request gives none")
+    default_steps: int = setting(100, "refinement step budget when a request gives none")
     max_steps_limit: int = setting(2000, "largest step budget a request may ask for")
     default_target_psnr: float = setting(40.0, "early-stop PSNR in dB when a request gives none")
-    learning_rate: float = setting(0.1, "peak Adam step in units of the space's per-dimension spread")
-    feature_weight: float = setting(0.1, "weight of the feature loss (encoder features) next to the pixel MSE")
+    learning_rate: float = setting(0.15, "peak Adam step in units of the space's per-dimension spread")
+    feature_weight: float = setting(1.0, "weight of the feature loss (encoder features) next to the pixel MSE")
+    encoder_iterations: int = setting(3, "fixed-point corrections of the encoder's guess (one G and one E pass each)")
     progress_every: int = setting(10, "steps between streamed progress messages")
     max_batch: int = setting(32, "images refined together at most (continuous batching)")
     max_queue: int = setting(64, "refinements waiting at most; more are refused with RESOURCE_EXHAUSTED")
@@ -118,9 +118,10 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             model = self.registry.load(spec_ok.name, "cpu", models_dir=self.settings.models_dir)
             found = enc.load_for(name, self.settings.models_dir)
             encoder, manifest = found if found else (None, {})
-            inverter = Inverter(model, encoder, feature_weight=self.settings.feature_weight)
+            inverter = Inverter(model, encoder, feature_weight=self.settings.feature_weight,
+                                encoder_iterations=self.settings.encoder_iterations)
             loaded = Loaded(model, inverter, manifest.get("sha256", ""),
-                            float(manifest.get("held_out", {}).get("psnr", 0.0)))
+                            float(manifest.get("held_out", manifest).get("psnr", 0.0)))
             self.loaded[name] = loaded
             log.info("model ready", extra={"model": name, "encoder": bool(encoder), "spaces": inverter.spaces})
             return loaded
@@ -201,7 +202,8 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             face = faces[0]
             if len(faces) > 1:
                 warnings.append(f"{len(faces)} faces found; the largest was used "
-                                f"(box x={face.box[0]:.0f} y={face.box[1]:.0f} w={face.box[2]:.0f} h={face.box[3]:.0f})")
+                                f"(box x={face.box[0]:.0f} y={face.box[1]:.0f} "
+                                f"w={face.box[2]:.0f} h={face.box[3]:.0f})")
             matrix = similarity_transform(face.landmarks, template_for(inv.model.name, res))
             crop = warp_crop(photo, matrix, res)
             alignment = inversion_pb2.FaceAlignment(

@@ -1,0 +1,153 @@
+"""Inversion benchmark: encoder alone vs encoder + refinement on held-out generated images, and real photos.
+
+python bench/inversion.py [--quick]
+
+Held-out images are generated from numpy PCG64 seeds the encoder never saw (its training draws torch
+samples). Refinement runs in-process with the server's default settings, batched (rows leave the batch as
+they reach the target PSNR), on the CPU with `--threads` torch threads. Time per image is wall-clock for the
+whole pipeline (encoder + refinement) divided by the number of images. Real photos are aligned with the
+server's code path (face detection, 5 landmarks, similarity to the generator's framing) and inverted the
+same way; their PSNR is against the aligned crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.common import assets  # noqa: E402
+from services.common.faces import FaceFinder, similarity_transform, warp_crop  # noqa: E402
+from services.inversion import encoder as enc  # noqa: E402
+from services.inversion.framing import template_for  # noqa: E402
+from services.inversion.refine import Inverter, Options  # noqa: E402
+from services.inversion.server import Settings  # noqa: E402
+
+PHOTOS = ("astronaut.png", "grace_hopper.jpg")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from services.generator.models import load_model
+
+    torch.set_num_threads(args.threads)
+    defaults = Settings.load([])
+    model = load_model(args.model, "cpu", models_dir=args.models_dir)
+    found = enc.load_for(args.model, args.models_dir)
+    if found is None:
+        raise SystemExit(f"no encoder for {args.model}; train one: python -m services.inversion.train_encoder")
+    encoder, manifest = found
+    inverter = Inverter(model, encoder, feature_weight=defaults.feature_weight,
+                        encoder_iterations=defaults.encoder_iterations)
+    options = Options(max_steps=args.steps or defaults.default_steps,
+                      target_psnr=args.target_psnr or defaults.default_target_psnr, lr=defaults.learning_rate)
+    codes = model.sample(args.count, seed=args.seed)
+    images = model.synthesize(codes, "z", output="uint8").numpy()
+    inverter.invert(images[:2], "z", Options(max_steps=2))  # warm-up (allocator, kernels)
+
+    started = time.perf_counter()
+    encoded = [r for s in range(0, args.count, args.batch)
+               for r in inverter.invert(images[s:s + args.batch], "z", options, refine=False)]
+    encoder_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    refined = [r for s in range(0, args.count, args.batch)
+               for r in inverter.invert(images[s:s + args.batch], "z", options)]
+    refine_seconds = time.perf_counter() - started
+
+    enc_psnr = np.array([r.psnr for r in encoded])
+    ref_psnr = np.array([r.psnr for r in refined])
+    steps = np.array([r.steps for r in refined])
+    rows = [
+        {"stage": "encoder alone", "mean_psnr": enc_psnr.mean(), "min_psnr": enc_psnr.min(),
+         "mean_ssim": np.mean([r.ssim for r in encoded]), "mean_steps": 0.0,
+         "seconds_per_image": encoder_seconds / args.count},
+        {"stage": "encoder + refinement", "mean_psnr": ref_psnr.mean(), "min_psnr": ref_psnr.min(),
+         "mean_ssim": np.mean([r.ssim for r in refined]), "mean_steps": steps.mean(),
+         "seconds_per_image": refine_seconds / args.count},
+    ]
+    photos = []
+    if not args.no_photos:
+        finder = FaceFinder(assets.path_of("shape_predictor_5_face_landmarks.dat", args.models_dir))
+        template = template_for(args.model, model.resolution)
+        for name in PHOTOS:
+            photo = np.asarray(Image.open(assets.path_of(name, args.models_dir)).convert("RGB"))
+            t0 = time.perf_counter()
+            faces = finder.find(photo, defaults.detect_upsample)
+            crop = warp_crop(photo, similarity_transform(faces[0].landmarks, template), model.resolution)
+            r_enc, = inverter.invert(crop[None], "z", options, refine=False)
+            r, = inverter.invert(crop[None], "z", options)
+            photos.append({"photo": name, "faces_found": len(faces), "encoder_psnr": r_enc.psnr, "psnr": r.psnr,
+                           "ssim": r.ssim, "steps": r.steps, "seconds": time.perf_counter() - t0})
+    targets = {
+        "mean_psnr_after_refinement_db": {"value": round(float(ref_psnr.mean()), 2), "target": 32.0,
+                                          "met": bool(ref_psnr.mean() >= 32.0)},
+        "cpu_seconds_per_image": {"value": round(refine_seconds / args.count, 3), "target": 1.0,
+                                  "met": bool(refine_seconds / args.count <= 1.0)},
+    }
+    return {
+        "benchmark": "inversion", "model": args.model, "images": args.count, "batch": args.batch,
+        "threads": args.threads, "seed": args.seed, "quick": args.quick,
+        "settings": {"encoder_iterations": inverter.encoder_iterations, "max_steps": options.max_steps,
+                     "target_psnr": options.target_psnr, "lr": options.lr, "feature_weight": inverter.feature_weight},
+        "encoder": {"sha256": manifest.get("sha256"), "trained_images": manifest.get("images"),
+                    "held_out": manifest.get("held_out")},
+        "machine": {"cpus": torch.get_num_threads(), "load_average": list(np.round(_load(), 2))},
+        "table": [{k: (round(float(v), 3) if not isinstance(v, str) else v) for k, v in r.items()} for r in rows],
+        "photos": [{k: (round(float(v), 3) if not isinstance(v, str) else v) for k, v in p.items()}
+                   for p in photos],
+        "targets": targets,
+    }
+
+
+def _load() -> tuple[float, float, float]:
+    try:
+        import os
+        return os.getloadavg()
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="dcgan-digiface-64", help="registry model")
+    p.add_argument("--count", type=int, default=100, help="held-out generated images")
+    p.add_argument("--batch", type=int, default=50, help="images refined together")
+    p.add_argument("--steps", type=int, default=0, help="step budget (0: the server default)")
+    p.add_argument("--target-psnr", type=float, default=0.0, help="early-stop PSNR (0: the server default)")
+    p.add_argument("--seed", type=int, default=90210, help="sampling seed of the held-out images")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--models-dir", default=None, help="model cache folder")
+    p.add_argument("--no-photos", action="store_true", help="skip the real photos")
+    p.add_argument("--quick", action="store_true", help="8 images, 10 steps (a smoke test of this script)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "inversion.json"),
+                   help="result JSON")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.count, args.batch, args.steps = 8, 8, args.steps or 10
+    result = run(args)
+    print(f"inversion of {args.count} held-out {args.model} images (batch {args.batch}, {args.threads} threads, "
+          f"load average {result['machine']['load_average']})")
+    print(f"{'stage':24s} {'mean PSNR':>10s} {'min PSNR':>9s} {'SSIM':>6s} {'steps':>6s} {'s/image':>8s}")
+    for r in result["table"]:
+        print(f"{r['stage']:24s} {r['mean_psnr']:10.2f} {r['min_psnr']:9.2f} {r['mean_ssim']:6.3f} "
+              f"{r['mean_steps']:6.1f} {r['seconds_per_image']:8.3f}")
+    for ph in result["photos"]:
+        print(f"photo {ph['photo']:20s} faces {ph['faces_found']}  encoder {ph['encoder_psnr']:.2f} dB  "
+              f"refined {ph['psnr']:.2f} dB  SSIM {ph['ssim']:.3f}  {ph['seconds']:.2f} s")
+    for name, t in result["targets"].items():
+        print(f"target {name}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'NOT met'}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
