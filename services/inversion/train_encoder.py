@@ -80,10 +80,17 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     space = encoder_space(model)
     code_shape = model.latent_shapes[space]
-    net = enc.Encoder(model.resolution, code_shape, width=args.width, hidden=args.hidden)
-    mean, std = code_statistics(model)
-    net.code_mean.copy_(mean)
-    net.code_std.copy_(std)
+    if args.init:  # continue from a trained encoder (its architecture and statistics)
+        net, previous = enc.load(args.init)
+        net.train().requires_grad_(True)
+        mean, std = net.code_mean.clone(), net.code_std.clone()
+        history_before = [previous]
+    else:
+        net = enc.Encoder(model.resolution, code_shape, width=args.width, hidden=args.hidden)
+        mean, std = code_statistics(model)
+        net.code_mean.copy_(mean)
+        net.code_std.copy_(std)
+        history_before = []
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
     data = torch.Generator().manual_seed(args.seed)
     held_codes, held_images = batch_of(model, args.eval_samples, torch.Generator().manual_seed(args.seed + 1_000_003))
@@ -123,8 +130,10 @@ def train(args: argparse.Namespace) -> dict:
     stats = evaluate(net, model, held_codes, held_images)
     manifest = {"model": args.model, "space": space, "steps": step, "images": step * args.batch_size,
                 "seconds": round(time.time() - started, 1), "held_out": {k: round(v, 4) for k, v in stats.items()},
-                "options": {k: v for k, v in vars(args).items() if k not in ("out", "models_dir")},
-                "command": "python -m services.inversion.train_encoder " + " ".join(sys.argv[1:])}
+                "options": {k: v for k, v in vars(args).items() if k not in ("out", "models_dir", "init")},
+                "command": "python -m services.inversion.train_encoder " + " ".join(sys.argv[1:]),
+                "continued_from": [{k: p.get(k) for k in ("sha256", "steps", "images", "seconds", "command",
+                                                          "continued_from")} for p in history_before]}
     enc.save(net, out, manifest)
     print(json.dumps({"saved": str(out), **manifest["held_out"], "steps": step}), flush=True)
     return manifest
@@ -143,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (warm-up, then cosine)")
     p.add_argument("--image-loss-weight", type=float, default=1.0, help="weight of the pixel loss through G")
     p.add_argument("--image-loss-from", type=float, default=0.5, help="fraction of training before the pixel loss")
+    p.add_argument("--init", default=None, help="continue training this encoder file (checked like at load)")
     p.add_argument("--width", type=int, default=32, help="channels of the first convolution")
     p.add_argument("--hidden", type=int, default=256, help="hidden linear width")
     p.add_argument("--eval-samples", type=int, default=256, help="held-out samples for the logged PSNR")
