@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_table_and_targets(tmp_path, models_dir):
     result = json.loads(out.read_text())
     assert result["quick"] and result["ours"]["num_samples"] == 600 and result["ours"]["samples_per_second"] > 0
     assert {r["attribute"] for r in result["attributes"]} == {"gender", "age", "yaw", "smile"}
-    assert result["baseline"]["num_samples"] == 60
+    assert result["comparison"]["rounds"] == 1 and result["comparison"]["baseline_samples_per_round"] == 60
     targets = result["targets"]
     assert set(targets) >= {"svm_cosine_vs_svc", "svm_seconds_20k", "speedup_per_sample_vs_baseline",
                             "boundary_peak_rss_mb", "yaw_validation_accuracy"}
