@@ -10,6 +10,7 @@ import numpy as np
 from interfacegan.v1 import common_pb2
 
 from . import math as bm
+from .dataset import shard_seed
 from .downstream import Downstream
 
 
@@ -50,7 +51,7 @@ async def rescore(downstream: Downstream, model: common_pb2.ModelRef, space: int
     codes = []
     for lo in range(0, samples, block):
         # Seeded blocks so the sample set is reproducible whatever the block size limit of the services.
-        codes.append(await downstream.sample(model, space, seed * 1_000_003 + lo // block,
+        codes.append(await downstream.sample(model, space, shard_seed(seed, lo // block),
                                              min(block, samples - lo), request_id))
     codes = np.concatenate(codes)
     k, a = len(normals), len(attributes)
