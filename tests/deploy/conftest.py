@@ -41,10 +41,7 @@ CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1
 #: Settings the manifests already pass while the issue adding them to the service is still open. A name
 #: here that the service does not have yet is allowed; any other unknown IFGAN_* name fails. Once a
 #: service has the setting, its entry is dead weight: delete it.
-PENDING_SETTINGS: dict[str, dict[str, str]] = {
-    "editor": {"IFGAN_GENERATOR_ADDRESS": "issue 8", "IFGAN_SCORER_ADDRESS": "issue 8",
-               "IFGAN_BOUNDARY_ADDRESS": "issue 8", "IFGAN_INVERSION_ADDRESS": "issue 8"},
-}
+PENDING_SETTINGS: dict[str, dict[str, str]] = {}
 
 
 def kubectl() -> str:
