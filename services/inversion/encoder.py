@@ -18,7 +18,7 @@ from services.common.settings import default_models_dir
 SHIPPED_DIR = Path(__file__).parent / "weights"
 #: sha256 of each shipped encoder's weights; a shipped file with another hash is refused.
 SHIPPED_SHA256: dict[str, str] = {
-    "dcgan-digiface-64": "60695a7b940e62eb2af9c36b3e19919420acac18476bbed1f9543760e25f2e15"}
+    "dcgan-digiface-64": "66794e0d8ada2ce8bff1c487ab2fe4d102639a5cc6841677868914af42c91c70"}
 
 
 class EncoderError(RuntimeError):

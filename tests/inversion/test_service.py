@@ -19,9 +19,9 @@ from services.inversion.framing import template_for
 from inversion_support import decode, paste_face, png, psnr
 
 MODEL = "dcgan-digiface-64"
-#: Stated error for generated images: each reconstructs at >= 24 dB, their mean at >= 30 dB, with the
+#: Stated error for generated images: each reconstructs at >= 28 dB, their mean at >= 32 dB, with the
 #: server's default budget (the benchmark's 100-image mean is the figure of merit).
-MIN_PSNR, MIN_MEAN_PSNR = 24.0, 30.0
+MIN_PSNR, MIN_MEAN_PSNR = 28.0, 32.0
 
 
 def _code(reply) -> np.ndarray:
