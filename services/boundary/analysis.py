@@ -11,7 +11,7 @@ from interfacegan.v1 import common_pb2
 
 from . import math as bm
 from .dataset import shard_seed
-from .downstream import Downstream
+from .downstream import Downstream, ordered
 
 
 @dataclasses.dataclass
@@ -40,12 +40,13 @@ def rescore_summary(plus: np.ndarray, minus: np.ndarray, valid: np.ndarray, dist
 async def rescore(downstream: Downstream, model: common_pb2.ModelRef, space: int, normals: np.ndarray,
                   attributes: list[str], samples: int, distance: float, seed: int, block: int,
                   on_progress: Callable[[int, int], Awaitable[None]] | None = None,
-                  request_id: str = "") -> Rescore:
+                  request_id: str = "", depth: int = 4) -> Rescore:
     """Edits `samples` sampled codes by ±distance along each normal, re-scores every attribute.
 
     Args:
         normals: (K, d) boundary normals (normalised here).
         block: codes per generator/scorer request.
+        depth: blocks in flight at once.
     """
     normals = bm.unit(np.atleast_2d(normals))
     codes = []
@@ -55,24 +56,36 @@ async def rescore(downstream: Downstream, model: common_pb2.ModelRef, space: int
                                              min(block, samples - lo), request_id))
     codes = np.concatenate(codes)
     k, a = len(normals), len(attributes)
-    mean, stderr, counts = np.zeros((k, a)), np.zeros((k, a)), np.zeros((k, a), np.int64)
+    edited = {(i, sign): bm.edit(codes, n[None], np.array([[sign * distance]]))[:, 0, 0]
+              for i, n in enumerate(normals) for sign in (1.0, -1.0)}
+    items = [(key, lo) for key in edited for lo in range(0, samples, block)]
+
+    def work(key, lo):
+        return lambda: downstream.generate_and_score(model, space, edited[key][lo:lo + block], attributes, request_id)
+
+    values = {key: [] for key in edited}
+    valid = {key: [] for key in edited}
     total, done = 2 * k * samples, 0
-    for i, n in enumerate(normals):
-        ends = []
-        for sign in (1.0, -1.0):
-            edited = bm.edit(codes, n[None], np.array([[sign * distance]]))[:, 0, 0]
-            values, valid = [], []
-            for lo in range(0, samples, block):
-                v, ok = await downstream.generate_and_score(model, space, edited[lo:lo + block], attributes, request_id)
-                values.append(v)
-                valid.append(ok)
-                done += len(v)
-                if on_progress is not None:
-                    await on_progress(done, total)
-            ends.append((np.concatenate(values), np.concatenate(valid)))
-        (plus, ok_plus), (minus, ok_minus) = ends
-        mean[i], stderr[i], counts[i] = rescore_summary(plus, minus, ok_plus & ok_minus, distance)
+    # Blocks pipelined through generator and scorer, results in order.
+    async for (key, _), (v, ok) in _zip_ordered(items, ordered((work(*item) for item in items), depth)):
+        values[key].append(v)
+        valid[key].append(ok)
+        done += len(v)
+        if on_progress is not None:
+            await on_progress(done, total)
+    mean, stderr, counts = np.zeros((k, a)), np.zeros((k, a)), np.zeros((k, a), np.int64)
+    for i in range(k):
+        plus, minus = np.concatenate(values[(i, 1.0)]), np.concatenate(values[(i, -1.0)])
+        both = np.concatenate(valid[(i, 1.0)]) & np.concatenate(valid[(i, -1.0)])
+        mean[i], stderr[i], counts[i] = rescore_summary(plus, minus, both, distance)
     return Rescore(mean=mean, stderr=stderr, counts=counts)
+
+
+async def _zip_ordered(items, results):
+    i = 0
+    async for result in results:
+        yield items[i], result
+        i += 1
 
 
 def column_scaled(matrix: np.ndarray) -> np.ndarray:

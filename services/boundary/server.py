@@ -423,7 +423,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
 
         task = asyncio.create_task(analysis.rescore(
             self.downstream, model, space, normals, attributes, request.rescore_samples, distance, request.seed,
-            block, on_progress, request.request_id))
+            block, on_progress, request.request_id, self.settings.pipeline_depth))
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())

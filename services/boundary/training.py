@@ -22,7 +22,7 @@ from services.common.errors import ServiceError, failed_precondition, invalid_ar
 from . import math as bm
 from .convert import info_of
 from .dataset import Dataset, FolderLock, dataset_path, shard_seed
-from .downstream import Downstream
+from .downstream import Downstream, ordered
 from .jobs import Job
 from .store import SPACE_KEYS, BoundaryStore
 
@@ -206,23 +206,6 @@ async def _ensure_dataset(job: Job, spec: TrainSpec, dataset: Dataset, downstrea
     return timings
 
 
-async def _ordered(jobs, depth: int):
-    """Runs coroutine factories with at most `depth` in flight; yields results in submission order."""
-    pending: collections.deque[asyncio.Task] = collections.deque()
-    try:
-        for make in jobs:
-            pending.append(asyncio.create_task(make()))
-            if len(pending) >= depth:
-                yield await pending.popleft()
-        while pending:
-            yield await pending.popleft()
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-
-
 async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downstream, settings: TrainSettings,
                   progress: _Progress) -> None:
     """Samples, synthesizes and scores samples [have, N) block by block, pipelined, writing full shards."""
@@ -275,7 +258,7 @@ async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downs
     sampled, t0 = 0, time.perf_counter()
     fit_estimate = 3.0 * len(spec.attributes) + 1e-6 * target * 3
     try:
-        async for codes, values, valid in _ordered((work(s) for s in starts), settings.pipeline_depth):
+        async for codes, values, valid in ordered((work(s) for s in starts), settings.pipeline_depth):
             buffer_codes.append(codes)
             buffer_scores.append(values)
             buffer_valid.append(valid)
@@ -308,7 +291,7 @@ async def _augment(job: Job, spec: TrainSpec, dataset: Dataset, missing: list[st
         def work(lo: int, codes=codes):
             return lambda: downstream.generate_and_score(model, spec.space, codes[lo:lo + block], missing, job.id)
 
-        parts = [r async for r in _ordered((work(lo) for lo in range(0, len(codes), block)), settings.pipeline_depth)]
+        parts = [r async for r in ordered((work(lo) for lo in range(0, len(codes), block)), settings.pipeline_depth)]
         values = np.concatenate([p[0] for p in parts])
         valid = np.concatenate([p[1] for p in parts])
         await asyncio.to_thread(dataset.add_attributes, index, {a: values[:, j] for j, a in enumerate(missing)},
