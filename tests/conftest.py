@@ -7,6 +7,17 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc's first import: see services/cluster.py
 
+
+def _reference_boundaries() -> str:
+    """The published InterFaceGAN boundaries, read in place (never copied into the project): ../shared."""
+    root = Path(__file__).resolve().parents[1]
+    candidates = [root.parent / "shared" / "reference-boundaries", Path("/work/shared/reference-boundaries")]
+    found = next((c for c in candidates if c.is_dir()), candidates[0])
+    return str(found)
+
+
+os.environ.setdefault("IFGAN_REFERENCE_BOUNDARIES", _reference_boundaries())
+
 import pytest
 
 from services.cluster import Cluster, RedisProcess, ServiceProcess, free_port

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from services.boundary import npyfiles
 from services.boundary.dataset import Dataset, dataset_path, shard_seed
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference-boundaries"
+REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 
 
 def make(tmp_path, shard_size=100, attributes=("age", "gender")):

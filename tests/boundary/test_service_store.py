@@ -4,6 +4,7 @@ conditional boundaries, the edit math, interpolation, the cosine study, and beha
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2
 from services.boundary import math as bm
 from services.common import tensors
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference-boundaries"
+REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP
 
 

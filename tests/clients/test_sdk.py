@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,7 @@ from interfacegan import ApiError, ChannelConfig, Client, EditSpec
 from interfacegan.aio import AsyncClient
 from services.common import assets
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference-boundaries"
+REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 P = f"sdk{uuid.uuid4().hex[:6]}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 import re
 import struct
 import zlib
@@ -28,7 +29,7 @@ from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor
 from services.cluster import Cluster, check_health
 from services.common import tensors
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference-boundaries"
+REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP
 C = grpc.StatusCode
 MODEL = "dcgan-digiface-64"

@@ -19,7 +19,7 @@ from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2, editor_
 from services.cluster import RedisProcess, check_health, free_port
 from services.common import errors
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference-boundaries"
+REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 MODEL = "dcgan-digiface-64"
 Z = common_pb2.LATENT_SPACE_Z
 C = grpc.StatusCode
