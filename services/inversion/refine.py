@@ -34,8 +34,8 @@ class Options:
         progress_every: Report progress every this many steps (0: never).
     """
 
-    max_steps: int = 100
-    target_psnr: float = 40.0
+    max_steps: int = 80
+    target_psnr: float = 38.0
     lr: float = 0.15
     progress_every: int = 0
 

@@ -39,9 +39,9 @@ class Settings(ServerSettings):
 
     default_model: str = setting("dcgan-digiface-64", "model loaded at start and used when a request names none")
     models_json: str = setting("", "extra registry entries (JSON list of name, architecture, weights, resolution)")
-    default_steps: int = setting(100, "refinement step budget when a request gives none")
+    default_steps: int = setting(80, "refinement step budget when a request gives none")
     max_steps_limit: int = setting(2000, "largest step budget a request may ask for")
-    default_target_psnr: float = setting(40.0, "early-stop PSNR in dB when a request gives none")
+    default_target_psnr: float = setting(38.0, "early-stop PSNR in dB when a request gives none")
     learning_rate: float = setting(0.15, "peak Adam step in units of the space's per-dimension spread")
     feature_weight: float = setting(1.0, "weight of the feature loss (encoder features) next to the pixel MSE")
     encoder_iterations: int = setting(3, "fixed-point corrections of the encoder's guess (one G and one E pass each)")
