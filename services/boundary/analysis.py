@@ -8,10 +8,11 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from interfacegan.v1 import common_pb2
+from services.common.pipeline import ordered
 
 from . import math as bm
 from .dataset import shard_seed
-from .downstream import Downstream, ordered
+from .downstream import Downstream
 
 
 @dataclasses.dataclass

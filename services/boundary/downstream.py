@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 
@@ -166,23 +165,6 @@ class Downstream:
                                  attributes: list[str], request_id: str = "") -> tuple[np.ndarray, np.ndarray]:
         images = await self.synthesize(model, space, codes, request_id)
         return await self.score(images, attributes, request_id)
-
-
-async def ordered(jobs, depth: int):
-    """Runs coroutine factories with at most `depth` in flight; yields results in submission order."""
-    pending: collections.deque[asyncio.Task] = collections.deque()
-    try:
-        for make in jobs:
-            pending.append(asyncio.create_task(make()))
-            if len(pending) >= depth:
-                yield await pending.popleft()
-        while pending:
-            yield await pending.popleft()
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _as_service_error(what: str, e: grpc.aio.AioRpcError) -> ServiceError:

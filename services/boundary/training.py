@@ -18,11 +18,12 @@ from prometheus_client import Counter, Histogram
 
 from interfacegan.v1 import boundary_pb2, common_pb2
 from services.common.errors import ServiceError, failed_precondition, invalid_argument
+from services.common.pipeline import ordered
 
 from . import math as bm
 from .convert import info_of
 from .dataset import Dataset, FolderLock, dataset_path, shard_seed
-from .downstream import Downstream, ordered
+from .downstream import Downstream
 from .jobs import Job
 from .store import SPACE_KEYS, BoundaryStore
 
