@@ -82,8 +82,11 @@ def raw_main(args: argparse.Namespace) -> int:
     backends.configure_threads(args.threads, 1)
     device = backends.resolve_device(args.device)
     model = load_model(args.model, device, dtype=backends.resolve_dtype(args.precision, device))
-    if args.backend == "onnxruntime":
+    backend = backends.resolve_backend(args.backend, device)  # the server's own choice for these settings
+    if backend == "onnxruntime":
         backends.attach_onnx(model, args.threads)
+    elif backend == "torchscript":
+        backends.attach_torchscript(model)
     codes = {}
 
     def handle(cmd: dict) -> dict:
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="dcgan-digiface-64", help="registry model to benchmark")
     p.add_argument("--device", default="auto", help="server and raw device: auto, cpu, cuda")
     p.add_argument("--precision", default="auto", help="auto (fp16 on CUDA), float32, float16")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"), help="server and (a) backend")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "torchscript", "onnxruntime"),
+                   help="server and (a) backend (auto: torchscript on CPU, torch on CUDA)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads of the server and of (a); 1 leaves the second core to gRPC and clients")
     p.add_argument("--raw-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 32, 64],
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "generator", "quick": args.quick, "model": args.model,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": device, "load_average": os.getloadavg()},
-        "settings": {"torch_threads": args.threads, "interop_threads": 1, "backend": args.backend, "load_processes": args.load_processes,
+        "settings": {"torch_threads": args.threads, "interop_threads": 1, "backend": backends.resolve_backend(args.backend, backends.resolve_device(args.device)), "load_processes": args.load_processes,
                      "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
                      "duration_s": args.duration, "precision": args.precision, "raw_batch": best},

@@ -17,6 +17,9 @@ Semantics:
 - Items of queued requests with the same `key` run together, up to `max_batch_size` per batch. A request
   larger than a batch is split; its slices are delivered in order. A partly served request goes to the back
   of the queue, so one large request does not starve small ones.
+- While a batch runs, the next one is formed and handed to the worker ahead (`prefetch_batches`), so the
+  device goes from batch to batch without waiting for a busy event loop; that batch keeps gathering
+  company until about when a worker frees up.
 - A lone client on an idle device never waits: when no batch is running the queue is dispatched at once.
   The batcher waits (at most `max_queue_delay_microseconds`) only when there is evidence of concurrent load:
   another instance is running a batch, or the last batch served several requests whose clients are expected
@@ -59,6 +62,9 @@ class BatchingConfig:
         preferred_batch_sizes: Optional batch sizes to form when possible (e.g. sizes captured as CUDA graphs).
         default_timeout_microseconds: Deadline of requests that carry none (0 = no deadline).
         instances: Batches that may run at once (worker threads; Triton's instance_group count).
+        prefetch_batches: Batches formed ahead and waiting at the workers, so a worker starts the next
+            batch the moment it finishes one instead of waiting for the event loop (which is then busy
+            answering the batch just done). 0 forms each batch only when a worker is free.
     """
 
     max_batch_size: int = 64
@@ -67,10 +73,13 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     default_timeout_microseconds: int = 0
     instances: int = 1
+    prefetch_batches: int = 1
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.instances < 1:
             raise ValueError("max_batch_size, max_queue_size and instances must be at least 1")
+        if self.prefetch_batches < 0:
+            raise ValueError("prefetch_batches must be 0 or more")
         if any(s < 1 or s > self.max_batch_size for s in self.preferred_batch_sizes):
             raise ValueError(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in 1..max_batch_size")
 
@@ -127,6 +136,7 @@ class DynamicBatcher:
         self._item_seconds = 0.0  # EMA of compute seconds per item, for retry hints
         self._closed = False
         self._purge_at = math.inf  # earliest deadline in the queue: purging is skipped before it
+        self._busy_until = 0.0  # estimated loop time when the batches handed to the workers are done
         # Metric children resolved once (labels() costs more than the update); queue depth is read at scrape time.
         metrics.QUEUE_DEPTH.labels(*self.labels).set_function(self._scraped_depth)
         self._batch_size = metrics.BATCH_SIZE.labels(*self.labels)
@@ -136,7 +146,7 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Starts the scheduler; call from the event loop that will submit requests."""
         if self._task is None:
-            self._free = asyncio.Semaphore(self.config.instances)
+            self._free = asyncio.Semaphore(self.config.instances + self.config.prefetch_batches)
             self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"batch-{self.labels[1]}")
             self._task = asyncio.create_task(self._schedule(), name=f"batcher-{self.labels[1]}")
 
@@ -322,6 +332,10 @@ class DynamicBatcher:
         delay = self.config.max_queue_delay_microseconds / 1e6
         if delay <= 0 or self.config.max_batch_size == 1:
             return None
+        if len(self._running) >= self.config.instances:
+            # Every worker is busy, so this batch is prefetched: it can gather company until about when a
+            # worker frees up (estimated from the measured time per item), not only for the queue delay.
+            return max(oldest + delay, self._busy_until - delay)
         if self._running:  # another instance is busy: gather company for a while
             return oldest + delay
         if requests >= min(self._expected, self.config.max_batch_size):
@@ -374,9 +388,23 @@ class DynamicBatcher:
         items = list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in batch))
         key = batch[0][0].key
         self._batch_size.observe(len(items))
-        started = time.perf_counter()
+        now = loop.time()
+        estimate = len(items) * (self._item_seconds or 0.0) / self.config.instances
+        self._busy_until = max(now, self._busy_until) + estimate
+        timing = [0.0]
+
+        def work() -> Sequence[Any]:
+            # Runs on the worker thread; a prefetched batch may wait here, so time only the computation.
+            if all(r.done for r, _, _ in batch):
+                return [None] * len(items)  # every caller left while it waited: nothing to compute
+            started = time.perf_counter()
+            try:
+                return self.run_batch(items, key)
+            finally:
+                timing[0] = time.perf_counter() - started
+
         try:
-            results = await loop.run_in_executor(self._executor, self.run_batch, items, key)
+            results = await loop.run_in_executor(self._executor, work)
             if len(results) != len(items):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
         except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
@@ -388,9 +416,9 @@ class DynamicBatcher:
                     self._fail(r, e, "error")
             return
         finally:
-            elapsed = time.perf_counter() - started
-            per_item = elapsed / max(1, len(items))
-            self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
+            if timing[0] > 0:
+                per_item = timing[0] / max(1, len(items))
+                self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
             self._expected = len(batch) if len(batch) > 1 else 1
             self._last_done = loop.time()
             self._free.release()

@@ -47,7 +47,8 @@ class Settings(ServerSettings):
                                "others load on first use")
     device: str = setting("auto", "auto (cuda:0 if present, else cpu), cpu, cuda, cuda:N")
     precision: str = setting("auto", "auto (float16 on CUDA, float32 on CPU), float32 or float16")
-    backend: str = setting("torch", "torch or onnxruntime (the synthesis network exported to ONNX)")
+    backend: str = setting("auto", "auto (torchscript on CPU, torch on CUDA), torch (eager), torchscript (traced, "
+                                   "runs without the GIL) or onnxruntime (the synthesis network exported to ONNX)")
     torch_threads: int = setting(1, "torch intra-op threads; 1 leaves the other core of a 2-core machine to "
                                     "gRPC and clients (0 = torch default)")
     cuda_graphs: str = setting("", "CUDA only: batch sizes to capture as CUDA graphs, e.g. '1,2,4,8'")
@@ -59,6 +60,8 @@ class Settings(ServerSettings):
     preferred_batch_sizes: str = setting("", "optional batch sizes to form when possible, comma separated")
     default_timeout_microseconds: int = setting(0, "deadline of requests that carry none (0 = none)")
     instances: int = setting(1, "batches that may run at once per model (worker threads)")
+    prefetch_batches: int = setting(1, "batches formed ahead while one runs, so the device never waits for "
+                                       "the event loop between batches (0 = form each batch when a worker is free)")
     max_request_codes: int = setting(4096, "most codes one SampleLatents or Synthesize request may carry")
 
     service_name = "generator"
@@ -103,8 +106,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         self.entries = {spec.name: _Entry(spec) for spec in self.registry.specs()}
         self.device = backends.resolve_device(settings.device)
         self.dtype = backends.resolve_dtype(settings.precision, self.device)
-        if settings.backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend {settings.backend!r}: accepted torch, onnxruntime")
+        self.backend = backends.resolve_backend(settings.backend, self.device)
         max_batch = settings.max_batch_size or (256 if self.device.type == "cuda" else 16)
         self.batching = BatchingConfig(
             max_batch_size=max_batch if settings.batching else 1,
@@ -112,7 +114,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
             max_queue_size=settings.max_queue_size,
             preferred_batch_sizes=_sizes(settings.preferred_batch_sizes) if settings.batching else (),
             default_timeout_microseconds=settings.default_timeout_microseconds,
-            instances=settings.instances)
+            instances=settings.instances, prefetch_batches=settings.prefetch_batches)
         # Message budget for streamed responses: stay well under the send limit.
         self.response_bytes = max(1 << 20, settings.max_message_bytes // 2)
         self._encoders = ThreadPoolExecutor(2, thread_name_prefix="encode")
@@ -147,8 +149,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
     # --- models ------------------------------------------------------------------------------------
     def _load_sync(self, spec: ModelSpec) -> GeneratorModel:
         model = self.registry.load(spec.name, self.device, dtype=self.dtype, models_dir=self.settings.models_dir)
-        if self.settings.backend == "onnxruntime":
+        if self.backend == "onnxruntime":
             backends.attach_onnx(model, max(1, self.settings.torch_threads))
+        elif self.backend == "torchscript":
+            backends.attach_torchscript(model)
         elif self.settings.cuda_graphs:
             backends.attach_cuda_graphs(model, _sizes(self.settings.cuda_graphs))
         with torch.inference_mode():  # warm up: first-call allocations stay out of request latencies
@@ -212,7 +216,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
             name=spec.name, version=spec.version, architecture=arch, resolution=resolution,
             latent_spaces=[generator_pb2.LatentSpaceInfo(space=PROTO_OF_SPACE[s], shape=list(v))
                            for s, v in shapes.items()],
-            device=str(model.device if model else self.device), backend=model.backend if model else self.settings.backend,
+            device=str(model.device if model else self.device), backend=model.backend if model else self.backend,
             precision=precision, max_batch_size=self.batching.max_batch_size,
             max_request_codes=self.settings.max_request_codes, loaded=model is not None,
             description=spec.description, default_truncation_psi=truncation[0],

@@ -45,6 +45,9 @@ def run(coro):
 
 
 async def started(device: Device, **config) -> DynamicBatcher:
+    # Queue-semantics tests hold the one worker busy and look at the queue; a prefetched batch would leave
+    # it early, so prefetch is off unless a test asks for it.
+    config.setdefault("prefetch_batches", 0)
     batcher = DynamicBatcher(device, BatchingConfig(**config), service="test", queue=f"q{id(device)}")
     await batcher.start()
     return batcher
@@ -271,4 +274,72 @@ def test_preferred_batch_sizes_are_formed_when_possible():
         await asyncio.gather(blocker, *waiting)
         assert [len(b) for b in device.batches[1:]] == [8, 3]  # the largest preferred size, then the rest
         await batcher.close()
+    run(main())
+
+
+def test_prefetched_batch_runs_while_the_event_loop_is_busy():
+    """With prefetch the worker starts the next batch itself; without it the batch waits for the loop."""
+
+    async def batches_done_while_loop_blocked(prefetch: int) -> int:
+        device = Device(seconds=0.05)
+        batcher = await started(device, max_batch_size=4, max_queue_delay_microseconds=0, prefetch_batches=prefetch)
+        try:
+            tasks = [asyncio.create_task(batcher.submit([i, i + 1, i + 2, i + 3])) for i in (0, 10, 20)]
+            while not device.entered.is_set():
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.005)  # the scheduler forms the prefetched batch while the first runs
+            time.sleep(0.4)  # the event loop is busy (as when answering a finished batch): no scheduling now
+            done = len(device.batches)
+            results = await asyncio.gather(*tasks)
+            assert [r[1] for r in results[1]] == [100, 110, 120, 130]  # results still routed, in order
+            return done
+        finally:
+            await batcher.close()
+
+    assert run(batches_done_while_loop_blocked(1)) == 2
+    assert run(batches_done_while_loop_blocked(0)) == 1
+
+
+def test_prefetched_batch_gathers_company_until_a_worker_frees_up():
+    """A batch formed while the worker is busy keeps taking arrivals instead of leaving half empty."""
+
+    async def main():
+        device = Device(seconds=0.3)
+        batcher = await started(device, max_batch_size=8, max_queue_delay_microseconds=1000, prefetch_batches=1)
+        try:
+            await batcher.submit([0] * 8)  # measures the time per item the estimate of a worker's free time uses
+            first = asyncio.create_task(batcher.submit(list(range(8))))
+            while len(device.batches) < 2:
+                await asyncio.sleep(0.001)
+            later = []
+            for i in range(4):  # arrivals spread over 40 ms, far beyond the 1 ms queue delay
+                later.append(asyncio.create_task(batcher.submit([100 + i])))
+                await asyncio.sleep(0.01)
+            await asyncio.gather(first, *later)
+            assert sorted(device.batches[2]) == [100, 101, 102, 103]  # one batch, not four
+        finally:
+            await batcher.close()
+
+    run(main())
+
+
+def test_a_prefetched_batch_whose_callers_all_left_is_not_computed():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=4, max_queue_delay_microseconds=0, prefetch_batches=1)
+        try:
+            blocker = await hold(device, batcher)
+            waiting = asyncio.create_task(batcher.submit([7, 8]))
+            await asyncio.sleep(0.02)
+            assert batcher.queued_requests == 0  # it left the queue: prefetched at the worker
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            device.gate.set()
+            await blocker
+            await asyncio.sleep(0.05)
+            assert 7 not in device.seen
+        finally:
+            await batcher.close()
+
     run(main())

@@ -289,3 +289,33 @@ def test_onnxruntime_backend_equals_torch(arch, models_dir):
     uint8 = model.synthesize(codes, "z", output="uint8").int()
     from services.generator.models import to_uint8
     assert (uint8 - to_uint8(reference).int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "pggan", "stylegan", "stylegan2"])
+def test_torchscript_backend_equals_eager_at_any_batch_size(arch, models_dir):
+    model = load_model() if arch == "dcgan" else small(arch, seed=2)
+    space = "z" if arch in ("dcgan", "pggan") else "wp"
+    codes = model.sample(7, seed=5, space=space)  # a batch size the trace never saw
+    eager = model.synthesize(codes, space, output="uint8").int()
+    assert backends.attach_torchscript(model) and model.backend == "torchscript"
+    traced = model.synthesize(codes, space, output="uint8").int()
+    assert traced.shape == eager.shape
+    assert (traced - eager).abs().max().item() <= backends.TORCHSCRIPT_TOLERANCE
+    assert model.synthesize(codes[:1], space, output="uint8").shape[0] == 1
+
+
+def test_torchscript_backend_falls_back_to_eager_when_the_trace_differs(models_dir):
+    model = load_model()
+
+    class Noisy(torch.nn.Module):  # fresh noise per call: no trace can reproduce eager output
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.main(x.reshape(x.shape[0], -1, 1, 1)) + torch.rand(1) * 4
+
+    noisy = Noisy(model.net)
+    model.net.render = noisy.forward
+    assert not backends.attach_torchscript(model)
+    assert model.backend == "torch" and model._uint8_fn is None

@@ -64,7 +64,7 @@ def error_of(call, *args, **kwargs) -> grpc.RpcError:
 def test_list_models_and_model_info(stub):
     [info] = stub.ListModels(generator_pb2.ListModelsRequest(), timeout=10).models
     assert info.name == "dcgan-digiface-64" and info.architecture == "dcgan" and info.loaded
-    assert info.resolution == 64 and info.device == "cpu" and info.backend == "torch"
+    assert info.resolution == 64 and info.device == "cpu" and info.backend == "torchscript"
     assert [(s.space, list(s.shape)) for s in info.latent_spaces] == [(Z, [100])]
     assert info.max_batch_size == 16 and info.max_request_codes == 4096 and info.precision == "float32"
     assert stub.GetModelInfo(generator_pb2.GetModelInfoRequest(), timeout=10) == info

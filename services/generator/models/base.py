@@ -227,6 +227,7 @@ class GeneratorModel:
         if channels_last:
             self.net.use_channels_last()
         self._synthesis_fn = None  # replaced by backends (CUDA graphs, ONNX Runtime)
+        self._uint8_fn = None  # synthesis input -> NHWC uint8 in one call (the TorchScript backend)
 
     # --- description -------------------------------------------------------------------------------
     @property
@@ -332,6 +333,8 @@ class GeneratorModel:
         if output == "uint8":
             with torch.inference_mode():
                 x = self.synthesis_input(codes, space, truncation_psi, truncation_layers)
+                if self._uint8_fn is not None:
+                    return self._uint8_fn(x).cpu()
                 images = self._synthesis_fn(x) if self._synthesis_fn else self.net.render(x)
                 return to_uint8(images).cpu()
         if output != "float":
