@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system-deps venv models protos demo test bench up down status clean
+.PHONY: bench-quick setup system-deps venv models protos demo test bench up down status clean
 
 setup: system-deps venv models
 
@@ -43,6 +43,12 @@ test: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Small versions of every benchmark (a few minutes in all); results go to out/bench-quick, not bench/results.
+bench-quick: setup
+	@mkdir -p out/bench-quick
+	@for b in bench/*.py; do echo "== $$b --quick"; \
+		$(PY) $$b --quick --out out/bench-quick/$$(basename $$b .py).json || exit 1; done
 
 up: setup
 	$(PY) -m services.cluster up

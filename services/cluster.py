@@ -104,17 +104,17 @@ class ServiceProcess:
         service.port = int(port_file.read_text())
         return service
 
-    def health(self, timeout: float = 2.0) -> str:
-        return check_health(self.address, timeout)
+    def health(self, timeout: float = 2.0, credentials: "HealthCredentials | None" = None) -> str:
+        return check_health(self.address, timeout, credentials=credentials)
 
-    def wait_serving(self, timeout: float = 180.0) -> None:
+    def wait_serving(self, timeout: float = 180.0, credentials: "HealthCredentials | None" = None) -> None:
         """Waits until health says SERVING; fails early if the process exits."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n"
                                    f"{_tail(self.log_path)}")
-            if self.health() == "SERVING":
+            if self.health(credentials=credentials) == "SERVING":
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f} s; log {self.log_path}:\n"
@@ -133,10 +133,40 @@ class ServiceProcess:
         return self.proc.returncode
 
 
-def check_health(address: str, timeout: float = 2.0, service: str = "") -> str:
-    """Returns the grpc.health.v1 status name of `address`, or UNREACHABLE."""
+@dataclass(frozen=True)
+class HealthCredentials:
+    """How to reach a TLS service's health endpoint: CA to trust, optional client certificate (mTLS)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "HealthCredentials | None":
+        """The services' own TLS settings (IFGAN_TLS_CA, IFGAN_TLS_CERT/KEY, IFGAN_TLS_SERVER_NAME), or None.
+
+        A cluster started with TLS is checked with the credentials its services use to call each other."""
+        env = os.environ if env is None else env
+        if not env.get("IFGAN_TLS_CA"):
+            return None
+        cert, key = env.get("IFGAN_TLS_CERT"), env.get("IFGAN_TLS_KEY")
+        return cls(Path(env["IFGAN_TLS_CA"]), Path(cert) if cert and key else None, Path(key) if cert and key else None,
+                   env.get("IFGAN_TLS_SERVER_NAME", ""))
+
+    def channel(self, address: str) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(), private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None)
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.secure_channel(address, creds, options=options)
+
+
+def check_health(address: str, timeout: float = 2.0, service: str = "", *,
+                 credentials: HealthCredentials | None = None) -> str:
+    """Returns the grpc.health.v1 status name of `address`, or UNREACHABLE (over TLS when given credentials)."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (credentials.channel(address) if credentials else grpc.insecure_channel(address)) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                               timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -205,6 +235,7 @@ class Cluster:
     directory: Path
     redis: RedisProcess | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    credentials: HealthCredentials | None = None  # TLS cluster: how its health endpoints are reached
 
     @classmethod
     def up(cls, directory: Path, *, fixed_ports: bool = True, env: dict[str, str] | None = None,
@@ -216,6 +247,7 @@ class Cluster:
             cluster.redis = RedisProcess.start(redis_port, directory / "redis", tie_to_parent=tie_to_parent)
             log(f"redis        {cluster.redis.url}  (AOF in {directory / 'redis'})")
             wiring = {"IFGAN_REDIS_URL": cluster.redis.url, "IFGAN_DATA_DIR": str(directory / "data"), **(env or {})}
+            cluster.credentials = HealthCredentials.from_env({**os.environ, **wiring})
             for name in SERVICES:
                 proc = ServiceProcess.start(
                     name, (extra_args or {}).get(name, []), env=wiring, log_dir=directory / "logs",
@@ -225,7 +257,7 @@ class Cluster:
                 wiring[f"IFGAN_{name.upper()}_ADDRESS"] = proc.address
             cluster.save()
             for name, proc in cluster.services.items():
-                proc.wait_serving(timeout)
+                proc.wait_serving(timeout, credentials=cluster.credentials)
                 log(f"{name:12s} {proc.address}  SERVING  (log {proc.log_path})")
         except BaseException:
             cluster.down()
@@ -236,6 +268,10 @@ class Cluster:
         state = {"redis": {"pid": self.redis.proc.pid, "port": self.redis.port} if self.redis else None,
                  "services": {n: {"pid": p.pid, "port": p.port, "log": str(p.log_path)}
                               for n, p in self.services.items()}}
+        if self.credentials:  # file paths only, never key material
+            c = self.credentials
+            state["tls"] = {"ca": str(c.ca), "cert": str(c.cert or ""), "key": str(c.key or ""),
+                            "server_name": c.server_name}
         (self.directory / "cluster.json").write_text(json.dumps(state, indent=2))
 
     def down(self, log=lambda *_: None) -> None:
@@ -287,8 +323,12 @@ def status_from_state(directory: Path, log=print) -> bool:
         return False
     state = json.loads(state_file.read_text())
     healthy = True
+    tls = state.get("tls")
+    credentials = HealthCredentials.from_env({"IFGAN_TLS_CA": tls["ca"], "IFGAN_TLS_CERT": tls["cert"],
+                                              "IFGAN_TLS_KEY": tls["key"], "IFGAN_TLS_SERVER_NAME": tls["server_name"]}
+                                             ) if tls else None
     for name, info in state["services"].items():
-        status = check_health(f"127.0.0.1:{info['port']}")
+        status = check_health(f"127.0.0.1:{info['port']}", credentials=credentials)
         healthy &= status == "SERVING"
         log(f"{name:12s} 127.0.0.1:{info['port']:<6d} {status:12s} log {info['log']}")
     return healthy

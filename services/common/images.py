@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from interfacegan.v1 import common_pb2
 
@@ -18,7 +19,8 @@ ACCEPTED = "PNG or JPEG bytes in Image.encoded, or Image.raw with height, width,
 
 def decode(image: common_pb2.Image, field: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
            min_side: int = 1) -> np.ndarray:
-    """Returns an (H, W, 3) uint8 RGB array; refuses what is not a valid, bounded image."""
+    """Returns an (H, W, 3) uint8 RGB array, upright per its EXIF orientation; refuses what is not a valid,
+    bounded image."""
     kind = image.WhichOneof("payload")
     if kind is None:
         raise invalid_argument(field, f"empty image; accepted: {ACCEPTED}")
@@ -51,6 +53,9 @@ def decode(image: common_pb2.Image, field: str, *, max_pixels: int = DEFAULT_MAX
     except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
         raise invalid_argument(f"{field}.encoded", f"not a decodable image ({type(e).__name__}: {e}); "
                                                    f"accepted: {ACCEPTED}") from None
+    # Phones store photos sideways with an EXIF Orientation tag; faces are found, and edits blended back,
+    # in the photo as people see it.
+    pil = ImageOps.exif_transpose(pil)
     if pil.mode not in ("RGB", "L", "RGBA"):
         pil = pil.convert("RGB")
     return _to_rgb(np.asarray(pil))

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
-from services.cluster import SERVICES, ServiceProcess
+from services.cluster import SERVICES, HealthCredentials, ServiceProcess, check_health, status_from_state
 from services.common import errors, tensors
 from services.generator.models import registry
 from services.generator.models.base import WeightsError
@@ -86,19 +86,10 @@ def health(channel, timeout=5.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def wait_serving_tls(proc: ServiceProcess, credentials, timeout=240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.proc.poll() is None, \
-            f"{proc.name} exited; log {proc.log_path}:\n{proc.log_path.read_text()[-3000:]}"
-        try:
-            with grpc.secure_channel(proc.address, credentials) as channel:
-                if health(channel, 3) == "SERVING":
-                    return
-        except grpc.RpcError:
-            pass
-        assert time.monotonic() < deadline, f"{proc.name} not SERVING over TLS; log {proc.log_path}"
-        time.sleep(0.3)
+def service_credentials(pki) -> HealthCredentials:
+    """What the services themselves use to call each other (and what `cluster status` checks health with)."""
+    return HealthCredentials.from_env({"IFGAN_TLS_CA": pki["ca"], "IFGAN_TLS_CERT": pki["server_cert"],
+                                       "IFGAN_TLS_KEY": pki["server_key"]})
 
 
 # -- TLS and mTLS on every service ---------------------------------------------------------------------------
@@ -126,7 +117,7 @@ def secured(request, pki, redis_url, models_dir, tmp_path_factory):
             procs[name] = ServiceProcess.start(name, args, env=env, log_dir=folder / "logs")
             env[f"IFGAN_{name.upper()}_ADDRESS"] = procs[name].address
         for proc in procs.values():
-            wait_serving_tls(proc, creds(pki))
+            proc.wait_serving(240, credentials=service_credentials(pki))
         yield mode, procs
     finally:
         for proc in procs.values():  # all at once: each takes seconds to shut down
@@ -154,6 +145,22 @@ def test_tls_call_works_and_plaintext_is_refused(secured, pki, service):
         with pytest.raises(grpc.RpcError) as err:
             PROBES[service](authed(channel))
         assert err.value.code() == C.UNAVAILABLE
+
+
+def test_cluster_status_checks_a_tls_cluster_over_tls(secured, pki, tmp_path):
+    mode, procs = secured
+    credentials = service_credentials(pki)
+    for proc in procs.values():
+        assert check_health(proc.address, credentials=credentials) == "SERVING"
+        assert check_health(proc.address) == "UNREACHABLE"  # plaintext cannot speak to a TLS port
+    import json
+    state = {"redis": None, "tls": {"ca": pki["ca"], "cert": pki["server_cert"], "key": pki["server_key"],
+                                    "server_name": ""},
+             "services": {n: {"pid": p.pid, "port": p.port, "log": str(p.log_path)} for n, p in procs.items()}}
+    (tmp_path / "cluster.json").write_text(json.dumps(state))
+    lines: list[str] = []
+    assert status_from_state(tmp_path, log=lines.append), lines
+    assert all("SERVING" in line for line in lines) and len(lines) == len(SERVICES)
 
 
 @pytest.mark.parametrize("service", SERVICES)
