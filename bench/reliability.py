@@ -5,7 +5,8 @@ Starts Redis and the five services (`services.cluster`), plus one extra generato
 
 1. warm-up: `--clients` client threads spread over `--processes` processes send a mix of RPCs in turn:
    generator Synthesize (4 codes, PNG), scorer Score (2 faces), boundary EditLatents (4 codes x 5 steps),
-   editor Edit (a seed, 4 steps, re-scored every other call), each with a deadline;
+   editor Edit (a seed, 4 steps, re-scored every other call), inversion Invert (a generated face, 20 steps),
+   each with a deadline;
 2. steady: the same load, measured: throughput, p50 / p99 latency per RPC, errors (the target is none: the
    load stays below capacity, each client has one call in flight); the services' resident memory (VmRSS of
    /proc/PID/status) after warm-up and at the end: growth under 10% is the target;
@@ -39,14 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,  # noqa: E402
-                             generator_pb2, generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc)
+                             generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
+                             scorer_pb2_grpc)
 from services.cluster import SERVICES, Cluster, ServiceProcess, check_health  # noqa: E402
 from services.common import errors, tensors  # noqa: E402
 
 MODEL = "dcgan-digiface-64"
 Z = common_pb2.LATENT_SPACE_Z
 LOAD_ATTRIBUTE = "reliability-load"  # a random boundary of the default model, imported by the bench
-MIX = ("synthesize", "score", "edit_latents", "edit")
+MIX = ("synthesize", "score", "edit_latents", "edit", "invert")
 MEMORY_GROWTH_TARGET_PCT = 10.0
 
 
@@ -61,6 +63,8 @@ def _requests(faces: list[bytes], seed: int):
         "edit_latents": boundary_pb2.EditLatentsRequest(codes=codes, edits=[boundary_pb2.Edit(
             boundary=common_pb2.BoundaryRef(model=MODEL, attribute=LOAD_ATTRIBUTE, space=Z), start=-2, end=2,
             steps=5)]),
+        "invert": inversion_pb2.InvertRequest(image=common_pb2.Image(encoded=faces[seed % len(faces)]),
+                                              space=Z, max_steps=20),
         "overload": generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(
             Z, rng.standard_normal((16, 100)).astype(np.float32)), format=common_pb2.IMAGE_FORMAT_RAW),
     }
@@ -83,6 +87,7 @@ def client_process(args: dict) -> list[tuple]:
              "scorer": scorer_pb2_grpc.ScorerServiceStub(channels["scorer"]),
              "boundary": boundary_pb2_grpc.BoundaryServiceStub(channels["boundary"]),
              "editor": editor_pb2_grpc.EditorServiceStub(channels["editor"]),
+             "inversion": inversion_pb2_grpc.InversionServiceStub(channels["inversion"]),
              "overload": generator_pb2_grpc.GeneratorServiceStub(channels["overload"])}
     records: list[tuple] = []
     lock = threading.Lock()
@@ -96,6 +101,8 @@ def client_process(args: dict) -> list[tuple]:
             return stubs["boundary"].EditLatents(requests[kind], timeout=deadline).codes.codes.shape[0]
         if kind == "edit":
             return len(list(stubs["editor"].Edit(_edit_request(seed * 1000 + i, i % 2 == 0), timeout=deadline)))
+        if kind == "invert":
+            return len(list(stubs["inversion"].Invert(requests[kind], timeout=deadline)))
         return sum(len(r.images) for r in stubs["overload"].Synthesize(requests[kind], timeout=deadline))
 
     def client(k: int):

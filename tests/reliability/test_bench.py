@@ -18,7 +18,7 @@ def test_quick_load_test_meets_its_targets(cluster, tmp_path):
     assert out.exists(), run.stdout + run.stderr
     result = json.loads(out.read_text())
     assert {row["rpc"] for row in result["table"] if row["phase"] == "steady"} == \
-        {"synthesize", "score", "edit_latents", "edit"}
+        {"synthesize", "score", "edit_latents", "edit", "invert"}
     for row in result["table"]:
         assert row["requests"] > 0 and (row["ok"] == 0 or row["p50_ms"] <= row["p99_ms"])
     assert set(result["memory"]) == {"generator", "scorer", "boundary", "inversion", "editor"}
