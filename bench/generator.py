@@ -206,6 +206,7 @@ def start_server(args: argparse.Namespace, batching: bool, log_dir: Path):
              "--backend", args.backend,
              "--max-batch-size", str(args.max_batch_size), "--log-level", "WARNING",
              "--max-queue-delay-microseconds", str(args.max_queue_delay_us), "--default-model", args.model,
+             "--prefetch-batches", str(args.prefetch_batches),
              "--batching" if batching else "--no-batching"]
     proc = ServiceProcess.start("generator", flags, log_dir=log_dir / ("batched" if batching else "unbatched"))
     proc.wait_serving()
@@ -238,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("raw", "png"), default="png", help="image format the clients ask for")
     p.add_argument("--max-batch-size", type=int, default=0, help="server max_batch_size (0 = the server's auto)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="server max_queue_delay_microseconds")
+    p.add_argument("--prefetch-batches", type=int, default=1, help="server prefetch_batches (0 = batches formed "
+                                                                     "only when the worker is free)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generator.json", help="result file")
     # runner modes (internal)
     p.add_argument("--raw-runner", action="store_true", help=argparse.SUPPRESS)
@@ -351,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__, "device": device, "load_average": os.getloadavg()},
         "settings": {"torch_threads": args.threads, "interop_threads": 1, "backend": backends.resolve_backend(args.backend, backends.resolve_device(args.device)), "load_processes": args.load_processes,
                      "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
+                     "prefetch_batches": args.prefetch_batches,
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
                      "duration_s": args.duration, "precision": args.precision, "raw_batch": best},
         "raw_ceiling_images_per_s": a["images_per_s"], "table": table, "targets": targets,
@@ -367,7 +371,8 @@ def print_table(result: dict) -> None:
     s = result["settings"]
     print(f"\ngenerator benchmark  model {result['model']}  device {result['machine']['device']}  "
           f"backend {s['backend']}  torch threads "
-          f"{s['torch_threads']}  max_batch_size {s['max_batch_size']}  format {s['format']}  "
+          f"{s['torch_threads']}  max_batch_size {s['max_batch_size']}  prefetch {s.get('prefetch_batches', 0)}  "
+          f"format {s['format']}  "
           f"load avg {result['machine']['load_average'][0]:.1f}")
     print("cpu columns: cores busy; cpu ms/img = server (or raw) CPU time per image, less sensitive to other load")
     print(f"{'case':40s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'client cpu':>10s} {'server cpu':>10s} "

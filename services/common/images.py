@@ -55,7 +55,12 @@ def decode(image: common_pb2.Image, field: str, *, max_pixels: int = DEFAULT_MAX
                                                    f"accepted: {ACCEPTED}") from None
     # Phones store photos sideways with an EXIF Orientation tag; faces are found, and edits blended back,
     # in the photo as people see it.
-    pil = ImageOps.exif_transpose(pil)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": the pixels are still good
+            pil = ImageOps.exif_transpose(pil)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not refuse a decodable image
+        pass
     if pil.mode not in ("RGB", "L", "RGBA"):
         pil = pil.convert("RGB")
     return _to_rgb(np.asarray(pil))
