@@ -391,22 +391,28 @@ class DynamicBatcher:
         now = loop.time()
         estimate = len(items) * (self._item_seconds or 0.0) / self.config.instances
         self._busy_until = max(now, self._busy_until) + estimate
-        timing = [0.0]
+        timing = {"seconds": 0.0, "items": 0}  # of the computation alone, set by the worker
 
-        def work() -> Sequence[Any]:
-            # Runs on the worker thread; a prefetched batch may wait here, so time only the computation.
-            if all(r.done for r, _, _ in batch):
-                return [None] * len(items)  # every caller left while it waited: nothing to compute
+        def work() -> tuple[list[tuple[_Request, int, int]], Sequence[Any]]:
+            # Runs on the worker thread. A prefetched batch may have waited here: slices whose caller left or
+            # whose deadline passed meanwhile are not computed (asyncio's loop.time() is time.monotonic()).
+            now = time.monotonic()
+            live = [(r, a, b) for r, a, b in batch if not r.done and (r.deadline is None or now < r.deadline)]
+            if not live:
+                return live, []
+            todo = items if len(live) == len(batch) else \
+                list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in live))
             started = time.perf_counter()
             try:
-                return self.run_batch(items, key)
+                results = self.run_batch(todo, key)
             finally:
-                timing[0] = time.perf_counter() - started
+                timing["seconds"], timing["items"] = time.perf_counter() - started, len(todo)
+            if len(results) != len(todo):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(todo)} items")
+            return live, results
 
         try:
-            results = await loop.run_in_executor(self._executor, work)
-            if len(results) != len(items):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+            live, results = await loop.run_in_executor(self._executor, work)
         except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
             log.warning("batch of %d items failed: %s", len(items), e)
             for r, _, _ in batch:
@@ -416,15 +422,15 @@ class DynamicBatcher:
                     self._fail(r, e, "error")
             return
         finally:
-            if timing[0] > 0:
-                per_item = timing[0] / max(1, len(items))
+            if timing["items"]:
+                per_item = timing["seconds"] / timing["items"]
                 self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
             self._expected = len(batch) if len(batch) > 1 else 1
             self._last_done = loop.time()
             self._free.release()
             self._wakeup.set()
         offset = 0
-        for r, a, b in batch:
+        for r, a, b in live:  # a slice left out (its deadline passed) fails through its request's own timer
             if not r.done:
                 r.outbox.put_nowait((a, list(results[offset:offset + b - a])))
             offset += b - a

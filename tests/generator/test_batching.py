@@ -343,3 +343,26 @@ def test_a_prefetched_batch_whose_callers_all_left_is_not_computed():
             await batcher.close()
 
     run(main())
+
+
+def test_a_prefetched_slice_whose_deadline_passes_at_the_worker_is_not_computed():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=4, max_queue_delay_microseconds=0, prefetch_batches=1)
+        try:
+            blocker = await hold(device, batcher)
+            late = asyncio.create_task(batcher.submit([7], timeout=0.05))
+            on_time = asyncio.create_task(batcher.submit([8], timeout=30))
+            await asyncio.sleep(0.02)
+            assert batcher.queued_requests == 0  # both prefetched together, waiting at the worker
+            with pytest.raises(ServiceError) as err:
+                await late
+            assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            device.gate.set()
+            await blocker
+            assert await on_time == [(None, 80)]
+            assert 7 not in device.seen and 8 in device.seen  # only the live slice ran
+        finally:
+            await batcher.close()
+
+    run(main())
