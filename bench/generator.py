@@ -82,11 +82,7 @@ def raw_main(args: argparse.Namespace) -> int:
     backends.configure_threads(args.threads, 1)
     device = backends.resolve_device(args.device)
     model = load_model(args.model, device, dtype=backends.resolve_dtype(args.precision, device))
-    backend = backends.resolve_backend(args.backend, device)  # the server's own choice for these settings
-    if backend == "onnxruntime":
-        backends.attach_onnx(model, args.threads)
-    elif backend == "torchscript":
-        backends.attach_torchscript(model)
+    backends.attach(model, backends.resolve_backend(args.backend, device), args.threads)  # as the server does
     codes = {}
 
     def handle(cmd: dict) -> dict:
@@ -352,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "generator", "quick": args.quick, "model": args.model,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": device, "load_average": os.getloadavg()},
-        "settings": {"torch_threads": args.threads, "interop_threads": 1, "backend": backends.resolve_backend(args.backend, backends.resolve_device(args.device)), "load_processes": args.load_processes,
+        "settings": {"torch_threads": args.threads, "interop_threads": 1, "backend": backends.resolve_backend(args.backend, torch.device(device)), "load_processes": args.load_processes,
                      "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
                      "prefetch_batches": args.prefetch_batches,
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,

@@ -20,11 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interfacegan import channel as sdk
+
+from services.common.channels import client_config
 
 #: Start order: dependencies first.
 SERVICES = ("generator", "scorer", "boundary", "inversion", "editor")
@@ -135,11 +138,13 @@ class ServiceProcess:
 
 @dataclass(frozen=True)
 class HealthCredentials:
-    """How to reach a TLS service's health endpoint: CA to trust, optional client certificate (mTLS)."""
+    """TLS files to reach a TLS service's health endpoint: the CA to trust, and for mTLS a client certificate.
 
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
+    Kept as paths (never key material) so that cluster.json can name them for `status`."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
     server_name: str = ""
 
     @classmethod
@@ -150,16 +155,14 @@ class HealthCredentials:
         env = os.environ if env is None else env
         if not env.get("IFGAN_TLS_CA"):
             return None
-        cert, key = env.get("IFGAN_TLS_CERT"), env.get("IFGAN_TLS_KEY")
-        return cls(Path(env["IFGAN_TLS_CA"]), Path(cert) if cert and key else None, Path(key) if cert and key else None,
+        return cls(env["IFGAN_TLS_CA"], env.get("IFGAN_TLS_CERT", ""), env.get("IFGAN_TLS_KEY", ""),
                    env.get("IFGAN_TLS_SERVER_NAME", ""))
 
     def channel(self, address: str) -> grpc.Channel:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(), private_key=self.key.read_bytes() if self.key else None,
-            certificate_chain=self.cert.read_bytes() if self.cert else None)
-        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-        return grpc.secure_channel(address, creds, options=options)
+        """A channel built the way services build theirs to each other (services/common/channels.py)."""
+        config = client_config(retry=False, tls_ca=self.ca, tls_cert=self.cert, tls_key=self.key,
+                               server_name=self.server_name)
+        return sdk.secure_channel(address, config)
 
 
 def check_health(address: str, timeout: float = 2.0, service: str = "", *,
@@ -268,10 +271,8 @@ class Cluster:
         state = {"redis": {"pid": self.redis.proc.pid, "port": self.redis.port} if self.redis else None,
                  "services": {n: {"pid": p.pid, "port": p.port, "log": str(p.log_path)}
                               for n, p in self.services.items()}}
-        if self.credentials:  # file paths only, never key material
-            c = self.credentials
-            state["tls"] = {"ca": str(c.ca), "cert": str(c.cert or ""), "key": str(c.key or ""),
-                            "server_name": c.server_name}
+        if self.credentials:
+            state["tls"] = asdict(self.credentials)
         (self.directory / "cluster.json").write_text(json.dumps(state, indent=2))
 
     def down(self, log=lambda *_: None) -> None:
@@ -323,10 +324,7 @@ def status_from_state(directory: Path, log=print) -> bool:
         return False
     state = json.loads(state_file.read_text())
     healthy = True
-    tls = state.get("tls")
-    credentials = HealthCredentials.from_env({"IFGAN_TLS_CA": tls["ca"], "IFGAN_TLS_CERT": tls["cert"],
-                                              "IFGAN_TLS_KEY": tls["key"], "IFGAN_TLS_SERVER_NAME": tls["server_name"]}
-                                             ) if tls else None
+    credentials = HealthCredentials(**state["tls"]) if state.get("tls") else None
     for name, info in state["services"].items():
         status = check_health(f"127.0.0.1:{info['port']}", credentials=credentials)
         healthy &= status == "SERVING"

@@ -73,25 +73,17 @@ def configure_threads(intra_op: int, inter_op: int = 1) -> tuple[int, int]:
 
 
 class _Render(torch.nn.Module):
-    """The synthesis half as a plain module (what ONNX export and CUDA graphs run)."""
+    """The synthesis half as a plain module (what ONNX export runs); with `uint8`, the conversion to NHWC
+    uint8 images as well, so that one TorchScript call covers the whole batch."""
 
-    def __init__(self, net):
+    def __init__(self, net, uint8: bool = False):
         super().__init__()
         self.net = net
+        self.uint8 = uint8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.render(x)
-
-
-class _RenderUint8(torch.nn.Module):
-    """Synthesis plus the uint8 conversion, so that one TorchScript call covers the whole batch."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_uint8(self.net.render(x))
+        images = self.net.render(x)
+        return to_uint8(images) if self.uint8 else images
 
 
 #: Largest |TorchScript - eager| difference accepted, in uint8 levels (rounding of a value near .5 may flip).
@@ -104,8 +96,8 @@ def attach_torchscript(model: GeneratorModel) -> bool:
     Why: eager PyTorch takes the GIL back between every operator, so a server's event loop (gRPC, PNG
     encoding) and the batch thread stall each other; on the 2-core CPU a busy event loop cut eager DCGAN
     from 395 to 96 img/s. A TorchScript call runs the whole graph with the GIL released (measured 320 img/s
-    under the same load). The trace is checked against eager at two batch sizes (the batch axis must stay
-    dynamic); a model that does not trace or does not match (e.g. random per-call noise) stays eager.
+    under the same load). The trace is checked against eager at batch sizes 3, 2 and 1 (the batch axis must
+    stay dynamic); a model that does not trace or does not match (e.g. random per-call noise) stays eager.
     """
     net = model.net
     shape = net.latent_shapes[net.synthesis_space]
@@ -114,7 +106,7 @@ def attach_torchscript(model: GeneratorModel) -> bool:
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # tracer warnings about Python values recorded as constants
-            traced = torch.jit.freeze(torch.jit.trace(_RenderUint8(net).eval(), (probes[0],), check_trace=False))
+            traced = torch.jit.freeze(torch.jit.trace(_Render(net, uint8=True).eval(), (probes[0],), check_trace=False))
             for x in probes:
                 for _ in range(2):  # the profiling executor specialises on the second call; check that one too
                     got = traced(x)
@@ -127,6 +119,16 @@ def attach_torchscript(model: GeneratorModel) -> bool:
     model._uint8_fn = traced
     model.backend = "torchscript"
     return True
+
+
+def attach(model: GeneratorModel, backend: str, threads: int = 1, cuda_graph_sizes: tuple[int, ...] = ()) -> None:
+    """Puts `model` on a resolved backend (see `resolve_backend`); the server and its benchmark both use this."""
+    if backend == "onnxruntime":
+        attach_onnx(model, max(1, threads))
+    elif backend == "torchscript":
+        attach_torchscript(model)
+    elif cuda_graph_sizes:
+        attach_cuda_graphs(model, cuda_graph_sizes)
 
 
 def export_onnx(model: GeneratorModel, path: str | None = None, opset: int = 17) -> bytes:

@@ -149,12 +149,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
     # --- models ------------------------------------------------------------------------------------
     def _load_sync(self, spec: ModelSpec) -> GeneratorModel:
         model = self.registry.load(spec.name, self.device, dtype=self.dtype, models_dir=self.settings.models_dir)
-        if self.backend == "onnxruntime":
-            backends.attach_onnx(model, max(1, self.settings.torch_threads))
-        elif self.backend == "torchscript":
-            backends.attach_torchscript(model)
-        elif self.settings.cuda_graphs:
-            backends.attach_cuda_graphs(model, _sizes(self.settings.cuda_graphs))
+        backends.attach(model, self.backend, self.settings.torch_threads, _sizes(self.settings.cuda_graphs))
         with torch.inference_mode():  # warm up: first-call allocations stay out of request latencies
             model.synthesize(model.sample(2, 0, "z"), "z", output="uint8")
         return model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.common.settings import default_models_dir
+from services.common.assets import models_dir as resolve_models_dir, sha256_of
 
 #: Encoders shipped with the repository (trained by `python -m services.inversion.train_encoder`).
 SHIPPED_DIR = Path(__file__).parent / "weights"
@@ -98,14 +97,6 @@ class Encoder(nn.Module):
         return out
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_name(model: str) -> str:
     return f"encoder-{model}.pt"
 
@@ -153,7 +144,7 @@ def load(path: str | os.PathLike, expected_sha256: str | None = None) -> tuple[E
 
 def find(model: str, models_dir: str | os.PathLike | None = None) -> Path | None:
     """The encoder of `model`: a trained one in the models folder first, else the shipped one, else None."""
-    for folder in (Path(models_dir or default_models_dir()).expanduser(), SHIPPED_DIR):
+    for folder in (resolve_models_dir(models_dir), SHIPPED_DIR):
         path = folder / file_name(model)
         if path.exists():
             return path
