@@ -36,7 +36,7 @@ protos: venv
 
 # The main job: local cluster up, boundaries trained, out/demo/index.html written, cluster down.
 demo: setup
-	$(PY) -m services.editor.demo --out out/demo
+	$(PY) -m examples.demo --out out/demo
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -77,7 +77,7 @@ def raw_main(args: argparse.Namespace) -> int:
     import torch
 
     from services.generator import backends
-    from services.generator.models import load_model
+    from models import load_model
 
     backends.configure_threads(args.threads, 1)
     device = backends.resolve_device(args.device)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from interfacegan.v1 import common_pb2
     from services.generator import backends
-    from services.generator.models import Registry, build_net
+    from models import Registry, build_net
 
     format_code = common_pb2.IMAGE_FORMAT_RAW if args.format == "raw" else common_pb2.IMAGE_FORMAT_PNG
     device = str(backends.resolve_device(args.device))

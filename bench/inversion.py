@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.common import assets  # noqa: E402
-from services.common.faces import FaceFinder, similarity_transform, warp_crop  # noqa: E402
+from services.inversion.faces import FaceFinder, similarity_transform, warp_crop  # noqa: E402
 from services.inversion import encoder as enc  # noqa: E402
 from services.inversion.framing import template_for  # noqa: E402
 from services.inversion.refine import Inverter, Options  # noqa: E402
@@ -42,7 +42,7 @@ _WORKER: dict = {}
 
 def _init_worker(model_name: str, models_dir: str | None, threads: int) -> None:
     """Builds this process's inverter with the server's default settings (once per worker process)."""
-    from services.generator.models import load_model
+    from models import load_model
 
     torch.set_num_threads(threads)
     defaults = Settings.load([])

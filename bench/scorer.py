@@ -47,7 +47,7 @@ def faces(count: int, seed: int = 0) -> np.ndarray:
     try:
         import torch
 
-        from services.generator.models import load_model
+        from models import load_model
 
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         model = load_model("dcgan-digiface-64", "cpu")

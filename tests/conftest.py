@@ -9,14 +9,31 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc's firs
 
 
 def _reference_boundaries() -> str:
-    """The published InterFaceGAN boundaries, read in place (never copied into the project): ../shared."""
-    root = Path(__file__).resolve().parents[1]
-    candidates = [root.parent / "shared" / "reference-boundaries", Path("/work/shared/reference-boundaries")]
-    found = next((c for c in candidates if c.is_dir()), candidates[0])
-    return str(found)
+    """Boundary files in the published InterFaceGAN format, written by the tests themselves.
+
+    Same names ({gan}_{dataset}_{attr}[_w]_boundary.npy), header, dtype (float64) and shape (1, 512) as the files the
+    reference publishes; seeded unit normals with a little shared component so attributes correlate as real ones do.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    folder = Path(tempfile.mkdtemp(prefix="ifgan-reference-"))
+    atexit.register(shutil.rmtree, folder, True)
+    rng = np.random.default_rng(20200101)
+    shared = rng.standard_normal(512)
+    names = [f"pggan_celebahq_{a}_boundary.npy" for a in ("age", "eyeglasses", "gender", "pose", "quality", "smile")]
+    names += [f"stylegan_{d}_{a}{w}_boundary.npy" for d in ("celebahq", "ffhq")
+              for a in ("age", "eyeglasses", "gender", "pose", "smile") for w in ("", "_w")]
+    for name in names:
+        v = rng.standard_normal(512) + 0.3 * shared
+        np.save(folder / name, (v / np.linalg.norm(v)).reshape(1, 512).astype(np.float64))
+    return str(folder)
 
 
-os.environ.setdefault("IFGAN_REFERENCE_BOUNDARIES", _reference_boundaries())
+os.environ["IFGAN_REFERENCE_BOUNDARIES"] = _reference_boundaries()
 
 import pytest
 

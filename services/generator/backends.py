@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import torch
 
-from .models.base import GeneratorModel, to_uint8
+from models.base import GeneratorModel, to_uint8
 
 log = logging.getLogger(__name__)
 

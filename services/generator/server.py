@@ -21,7 +21,7 @@ from services.common.errors import failed_precondition, invalid_argument, not_fo
 from services.common.settings import ServerSettings, setting
 
 from . import backends
-from .models import DEFAULT_MODEL, GeneratorModel, ModelSpec, Registry, build_net
+from models import DEFAULT_MODEL, GeneratorModel, ModelSpec, Registry, build_net
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ def measure(model_name: str, samples: int, seed: int, models_dir: str | None = N
     import torch
 
     from services.common import assets
-    from services.common.faces import FaceFinder
-    from services.generator.models import load_model
+    from services.inversion.faces import FaceFinder
+    from models import load_model
 
     torch.set_num_threads(2)
     model = load_model(model_name, "cpu", models_dir=models_dir)

@@ -102,7 +102,7 @@ class Inverter:
     """Inverts images of one generator model into one of its latent spaces.
 
     Args:
-        model: A loaded `GeneratorModel` (services.generator.models).
+        model: A loaded `GeneratorModel` (models).
         encoder: The model's trained encoder, or None (then the first guess is the space's mean).
         feature_weight: Weight of the feature loss (encoder features, else `pyramid_features`) relative to
             the pixel MSE.

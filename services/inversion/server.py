@@ -17,7 +17,7 @@ import torch
 from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
 from services.common import assets, images, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
-from services.common.faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
+from services.inversion.faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
 from services.common.settings import ServerSettings, setting
 
 from . import encoder as enc
@@ -92,7 +92,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         inversion_pb2_grpc.add_InversionServiceServicer_to_server(self, server)
 
     async def load(self) -> None:
-        from services.generator.models import Registry
+        from models import Registry
 
         torch.set_num_threads(self.settings.torch_threads)
         self.registry = Registry()

@@ -70,7 +70,7 @@ def evaluate(net: enc.Encoder, model, codes: torch.Tensor, images: torch.Tensor)
 
 
 def train(args: argparse.Namespace) -> dict:
-    from services.generator.models import Registry
+    from models import Registry
 
     torch.set_num_threads(args.threads)
     registry = Registry()

@@ -38,7 +38,7 @@ def ifgan(cluster, tmp_path_factory):
 
 def test_help_shows_every_command_and_the_defaults(ifgan):
     top = ifgan("--help").stdout
-    for command in ("cluster", "info", "train-boundary", "boundaries", "edit", "catalog"):
+    for command in ("info", "train-boundary", "boundaries", "edit", "catalog"):
         assert command in top
     assert "(default: 127.0.0.1:50051)" in top.replace("\n", " ").replace("  ", " ") or "default:" in top
     edit = ifgan("edit", "--help").stdout
@@ -119,10 +119,22 @@ def test_remote_commands_need_only_the_sdk(ifgan, tmp_path):
     edit = sdk_only("--address", ifgan.address, "-q", "edit", "--seed", "1", "-e", f"{P}:1", "-o", "e")
     assert edit.returncode == 0 and (tmp_path / "e" / "original.png").exists(), edit.stderr
     cluster = sdk_only("cluster", "status")
-    assert cluster.returncode == 2 and "services package" in cluster.stderr
+    assert cluster.returncode == 2 and "invalid choice: 'cluster'" in cluster.stderr
+
+
+def test_the_sdk_imports_no_server_code():
+    import ast
+    root = Path(__file__).resolve().parents[2] / "clients" / "python" / "interfacegan"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"services", "models", "examples"}]
+    assert not offenders, offenders
 
 
 def test_cluster_status_without_a_cluster(tmp_path):
-    result = subprocess.run([str(IFGAN), "cluster", "status", "--dir", str(tmp_path)], capture_output=True,
+    result = subprocess.run([str(IFGAN.with_name("ifgan-cluster")), "status", "--dir", str(tmp_path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1 and "no cluster running" in result.stdout

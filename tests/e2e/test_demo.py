@@ -32,7 +32,7 @@ class Collect(HTMLParser):
 
 def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path):
     out, run_dir = tmp_path / "demo", tmp_path / "run"
-    command = [sys.executable, "-m", "services.editor.demo", "--out", str(out), "--run-dir", str(run_dir),
+    command = [sys.executable, "-m", "examples.demo", "--out", str(out), "--run-dir", str(run_dir),
                "--num-samples", "1500", "--ratio", "0.1", "--grid-seeds", "3", "--drift-seeds", "12",
                "--rescore-samples", "40", "--quiet"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,

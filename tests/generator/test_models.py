@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from services.generator import backends
-from services.generator.models import (GeneratorModel, ModelSpec, Registry, WeightsError, build_net, load_model,
+from models import (GeneratorModel, ModelSpec, Registry, WeightsError, build_net, load_model,
                                        read_checkpoint, save_checkpoint)
-from services.generator.models.layers import fused_upconv_kernel
+from models.layers import fused_upconv_kernel
 
 torch.set_num_threads(1)
 
@@ -287,7 +287,7 @@ def test_onnxruntime_backend_equals_torch(arch, models_dir):
     onnx_images = model._synthesis_fn(x)
     assert (onnx_images - reference).abs().max().item() <= backends.ONNX_TOLERANCE * max(1.0, reference.abs().max())
     uint8 = model.synthesize(codes, "z", output="uint8").int()
-    from services.generator.models import to_uint8
+    from models import to_uint8
     assert (uint8 - to_uint8(reference).int()).abs().max() <= 1
 
 

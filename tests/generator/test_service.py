@@ -16,7 +16,7 @@ from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.cluster import free_port
 from services.common import images, tensors
 from services.common.errors import status_details
-from services.generator.models import Registry, build_net, load_model, save_checkpoint
+from models import Registry, build_net, load_model, save_checkpoint
 
 Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP
 RAW, PNG, JPEG = common_pb2.IMAGE_FORMAT_RAW, common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_JPEG

@@ -33,13 +33,13 @@ def inversion(launch_service, tiny_models_json) -> Client:
 
 @pytest.fixture(scope="session")
 def dcgan(models_dir):
-    from services.generator.models import load_model
+    from models import load_model
     return load_model("dcgan-digiface-64", "cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_registry(tiny_models_json):
-    from services.generator.models import Registry
+    from models import Registry
     registry = Registry()
     registry.register_json(tiny_models_json)
     return registry

@@ -13,7 +13,7 @@ from PIL import Image
 
 from interfacegan.v1 import common_pb2, inversion_pb2
 from services.common.errors import status_details
-from services.common.faces import apply_affine, similarity_transform
+from services.inversion.faces import apply_affine, similarity_transform
 from services.inversion.framing import template_for
 
 from inversion_support import decode, paste_face, png, psnr
@@ -105,7 +105,7 @@ def test_deadline_returns_the_best_code_so_far(inversion, generated):
 
 def test_a_face_pasted_into_a_photo_is_found_aligned_and_inverted(inversion, dcgan, generated, models_dir):
     from services.common import assets
-    from services.common.faces import FaceFinder
+    from services.inversion.faces import FaceFinder
 
     _, images = generated
     face = images[4]

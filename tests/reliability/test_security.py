@@ -23,8 +23,8 @@ from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor
                              scorer_pb2_grpc)
 from services.cluster import SERVICES, HealthCredentials, ServiceProcess, check_health, status_from_state
 from services.common import errors, tensors
-from services.generator.models import registry
-from services.generator.models.base import WeightsError
+from models import registry
+from models.base import WeightsError
 
 TOKEN = "s3cret-" + uuid.uuid4().hex
 C = grpc.StatusCode

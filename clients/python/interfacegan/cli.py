@@ -1,7 +1,7 @@
 """ifgan: the command line of the InterFaceGAN service (edit faces, train and manage boundaries, batch catalogs).
 
-Remote commands need only this SDK; `ifgan cluster ...` runs the local cluster and needs the services
-package of the repository (pip install -e .).
+Every command talks to a running cluster over gRPC and needs only this SDK; the local cluster itself is started
+by the services' own command, `ifgan-cluster up|down|status`.
 """
 
 from __future__ import annotations
@@ -58,22 +58,6 @@ def _boundary_rows(infos) -> list[str]:
 
 
 # -- commands ------------------------------------------------------------------------------------------------
-
-def cmd_cluster(args) -> int:
-    try:
-        from services import cluster
-    except ImportError:
-        print("ifgan cluster needs the services package: install the repository (pip install -e .) and run from it",
-              file=sys.stderr)
-        return 2
-    argv = [args.action]
-    if args.dir:
-        argv += ["--dir", str(args.dir)]
-    if args.action == "up":
-        argv += ["--detach"] if args.detach else []
-        argv += ["--free-ports"] if args.free_ports else []
-    return cluster.main(argv)
-
 
 def cmd_info(args) -> int:
     with _client(args) as client:
@@ -324,14 +308,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="generator model; empty = the server's default")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    c = sub.add_parser("cluster", help="run the local cluster (Redis + every service) on this machine",
-                       formatter_class=Formatter)
-    c.add_argument("action", choices=("up", "down", "status"))
-    c.add_argument("--dir", type=Path, default=None, help="run folder (default $IFGAN_RUN_DIR or ./.run)")
-    c.add_argument("--detach", action="store_true", help="up: return once every service is SERVING")
-    c.add_argument("--free-ports", action="store_true", help="up: free ports instead of 50051-50055 and 6380")
-    c.set_defaults(fn=cmd_cluster)
 
     c = sub.add_parser("info", help="models, attributes, boundaries (GetCatalog)", formatter_class=Formatter)
     c.add_argument("--json", action="store_true", help="print the Catalog message as JSON")

@@ -1,7 +1,7 @@
 """Model zoo: DCGAN (default), PGGAN, StyleGAN and StyleGAN2 generators behind one GeneratorModel interface.
 
 Usage:
-    from services.generator.models import load_model
+    from models import load_model
     model = load_model("dcgan-digiface-64", "cpu")
     z = model.sample(8, seed=1)                      # (8, 100) float32, reproducible
     images = model.synthesize(z, "z")                # (8, 3, 64, 64) float tensor in [-1, 1] (differentiable)
