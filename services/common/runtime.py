@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Protocol
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from . import logs, metrics
 from .errors import ServiceError
@@ -24,6 +26,7 @@ from .settings import ServerSettings
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class Service(Protocol):
@@ -217,6 +220,66 @@ def _wrap(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandl
                                                  handler.request_deserializer, handler.response_serializer)
 
 
+def _reflection_v1_descriptor() -> None:
+    """Adds grpc/reflection/v1/reflection.proto to the default descriptor pool (once).
+
+    grpcio-reflection ships v1alpha only; v1 is the same file under package grpc.reflection.v1 (same
+    messages, same field numbers, so the same bytes on the wire). Registering it lets reflection describe
+    the v1 service to clients that ask for its file.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto.FromString(reflection_pb2.DESCRIPTOR.serialized_pb)
+    old, new = proto.package, "grpc.reflection.v1"
+    proto.name, proto.package = "grpc/reflection/v1/reflection.proto", new
+    proto.options.Clear()
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(f".{old}."):
+                field.type_name = f".{new}." + field.type_name.removeprefix(f".{old}.")
+    for method in proto.service[0].method:
+        method.input_type = f".{new}." + method.input_type.removeprefix(f".{old}.")
+        method.output_type = f".{new}." + method.output_type.removeprefix(f".{old}.")
+    pool.Add(proto)
+
+
+def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+    """Serves server reflection as grpc.reflection.v1 (what current grpcurl asks first) and v1alpha."""
+    _reflection_v1_descriptor()
+    names = (*service_names, reflection.SERVICE_NAME, REFLECTION_V1)
+    servicer = ReflectionServicer(names)
+    for service in (reflection.SERVICE_NAME, REFLECTION_V1):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
+
+
+async def _liveness_server(settings: ServerSettings) -> tuple[grpc.aio.Server, HealthServicer, int] | None:
+    """A second server answering only grpc.health.v1, without the concurrent-RPC limit of the main one.
+
+    Its overall status ("") says the process is alive: its event loop answers. Under saturation the main
+    port refuses health checks (readiness fails and callers move away) while this one keeps answering,
+    so liveness probes never restart a pod for being busy. Plaintext, as kubelet gRPC probes are.
+    """
+    if settings.health_port < 0:
+        return None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind the health port {settings.host}:{settings.health_port}")
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await server.start()
+    return server, health, port
+
+
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     if not settings.tls_cert:
         return None
@@ -241,8 +304,7 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
     service.register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names: Iterable[str] = (*service.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(tuple(names), server)
+    enable_reflection(server, (*service.service_names, HEALTH_SERVICE))
     for name in ("", *service.service_names):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -252,12 +314,14 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()
+    liveness = await _liveness_server(settings)
     metrics_port = None
     if settings.metrics_port >= 0:
         metrics_port = metrics.start_metrics_server(settings.metrics_port, settings.host)
     if settings.port_file:
         Path(settings.port_file).write_text(str(port))
     log.info("listening", extra={"port": port, "metrics_port": metrics_port, "tls": bool(creds),
+                                 "health_port": liveness[2] if liveness else None,
                                  "settings": settings.public_dict()})
 
     stop = stop or asyncio.Event()
@@ -274,6 +338,8 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
             await service.load()
         except Exception:
             log.exception("loading failed; staying NOT_SERVING")
+            if liveness:  # a restart may succeed (a dependency back, a volume mounted): let liveness ask for one
+                await liveness[1].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
             return
         for name in ("", *service.service_names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -292,6 +358,8 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
     if settings.drain_seconds > 0:
         await asyncio.sleep(settings.drain_seconds)
     await server.stop(settings.grace_seconds)
+    if liveness:  # alive until the main server stopped: a draining pod is not restarted
+        await liveness[0].stop(0)
     await service.close()
     log.info("stopped")
 

@@ -26,6 +26,8 @@ class ServerSettings:
     port: int = setting(0, "gRPC port; 0 picks a free port (it is logged and written to --port-file)")
     port_file: str = setting("", "write the bound port to this file once listening")
     metrics_port: int = setting(-1, "Prometheus /metrics port; -1 disables, 0 picks a free port")
+    health_port: int = setting(-1, "port of a second, plaintext gRPC server answering only grpc.health.v1 outside "
+                                    "the concurrent-RPC limit (liveness probes); -1 disables, 0 picks a free port")
     max_message_mb: int = setting(16, "largest gRPC message accepted or sent, MiB")
     max_concurrent_rpcs: int = setting(256, "RPCs handled at once; more are refused with RESOURCE_EXHAUSTED")
     max_connection_age_seconds: float = setting(60.0, "close client connections after this age (clients reconnect "
