@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-#: Latent space names used in Python code; the server maps the proto enum onto them.
+#: Latent space keys of the model zoo and their labels in messages. The contract package (interfacegan.codec,
+#: SPACE_KEYS / SPACE_NAMES) maps the proto enum onto exactly these; tests/common/test_spaces.py checks they agree.
 SPACES = ("z", "w", "wp")
 SPACE_LABELS = {"z": "Z", "w": "W", "wp": "W+"}
 
@@ -98,17 +99,22 @@ class GeneratorNet(nn.Module):
 
     def synthesis_input(self, codes: torch.Tensor, space: str, truncation_psi: float | None = None,
                         truncation_layers: int | None = None) -> torch.Tensor:
-        """Turns codes of `space` into the input of `render` (Z input is truncated for style models)."""
+        """Turns codes of `space` into the input of `render`.
+
+        Style-based models follow genforce/interfacegan: a W code is the untruncated mapping output, and
+        truncation (psi toward w_avg on the leading layers) is applied here, to Z and W input alike; a W+
+        code already holds its truncation and is used as given.
+        """
+        if space == "wp":
+            return codes
         if space == "z":
-            z = self.normalize_z(codes)
+            codes = self.normalize_z(codes)
             if not self.style_based:
-                return z
-            psi = self.default_truncation_psi if truncation_psi is None else truncation_psi
-            layers = self.default_truncation_layers if truncation_layers is None else truncation_layers
-            return self.truncate(self.map_z(z), psi, layers)
-        if space == "w":
-            return self.truncate(codes, 1.0, 0)
-        return codes
+                return codes
+            codes = self.map_z(codes)
+        psi = self.default_truncation_psi if truncation_psi is None else truncation_psi
+        layers = self.default_truncation_layers if truncation_layers is None else truncation_layers
+        return self.truncate(codes, psi, layers)
 
     def forward(self, codes: torch.Tensor, space: str = "z", truncation_psi: float | None = None,
                 truncation_layers: int | None = None) -> torch.Tensor:
@@ -278,9 +284,10 @@ class GeneratorModel:
         """Draws `count` codes of `space`, reproducibly.
 
         Z codes are N(0, I) from numpy's PCG64 seeded with `seed`, drawn row by row, so the codes of
-        (seed, n) are a prefix of those of (seed, n + k) on any device. W and W+ codes are the mapping
-        network's outputs for those Z codes, truncated towards w_avg: W uniformly by psi, W+ on the first
-        `truncation_layers` layers (exactly what synthesis from Z does internally).
+        (seed, n) are a prefix of those of (seed, n + k) on any device. W codes are the mapping network's
+        untruncated outputs for those Z codes (synthesis truncates them, as it does Z input); W+ codes are
+        those outputs per layer with the truncation applied (psi on the first `truncation_layers` layers).
+        Either way the code of a seed renders the image of that seed's Z code at the same truncation.
         """
         space = parse_space(space)
         if space not in self.net.latent_shapes:
@@ -289,6 +296,9 @@ class GeneratorModel:
         z = rng.standard_normal((count, *self.net.latent_shapes["z"]), dtype=np.float64).astype(np.float32)
         if space == "z":
             return z
+        if space == "w" and (truncation_psi not in (None, 0, 1) or truncation_layers):
+            raise ValueError("W codes are the untruncated mapping output; synthesis truncates them: give "
+                             "truncation_psi/truncation_layers to synthesize, or sample W+ codes")
         psi = self.default_truncation_psi if not truncation_psi else float(truncation_psi)
         layers = self.default_truncation_layers if not truncation_layers else int(truncation_layers)
         out = []
@@ -296,11 +306,9 @@ class GeneratorModel:
             for start in range(0, count, 256):
                 zt = torch.from_numpy(z[start:start + 256]).to(self.device)
                 w = self.net.map_z(self.net.normalize_z(zt.to(self.dtype))).float()
-                if space == "w":
-                    avg = self.net.w_avg().float().view(1, -1)
-                    out.append((avg + (w - avg) * psi).cpu().numpy())
-                else:
-                    out.append(self.net.truncate(w, psi, layers).float().cpu().numpy())
+                if space == "wp":
+                    w = self.net.truncate(w, psi, layers)
+                out.append(w.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
     # --- synthesis ---------------------------------------------------------------------------------
@@ -319,9 +327,9 @@ class GeneratorModel:
         Args:
             codes: (N, d) or (N, L, d) codes of `space`.
             space: "z", "w" or "wp" (W+).
-            truncation_psi: For Z input of style-based models; None or 0 = model default, 1 = none.
-            truncation_layers: For Z input of style-based models: leading W+ layers truncated (None or
-                0 = model default).
+            truncation_psi: For Z and W input of style-based models; None or 0 = model default, 1 = none.
+            truncation_layers: For Z and W input of style-based models: leading W+ layers truncated (None
+                or 0 = model default).
             output: "float" -> (N, 3, H, W) float tensor in about [-1, 1] on the model's device
                 (differentiable unless called under no_grad); "uint8" -> (N, H, W, 3) uint8 CPU tensor.
         """

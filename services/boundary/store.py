@@ -28,7 +28,7 @@ import redis.exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-SPACE_KEYS = {1: "z", 2: "w", 3: "wp"}
+from interfacegan.codec import SPACE_KEYS  # the proto enum -> "z", "w", "wp", written once
 SPACE_BY_KEY = {v: k for k, v in SPACE_KEYS.items()}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -47,6 +47,7 @@ from typing import Any, AsyncIterator, Callable, Hashable, Sequence
 
 from . import metrics
 from .errors import deadline_exceeded, resource_exhausted, unavailable
+from .settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,94 @@ class BatchingConfig:
             raise ValueError("prefetch_batches must be 0 or more")
         if any(s < 1 or s > self.max_batch_size for s in self.preferred_batch_sizes):
             raise ValueError(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in 1..max_batch_size")
+
+
+def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_microseconds: int | None = None,
+                   instances: int = 1, prefetch_batches: int = 1, max_batch_size_help: str = "",
+                   zero_batch_size_means: str = "", instances_help: str = "") -> type:
+    """The batcher's settings group with one service's defaults, to mix into that service's Settings.
+
+    Every batching service declares its batcher with this group, so the flags (--max-batch-size, ...), the
+    environment variables (IFGAN_MAX_BATCH_SIZE, ...), the spelling and the units (Triton's) are the same
+    everywhere. Without `max_queue_delay_microseconds` the group has only max_batch_size and max_queue_size:
+    the continuous batching of the inversion service forms no batches to wait for.
+
+    Usage::
+
+        @dataclasses.dataclass
+        class Settings(batch_settings(max_batch_size=64, max_queue_size=256, max_queue_delay_microseconds=5000),
+                       ServerSettings):
+            ...
+        batcher = DynamicBatcher(run, settings.batching_config(), ...)
+
+    Args:
+        zero_batch_size_means: When given, max_batch_size 0 is accepted and means this (e.g. a device-dependent
+            size the service picks; it then passes max_batch_size to `batching_config`).
+    """
+    # Class bodies do not see the enclosing function's names they assign themselves: copy the defaults.
+    batch_default, queue_default, delay_default = max_batch_size, max_queue_size, max_queue_delay_microseconds
+    instances_default, prefetch_default = instances, prefetch_batches
+    least = 0 if zero_batch_size_means else 1
+    size_help = max_batch_size_help or "most items run in one batch"
+    if zero_batch_size_means:
+        size_help += f"; 0 = {zero_batch_size_means}"
+
+    @dataclasses.dataclass
+    class QueueSettings:
+        max_batch_size: int = setting(batch_default, size_help)
+        max_queue_size: int = setting(queue_default, "requests that may wait; more are refused with "
+                                                      "RESOURCE_EXHAUSTED and a retry hint")
+
+        def validate(self) -> None:
+            super().validate()  # type: ignore[misc] - the ServerSettings this group is mixed into
+            if not least <= self.max_batch_size <= 4096:
+                raise ValueError(f"max_batch_size must be within {least}..4096, got {self.max_batch_size}")
+            if self.max_queue_size < 1:
+                raise ValueError(f"max_queue_size must be at least 1, got {self.max_queue_size}")
+
+    if max_queue_delay_microseconds is None:
+        return QueueSettings
+
+    @dataclasses.dataclass
+    class BatchSettings(QueueSettings):
+        max_queue_delay_microseconds: int = setting(delay_default, "longest wait of a queued "
+                                                    "request for company under load (never when idle)")
+        preferred_batch_sizes: str = setting("", "optional batch sizes to form when possible, comma separated")
+        default_timeout_microseconds: int = setting(0, "deadline of requests that carry none (0 = none)")
+        instances: int = setting(instances_default, instances_help or "batches that may run at once (worker threads)")
+        prefetch_batches: int = setting(prefetch_default, "batches formed ahead while one runs, so the device "
+                                                          "never waits for the event loop between batches (0 = "
+                                                          "form each batch when a worker is free)")
+
+        def validate(self) -> None:
+            super().validate()
+            if self.max_queue_delay_microseconds < 0 or self.default_timeout_microseconds < 0:
+                raise ValueError("max_queue_delay_microseconds and default_timeout_microseconds must be 0 or more")
+            if self.instances < 1 or self.prefetch_batches < 0:
+                raise ValueError(f"instances must be at least 1 and prefetch_batches 0 or more, got "
+                                 f"{self.instances} and {self.prefetch_batches}")
+            sizes = self.preferred_sizes()
+            if any(v < 1 or (self.max_batch_size and v > self.max_batch_size) for v in sizes):
+                raise ValueError(f"preferred_batch_sizes {list(sizes)} must lie in 1..max_batch_size")
+
+        def preferred_sizes(self) -> tuple[int, ...]:
+            try:
+                return tuple(sorted({int(v) for v in self.preferred_batch_sizes.replace(" ", "").split(",") if v}))
+            except ValueError:
+                raise ValueError(f"preferred_batch_sizes {self.preferred_batch_sizes!r}: accepted comma-separated "
+                                 f"integers, e.g. 1,2,4,8") from None
+
+        def batching_config(self, **overrides) -> BatchingConfig:
+            """The BatchingConfig of these settings; `overrides` replace fields (e.g. an automatic batch size)."""
+            values = dict(max_batch_size=self.max_batch_size,
+                          max_queue_delay_microseconds=self.max_queue_delay_microseconds,
+                          max_queue_size=self.max_queue_size, preferred_batch_sizes=self.preferred_sizes(),
+                          default_timeout_microseconds=self.default_timeout_microseconds,
+                          instances=self.instances, prefetch_batches=self.prefetch_batches)
+            values.update(overrides)
+            return BatchingConfig(**values)
+
+    return BatchSettings
 
 
 _DEADLINE = object()  # outbox marker: the request's deadline passed
@@ -178,12 +267,7 @@ class DynamicBatcher:
         try:  # called from the metrics HTTP thread while the loop may be changing the queue
             return float(self.queued_items)
         except RuntimeError:
-            return float(len(self._queue))
-
-    @property
-    def busy(self) -> bool:
-        """True while a batch is running."""
-        return bool(self._running)
+            return float(self.queued_requests)
 
     async def submit(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None) -> list:
         """Runs `items` and returns their results in order (see `stream` for errors)."""
@@ -247,10 +331,10 @@ class DynamicBatcher:
         if timeout is not None and timeout <= 0:
             metrics.REJECTED.labels(*self.labels, "deadline").inc()
             raise deadline_exceeded("the deadline had already passed when the request arrived")
-        if len(self._queue) >= self.config.max_queue_size:
+        if self.queued_requests >= self.config.max_queue_size:
             metrics.REJECTED.labels(*self.labels, "queue_full").inc()
             retry = self.retry_after()
-            raise resource_exhausted(f"the batch queue is full ({len(self._queue)} requests waiting, limit "
+            raise resource_exhausted(f"the batch queue is full ({self.queued_requests} requests waiting, limit "
                                      f"{self.config.max_queue_size}); retry after about {retry:.2f} s", retry)
         request = _Request(items, key, None if timeout is None else now + timeout, now)
         if request.deadline is not None:

@@ -98,7 +98,3 @@ def encode(array: np.ndarray, fmt: int = common_pb2.IMAGE_FORMAT_PNG) -> common_
         pil.save(buf, format="PNG", compress_level=1)
     return common_pb2.Image(encoded=buf.getvalue())
 
-
-def to_array(image: common_pb2.Image) -> np.ndarray:
-    """Client-side decode without limits (trusted server output)."""
-    return decode(image, "image", max_pixels=1 << 40)

@@ -1,23 +1,29 @@
-"""Tensor and latent-code codecs between protobuf messages and numpy, with validation."""
+"""Server-side checks of Tensor and LatentBatch messages (sizes, finiteness, shapes) on top of the SDK's codec."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from interfacegan import codec
+from interfacegan.codec import space_name
 from interfacegan.v1 import common_pb2
 
 from .errors import invalid_argument
 
-SPACE_NAMES = {common_pb2.LATENT_SPACE_Z: "Z", common_pb2.LATENT_SPACE_W: "W", common_pb2.LATENT_SPACE_WP: "W+"}
+__all__ = ["space_name", "to_numpy", "latents_to_numpy", "from_numpy", "latents_from_numpy"]
+
+#: Encoding has nothing to check: servers use the codec's encoders (these names are kept for existing callers).
+from_numpy = codec.tensor
 
 
-def space_name(space: int) -> str:
-    return SPACE_NAMES.get(space, "UNSPECIFIED")
+def latents_from_numpy(space: int, codes: np.ndarray) -> common_pb2.LatentBatch:
+    """A LatentBatch of `codes` in `space` (the codec's `latents` with the space given first)."""
+    return codec.latents(codes, space)
 
 
 def to_numpy(tensor: common_pb2.Tensor, field: str, *, max_elements: int = 64 * 1024 * 1024,
              allow_empty: bool = False) -> np.ndarray:
-    """Decodes a float32 Tensor; refuses bad shapes, sizes and non-finite values."""
+    """Decodes a float32 Tensor; refuses bad shapes, sizes and non-finite values with INVALID_ARGUMENT."""
     if tensor.dtype not in (common_pb2.DATA_TYPE_UNSPECIFIED, common_pb2.DATA_TYPE_FLOAT32):
         raise invalid_argument(f"{field}.dtype", f"unsupported dtype {tensor.dtype}; only DATA_TYPE_FLOAT32 is accepted")
     shape = tuple(int(s) for s in tensor.shape)
@@ -31,15 +37,10 @@ def to_numpy(tensor: common_pb2.Tensor, field: str, *, max_elements: int = 64 * 
     if len(tensor.data) != count * 4:
         raise invalid_argument(f"{field}.data", f"holds {len(tensor.data)} bytes; shape {list(shape)} of float32 "
                                                 f"needs {count * 4} (little-endian, row-major)")
-    array = np.frombuffer(tensor.data, dtype="<f4").reshape(shape)
+    array = codec.array(tensor)
     if not np.isfinite(array).all():
         raise invalid_argument(f"{field}.data", "contains NaN or Inf; every element must be finite")
-    return array.astype(np.float32, copy=False)
-
-
-def from_numpy(array: np.ndarray) -> common_pb2.Tensor:
-    array = np.ascontiguousarray(array, dtype="<f4")
-    return common_pb2.Tensor(shape=list(array.shape), dtype=common_pb2.DATA_TYPE_FLOAT32, data=array.tobytes())
+    return array
 
 
 def latents_to_numpy(batch: common_pb2.LatentBatch, field: str, *, expected: dict[int, tuple[int, ...]],
@@ -66,7 +67,3 @@ def latents_to_numpy(batch: common_pb2.LatentBatch, field: str, *, expected: dic
     if array.shape[0] > max_codes:
         raise invalid_argument(f"{field}.codes.shape", f"{array.shape[0]} codes exceed the limit of {max_codes} per request")
     return batch.space, array
-
-
-def latents_from_numpy(space: int, codes: np.ndarray) -> common_pb2.LatentBatch:
-    return common_pb2.LatentBatch(space=space, codes=from_numpy(codes))

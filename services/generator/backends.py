@@ -17,9 +17,6 @@ log = logging.getLogger(__name__)
 _configured = threading.Lock()
 _threads_set = False
 
-#: Largest |onnxruntime - torch| difference accepted on [-1, 1] images (float32); ~1/40 of a uint8 level.
-ONNX_TOLERANCE = 1e-4
-
 
 def resolve_device(setting: str) -> torch.device:
     """"auto" -> cuda:0 when a GPU is visible, else cpu; otherwise the named device (checked)."""
@@ -170,7 +167,6 @@ def attach_onnx(model: GeneratorModel, threads: int = 1) -> str:
 
     model._synthesis_fn = run
     model.backend = "onnxruntime"
-    model.onnx_provider = provider
     log.info("onnxruntime backend", extra={"model": model.name, "provider": provider})
     return provider
 

@@ -14,9 +14,11 @@ import grpc
 import numpy as np
 import torch
 
+from interfacegan import codec
+from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.common import images, tensors
-from services.common.batching import BatchingConfig, DynamicBatcher
+from services.common.batching import DynamicBatcher, batch_settings
 from services.common.errors import failed_precondition, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
 
@@ -27,15 +29,18 @@ log = logging.getLogger(__name__)
 
 RETRY_LOAD_SECONDS = 30.0
 INLINE_ENCODE_PIXELS = 256 * 256  # slices up to this many pixels are PNG/JPEG-encoded on the event loop
-SPACE_OF_PROTO = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
-PROTO_OF_SPACE = {v: k for k, v in SPACE_OF_PROTO.items()}
 FORMATS = {common_pb2.IMAGE_FORMAT_UNSPECIFIED: common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_PNG:
            common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_JPEG: common_pb2.IMAGE_FORMAT_JPEG,
            common_pb2.IMAGE_FORMAT_RAW: common_pb2.IMAGE_FORMAT_RAW}
 
 
 @dataclasses.dataclass
-class Settings(ServerSettings):
+class Settings(batch_settings(max_batch_size=0, max_queue_size=512, max_queue_delay_microseconds=2000,
+                              instances=1, prefetch_batches=1, max_batch_size_help="most codes run in one batch",
+                              zero_batch_size_means="auto: 16 on CPU (the measured DCGAN optimum: bigger batches "
+                                                    "fall out of cache), 256 on CUDA",
+                              instances_help="batches that may run at once per model (worker threads)"),
+               ServerSettings):
     """Generator service settings."""
 
     default_model: str = setting(DEFAULT_MODEL, "model used when a request names none")
@@ -53,15 +58,6 @@ class Settings(ServerSettings):
                                     "gRPC and clients (0 = torch default)")
     cuda_graphs: str = setting("", "CUDA only: batch sizes to capture as CUDA graphs, e.g. '1,2,4,8'")
     batching: bool = setting(True, "dynamic batching; --no-batching runs each code alone (max_batch_size 1)")
-    max_batch_size: int = setting(0, "most codes run in one batch; 0 = auto: 16 on CPU (the measured DCGAN "
-                                     "optimum: bigger batches fall out of cache), 256 on CUDA")
-    max_queue_delay_microseconds: int = setting(2000, "longest wait for company under load (never when idle)")
-    max_queue_size: int = setting(512, "requests that may wait; more get RESOURCE_EXHAUSTED with a retry hint")
-    preferred_batch_sizes: str = setting("", "optional batch sizes to form when possible, comma separated")
-    default_timeout_microseconds: int = setting(0, "deadline of requests that carry none (0 = none)")
-    instances: int = setting(1, "batches that may run at once per model (worker threads)")
-    prefetch_batches: int = setting(1, "batches formed ahead while one runs, so the device never waits for "
-                                       "the event loop between batches (0 = form each batch when a worker is free)")
     max_request_codes: int = setting(4096, "most codes one SampleLatents or Synthesize request may carry")
 
     service_name = "generator"
@@ -108,13 +104,11 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         self.dtype = backends.resolve_dtype(settings.precision, self.device)
         self.backend = backends.resolve_backend(settings.backend, self.device)
         max_batch = settings.max_batch_size or (256 if self.device.type == "cuda" else 16)
-        self.batching = BatchingConfig(
-            max_batch_size=max_batch if settings.batching else 1,
-            max_queue_delay_microseconds=settings.max_queue_delay_microseconds if settings.batching else 0,
-            max_queue_size=settings.max_queue_size,
-            preferred_batch_sizes=_sizes(settings.preferred_batch_sizes) if settings.batching else (),
-            default_timeout_microseconds=settings.default_timeout_microseconds,
-            instances=settings.instances, prefetch_batches=settings.prefetch_batches)
+        if settings.batching:
+            self.batching = settings.batching_config(max_batch_size=max_batch)
+        else:
+            self.batching = settings.batching_config(max_batch_size=1, max_queue_delay_microseconds=0,
+                                                     preferred_batch_sizes=())
         # Message budget for streamed responses: stay well under the send limit.
         self.response_bytes = max(1 << 20, settings.max_message_bytes // 2)
         self._encoders = ThreadPoolExecutor(2, thread_name_prefix="encode")
@@ -172,7 +166,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
                                          queue=entry.spec.name)
                 await batcher.start()
                 entry.model, entry.batcher, entry.error = model, batcher, ""
-                entry.expected = {PROTO_OF_SPACE[s]: v for s, v in model.latent_shapes.items()}
+                entry.expected = {SPACE_ENUMS[s]: v for s, v in model.latent_shapes.items()}
                 log.info("model loaded", extra={"model": entry.spec.name, "device": str(model.device),
                                                 "precision": model.precision, "backend": model.backend})
         return entry
@@ -209,7 +203,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         precision = model.precision if model else ("float16" if self.dtype == torch.float16 else "float32")
         return generator_pb2.ModelInfo(
             name=spec.name, version=spec.version, architecture=arch, resolution=resolution,
-            latent_spaces=[generator_pb2.LatentSpaceInfo(space=PROTO_OF_SPACE[s], shape=list(v))
+            latent_spaces=[generator_pb2.LatentSpaceInfo(space=SPACE_ENUMS[s], shape=list(v),
+                                                         truncated_at_synthesis=s != "wp" and "w" in shapes)
                            for s, v in shapes.items()],
             device=str(model.device if model else self.device), backend=model.backend if model else self.backend,
             precision=precision, max_batch_size=self.batching.max_batch_size,
@@ -249,13 +244,13 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         return self._describe(entry)
 
     def _space(self, value: int, model: GeneratorModel, field: str) -> str:
-        space = SPACE_OF_PROTO.get(value)
+        space = SPACE_KEYS.get(value)
         if space in model.latent_shapes:
             return space
-        accepted = ", ".join(f"{tensors.space_name(PROTO_OF_SPACE[s])} {list(v)}" for s, v in model.latent_shapes.items())
+        accepted = ", ".join(f"{space_name(SPACE_ENUMS[s])} {list(v)}" for s, v in model.latent_shapes.items())
         if space is None:
             raise invalid_argument(field, f"{value} is not a latent space; accepted for {model.name}: {accepted}")
-        raise invalid_argument(field, f"space {tensors.space_name(value)} is not supported by {model.name} "
+        raise invalid_argument(field, f"space {space_name(value)} is not supported by {model.name} "
                                       f"({model.architecture}); accepted: {accepted}")
 
     @staticmethod
@@ -275,7 +270,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         model = entry.model
         if request.space == common_pb2.LATENT_SPACE_UNSPECIFIED:
             raise invalid_argument("space", "required; accepted: " + ", ".join(
-                tensors.space_name(PROTO_OF_SPACE[s]) for s in model.latent_shapes))
+                space_name(SPACE_ENUMS[s]) for s in model.latent_shapes))
         space = self._space(request.space, model, "space")
         limit = self.settings.max_request_codes
         if not 1 <= request.count <= limit:
@@ -283,15 +278,20 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         per_code = int(np.prod(model.latent_shapes[space])) * 4
         fit = max(1, (self.settings.max_message_bytes - 4096) // per_code)
         if request.count > fit:
-            raise invalid_argument("count", f"{request.count} {tensors.space_name(request.space)} codes "
+            raise invalid_argument("count", f"{request.count} {space_name(request.space)} codes "
                                             f"({per_code} bytes each) exceed the {self.settings.max_message_mb} MiB "
                                             f"message limit; ask at most {fit} per request")
         psi, layers = self._truncation(request.truncation_psi, request.truncation_layers, model)
+        if space == "w" and (psi not in (None, 1.0) or layers):
+            raise invalid_argument("truncation_psi" if psi not in (None, 1.0) else "truncation_layers",
+                                   "W codes are the untruncated mapping output (as in genforce/interfacegan); "
+                                   "Synthesize truncates them: give truncation_psi/truncation_layers to Synthesize, "
+                                   "or sample W+ codes, which hold their truncation; accepted with W: 0 or 1")
         if space == "z":
             codes = model.sample(request.count, request.seed, space)
         else:  # the mapping network runs off the event loop
             codes = await asyncio.to_thread(model.sample, request.count, request.seed, space, psi, layers)
-        return generator_pb2.SampleLatentsResponse(codes=tensors.latents_from_numpy(request.space, codes))
+        return generator_pb2.SampleLatentsResponse(codes=codec.latents(codes, request.space))
 
     async def Synthesize(self, request, context):
         entry = await self._model(request.model)
@@ -300,12 +300,12 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
             self._space(request.codes.space, model, "codes.space")
         proto_space, codes = tensors.latents_to_numpy(request.codes, "codes", expected=expected,
                                                       max_codes=self.settings.max_request_codes)
-        space = SPACE_OF_PROTO[proto_space]
+        space = SPACE_KEYS[proto_space]
         if request.format not in FORMATS:
             raise invalid_argument("format", f"{request.format} is not an ImageFormat; accepted: PNG, JPEG, RAW")
         fmt = FORMATS[request.format]
         psi, layers = (None, None)
-        if space == "z" and "w" in model.latent_shapes:
+        if space in ("z", "w") and "w" in model.latent_shapes:  # W codes are truncated here (see ModelInfo)
             psi, layers = self._truncation(request.truncation_psi, request.truncation_layers, model)
         elif not math.isfinite(request.truncation_psi) or not 0 <= request.truncation_psi <= 1:
             raise invalid_argument("truncation_psi", f"{request.truncation_psi} is outside (0, 1]")

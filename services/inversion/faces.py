@@ -10,10 +10,6 @@ import cv2
 import dlib
 import numpy as np
 
-#: dlib's 5-point order: eye corners of the image-right eye (outer, inner), image-left eye (outer, inner), nose.
-LANDMARK_NAMES = ("right_eye_outer", "right_eye_inner", "left_eye_outer", "left_eye_inner", "nose")
-
-
 @dataclasses.dataclass(frozen=True)
 class Face:
     """One detected face in image pixel coordinates.
@@ -21,7 +17,8 @@ class Face:
     Attributes:
         box: (x, y, width, height) of the detector's rectangle.
         score: The detector's confidence (higher is surer).
-        landmarks: (5, 2) float array of (x, y), in LANDMARK_NAMES order.
+        landmarks: (5, 2) float array of (x, y) in dlib's 5-point order: the image-right eye's outer and
+            inner corners, the image-left eye's outer and inner corners, the nose.
     """
 
     box: tuple[float, float, float, float]
@@ -83,18 +80,6 @@ class FaceFinder:
         faces.sort(key=lambda f: (-f.area, -f.score))
         return faces
 
-    def landmarks_in_frame(self, image: np.ndarray) -> np.ndarray:
-        """5 landmarks predicted with the whole frame as the face rectangle (for images already framed)."""
-        h, w = image.shape[:2]
-        scale = max(1.0, min(4.0, self.min_side / min(h, w)))
-        work = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
-                                                     interpolation=cv2.INTER_CUBIC)
-        with self._lock:
-            shape = self.predictor(np.ascontiguousarray(work), dlib.rectangle(0, 0, work.shape[1] - 1,
-                                                                             work.shape[0] - 1))
-        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-        return (pts + 0.5) / scale - 0.5
-
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping src -> dst.
@@ -125,11 +110,6 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
     """The inverse of a 2x3 affine matrix."""
     full = np.vstack([np.asarray(matrix, np.float64).reshape(2, 3), [0, 0, 1]])
     return np.linalg.inv(full)[:2]
-
-
-def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    pts = np.asarray(points, np.float64)
-    return pts @ np.asarray(matrix, np.float64)[:, :2].T + np.asarray(matrix, np.float64)[:, 2]
 
 
 def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, supersample: int = 4) -> np.ndarray:

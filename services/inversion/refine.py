@@ -162,8 +162,8 @@ class Inverter:
                 images = self.render(pool, self.encoder_space)
                 err = torch.cdist(targets.flatten(1), images.flatten(1))  # (N, K)
                 guess = pool[err.argmin(1)].clone()
-        if space == "wp":
-            guess = guess.unsqueeze(1).repeat(1, self.model.latent_shapes["wp"][0], 1)
+        if space == "wp":  # the W+ code rendering what the W guess renders (its truncation made explicit)
+            guess = self.net.synthesis_input(guess, "w").float()
         return guess
 
     def _encode(self, targets: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,16 @@ import grpc
 import numpy as np
 import torch
 
+from interfacegan import codec
+from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
-from services.common import assets, images, tensors
+from services.common import assets, images
+from services.common.batching import batch_settings
 from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
-from services.inversion.faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
 from services.common.settings import ServerSettings, setting
 
 from . import encoder as enc
+from .faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
 from .framing import template_for
 from .quality import psnr as psnr_of
 from .quality import ssim as ssim_of
@@ -29,12 +32,12 @@ from .worker import Job, RefineWorker
 
 log = logging.getLogger(__name__)
 
-SPACE_KEYS = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
-SPACE_ENUMS = {v: k for k, v in SPACE_KEYS.items()}
-
 
 @dataclasses.dataclass
-class Settings(ServerSettings):
+class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
+                              max_batch_size_help="images refined together at most (continuous batching: requests "
+                                                  "join and leave the running batch at every step)"),
+               ServerSettings):
     """Inversion service settings."""
 
     default_model: str = setting("dcgan-digiface-64", "model loaded at start and used when a request names none")
@@ -46,8 +49,6 @@ class Settings(ServerSettings):
     feature_weight: float = setting(1.0, "weight of the feature loss (encoder features) next to the pixel MSE")
     encoder_iterations: int = setting(3, "fixed-point corrections of the encoder's guess (one G and one E pass each)")
     progress_every: int = setting(10, "steps between streamed progress messages")
-    max_batch: int = setting(32, "images refined together at most (continuous batching)")
-    max_queue: int = setting(64, "refinements waiting at most; more are refused with RESOURCE_EXHAUSTED")
     max_image_pixels: int = setting(4096 * 4096, "largest photo accepted, in pixels")
     min_photo_side: int = setting(32, "smallest photo side accepted for face alignment, in pixels")
     detect_upsample: int = setting(1, "dlib detector upsampling passes (1 finds faces down to about 40 px)")
@@ -61,8 +62,6 @@ class Settings(ServerSettings):
             raise ValueError("default_steps must be within 1..max_steps_limit")
         if not 0 < self.default_target_psnr <= 100:
             raise ValueError("default_target_psnr must be within (0, 100] dB")
-        if self.max_batch < 1 or self.max_queue < 1:
-            raise ValueError("max_batch and max_queue must be at least 1")
 
 
 @dataclasses.dataclass
@@ -100,7 +99,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             self.registry.register_json(self.settings.models_json)
         await asyncio.to_thread(self._model, self.settings.default_model)
         self.faces = FaceFinder(assets.path_of("shape_predictor_5_face_landmarks.dat", self.settings.models_dir))
-        self.worker = RefineWorker(self.settings.max_batch, self.settings.max_queue)
+        self.worker = RefineWorker(self.settings.max_batch_size, self.settings.max_queue_size)
 
     async def close(self) -> None:
         if self.worker is not None:
@@ -167,8 +166,8 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             return inv.spaces[-1]
         key = SPACE_KEYS.get(request.space)
         if key not in inv.spaces:
-            accepted = ", ".join(tensors.space_name(SPACE_ENUMS[s]) for s in inv.spaces)
-            raise invalid_argument("space", f"{tensors.space_name(request.space)} is not invertible for "
+            accepted = ", ".join(space_name(SPACE_ENUMS[s]) for s in inv.spaces)
+            raise invalid_argument("space", f"{space_name(request.space)} is not invertible for "
                                             f"{inv.model.name}; accepted: {accepted}")
         return key
 
@@ -247,7 +246,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             out = inversion_pb2.InvertResponse()
             out.CopyFrom(base)
             shape = (1, *code.shape)
-            out.code.CopyFrom(tensors.latents_from_numpy(SPACE_ENUMS[space], code.numpy().reshape(shape)))
+            out.code.CopyFrom(codec.latents(code.numpy().reshape(shape), SPACE_ENUMS[space]))
             out.reconstruction.CopyFrom(images.encode(pixels, fmt))
             out.psnr, out.ssim, out.steps, out.final, out.stop_reason = score_psnr, score_ssim, step, final, stop
             out.first_psnr = row.first_psnr if not math.isnan(row.first_psnr) else score_psnr
@@ -282,7 +281,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             row.deadline = time.monotonic() + 0.85 * remaining - 0.05
         if not self.worker.submit(Job(inv, space, row, on_done)):
             active, queued = self.worker.load()
-            raise resource_exhausted(f"{queued} refinements are queued (limit {self.settings.max_queue}) and "
+            raise resource_exhausted(f"{queued} refinements are queued (limit {self.settings.max_queue_size}) and "
                                      f"{active} running; retry later", retry_after=1.0)
         try:
             while True:

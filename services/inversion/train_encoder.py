@@ -36,7 +36,7 @@ def batch_of(model, count: int, generator: torch.Generator) -> tuple[torch.Tenso
     with torch.no_grad():
         if encoder_space(model) == "w":
             code = net.map_z(net.normalize_z(z))
-            images = net.render(net.truncate(code, 1.0, 0))
+            images = net.render(net.synthesis_input(code, "w"))  # served W semantics: truncated here
         else:
             code = z
             images = net.render(z)
@@ -46,7 +46,7 @@ def batch_of(model, count: int, generator: torch.Generator) -> tuple[torch.Tenso
 
 def render(model, codes: torch.Tensor) -> torch.Tensor:
     net = model.net
-    x = net.truncate(codes, 1.0, 0) if encoder_space(model) == "w" else codes
+    x = net.synthesis_input(codes, "w") if encoder_space(model) == "w" else codes
     return net.render(x).float()
 
 

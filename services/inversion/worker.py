@@ -23,19 +23,18 @@ class Job:
         self.space = space
         self.row = row
         self.on_done = on_done
-        self.queued_at = time.monotonic()
 
 
 class RefineWorker:
     """A thread that steps every running job; new jobs join the batch at the next step.
 
-    Jobs of the same (model, space) are stepped together, at most `max_batch` rows at a time; the rest
-    wait in a queue of at most `max_queue` jobs (`submit` returns False when it is full).
+    Jobs of the same (model, space) are stepped together, at most `max_batch_size` rows at a time; the rest
+    wait in a queue of at most `max_queue_size` jobs (`submit` returns False when it is full).
     """
 
-    def __init__(self, max_batch: int = 32, max_queue: int = 64, service: str = "inversion"):
-        self.max_batch = max_batch
-        self.max_queue = max_queue
+    def __init__(self, max_batch_size: int = 32, max_queue_size: int = 64, service: str = "inversion"):
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
         self._pending: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._cv = threading.Condition()
@@ -48,7 +47,7 @@ class RefineWorker:
 
     def submit(self, job: Job) -> bool:
         with self._cv:
-            if len(self._pending) >= self.max_queue:
+            if len(self._pending) >= self.max_queue_size:
                 self._rejected.inc()
                 return False
             self._pending.append(job)
@@ -71,7 +70,7 @@ class RefineWorker:
         with self._cv:
             while not self._active and not self._pending and not self._stop:
                 self._cv.wait()
-            while self._pending and len(self._active) < self.max_batch:
+            while self._pending and len(self._active) < self.max_batch_size:
                 self._active.append(self._pending.popleft())
             self._queue_gauge.set(len(self._pending))
 

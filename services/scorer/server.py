@@ -14,7 +14,7 @@ import numpy as np
 
 from interfacegan.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 from services.common import images as imagecodec
-from services.common.batching import BatchingConfig, DynamicBatcher
+from services.common.batching import DynamicBatcher, batch_settings
 from services.common.errors import invalid_argument, unavailable
 from services.common.settings import ServerSettings, setting
 
@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class Settings(ServerSettings):
+class Settings(batch_settings(max_batch_size=64, max_queue_size=256, max_queue_delay_microseconds=5000,
+                              instances=2, max_batch_size_help="largest batch of images the models run at once",
+                              instances_help="batches run at once (worker threads): one aligns faces (dlib holds "
+                                             "the GIL) while another runs the GIL-free models"),
+               ServerSettings):
     """Scorer service: gender, age, pose, smile and plug-in attribute scores of face images."""
 
     plugins_dir: str = setting("", "folder of plug-in attribute models (ONNX + JSON/YAML manifest); empty: none")
@@ -34,9 +38,6 @@ class Settings(ServerSettings):
     mesh_backend: str = setting("auto", "face mesh runner: onnxruntime (converted graph, batched, CUDA where "
                                         "available), opencv (OpenCV DNN; as fast on CPU) or auto (onnxruntime "
                                         "when it gets a GPU, else opencv)")
-    max_batch_size: int = setting(64, "largest batch the models run at once")
-    max_batch_delay_ms: float = setting(5.0, "how long a batch waits for more images before it runs")
-    max_queue_requests: int = setting(256, "requests waiting in the batcher; more are refused (RESOURCE_EXHAUSTED)")
     max_request_images: int = setting(2048, "largest number of images one Score request may carry")
     max_image_pixels: int = setting(2048 * 2048, "largest accepted image, height * width")
     max_request_pixels: int = setting(64 * 1024 * 1024, "most pixels all images of one request may hold once "
@@ -45,22 +46,17 @@ class Settings(ServerSettings):
                                          "below it every score is invalid")
     landmark_min_side: int = setting(256, "images whose face box (the centred square) is smaller are upsampled "
                                           "(bicubic, integer factor) before dlib landmarks; 64 px faces: 4x")
-    batch_instances: int = setting(2, "batches run at once (worker threads): one aligns faces (dlib holds the "
-                                      "GIL) while another runs the GIL-free models")
 
     service_name = "scorer"
 
     def validate(self) -> None:
         super().validate()
-        if not 1 <= self.max_batch_size <= 4096:
-            raise ValueError(f"max_batch_size must be within 1..4096, got {self.max_batch_size}")
         if self.mesh_backend not in ("auto", "opencv", "onnxruntime"):
             raise ValueError(f"mesh_backend must be auto, opencv or onnxruntime, got {self.mesh_backend!r}")
         if not 0 <= self.face_threshold < 1:
             raise ValueError(f"face_threshold must be within [0, 1), got {self.face_threshold}")
-        if min(self.max_request_images, self.max_image_pixels, self.max_request_pixels, self.batch_instances) < 1:
-            raise ValueError("max_request_images, max_image_pixels, max_request_pixels and batch_instances must be "
-                             "at least 1")
+        if min(self.max_request_images, self.max_image_pixels, self.max_request_pixels) < 1:
+            raise ValueError("max_request_images, max_image_pixels and max_request_pixels must be at least 1")
 
 
 def attribute_info(engine: Engine, name: str) -> scorer_pb2.AttributeInfo:
@@ -90,11 +86,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
 
     async def load(self) -> None:
         await asyncio.to_thread(self.engine.load)
-        s = self.settings
-        config = BatchingConfig(max_batch_size=s.max_batch_size,
-                                max_queue_delay_microseconds=int(s.max_batch_delay_ms * 1000),
-                                max_queue_size=s.max_queue_requests, instances=s.batch_instances)
-        batcher = DynamicBatcher(self._run_batch, config, service="scorer", queue="faces")
+        batcher = DynamicBatcher(self._run_batch, self.settings.batching_config(), service="scorer", queue="faces")
         await batcher.start()
         self.batcher = batcher
         log.info("models loaded", extra={"providers": self.engine.providers_in_use,

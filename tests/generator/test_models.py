@@ -15,6 +15,9 @@ from models import (GeneratorModel, ModelSpec, Registry, WeightsError, build_net
                                        read_checkpoint, save_checkpoint)
 from models.layers import fused_upconv_kernel
 
+#: Largest |onnxruntime - torch| difference accepted on [-1, 1] images (float32); ~1/40 of a uint8 level.
+ONNX_TOLERANCE = 1e-4
+
 torch.set_num_threads(1)
 
 # --- the published layouts, written out independently of the implementation -------------------------------
@@ -232,6 +235,37 @@ def test_w_plus_codes_come_from_the_mapping_network():
         assert not np.allclose(wp[:, 0].mean(0), 0, atol=0.05)
 
 
+def test_w_codes_are_untruncated_and_render_like_their_seed_z_code():
+    """genforce/interfacegan's semantics: W = the mapping output, truncation applied at synthesis."""
+    for arch, res, options in (("stylegan", 64, {"max_channels": 32, "w_dim": 64}),
+                               ("stylegan2", 32, {"style_dim": 64, "n_mlp": 2, "channel_multiplier": 1})):
+        model = small(arch, res, seed=4, **options)
+        z = model.sample(3, seed=8, space="z")
+        w = model.sample(3, seed=8, space="w")
+        wp = model.sample(3, seed=8, space="wp")
+        with torch.no_grad():
+            mapped = model.net.map_z(model.net.normalize_z(torch.from_numpy(z)))
+        assert np.allclose(w, mapped.numpy(), atol=1e-5)  # no truncation in the code itself
+        with torch.no_grad():
+            from_z = model.synthesize(z, "z")
+            assert torch.allclose(model.synthesize(w, "w"), from_z, atol=1e-4)
+            assert torch.allclose(model.synthesize(wp, "wp"), from_z, atol=1e-4)
+            # A request's own truncation reaches Z and W input alike.
+            assert torch.allclose(model.synthesize(w, "w", truncation_psi=0.5, truncation_layers=3),
+                                  model.synthesize(z, "z", truncation_psi=0.5, truncation_layers=3), atol=1e-4)
+        with pytest.raises(ValueError, match="untruncated"):
+            model.sample(1, seed=8, space="w", truncation_psi=0.5)
+    # StyleGAN's reference setting: psi 0.7 toward w_avg on the first 8 of its 10 layers at 64 px, at synthesis.
+    model = small("stylegan", 64, seed=4, max_channels=32, w_dim=64)
+    assert (model.default_truncation_psi, model.default_truncation_layers) == (0.7, 8)
+    w = torch.from_numpy(model.sample(2, seed=8, space="w"))
+    x = model.synthesis_input(w, "w")
+    avg = model.net.w_avg().view(1, -1)
+    assert x.shape == (2, 10, 64)
+    assert torch.allclose(x[:, :8], (avg + 0.7 * (w - avg)).unsqueeze(1).expand(-1, 8, -1), atol=1e-6)
+    assert torch.equal(x[:, 8:], w.unsqueeze(1).expand(-1, 2, -1))
+
+
 def test_truncation_pulls_the_first_layers_only():
     model = small("stylegan", seed=2)
     wp_free = model.sample(2, seed=1, space="wp", truncation_psi=1.0)
@@ -285,7 +319,7 @@ def test_onnxruntime_backend_equals_torch(arch, models_dir):
     assert model.backend == "onnxruntime" and provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
     x = model.synthesis_input(torch.from_numpy(codes), "z")
     onnx_images = model._synthesis_fn(x)
-    assert (onnx_images - reference).abs().max().item() <= backends.ONNX_TOLERANCE * max(1.0, reference.abs().max())
+    assert (onnx_images - reference).abs().max().item() <= ONNX_TOLERANCE * max(1.0, reference.abs().max())
     uint8 = model.synthesize(codes, "z", output="uint8").int()
     from models import to_uint8
     assert (uint8 - to_uint8(reference).int()).abs().max() <= 1

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from interfacegan import codec
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.cluster import free_port
-from services.common import images, tensors
+from services.common import tensors
 from services.common.errors import status_details
 from models import Registry, build_net, load_model, save_checkpoint
 
@@ -98,15 +99,15 @@ def test_sample_latents_is_seeded_reproducible_with_prefix(stub, reference):
 
 def test_synthesize_formats_match_the_in_process_model(stub, reference):
     codes = reference.sample(6, seed=3)
-    raw = [images.to_array(i) for i in synthesize(stub, codes, fmt=RAW)]
+    raw = [codec.image_array(i) for i in synthesize(stub, codes, fmt=RAW)]
     expected = reference.synthesize(codes, "z", output="uint8").numpy()
     assert np.abs(np.stack(raw).astype(int) - expected).max() <= 1  # batch composition may round differently
     png = synthesize(stub, codes, fmt=PNG)
     assert all(i.encoded.startswith(b"\x89PNG") for i in png)
-    assert all(np.array_equal(images.to_array(p), r) for p, r in zip(png, raw))  # PNG is lossless
+    assert all(np.array_equal(codec.image_array(p), r) for p, r in zip(png, raw))  # PNG is lossless
     jpeg = synthesize(stub, codes, fmt=JPEG)
     assert all(i.encoded.startswith(b"\xff\xd8") for i in jpeg)
-    assert np.abs(images.to_array(jpeg[0]).astype(int) - raw[0]).mean() < 6
+    assert np.abs(codec.image_array(jpeg[0]).astype(int) - raw[0]).mean() < 6
     default = synthesize(stub, codes[:1], fmt=common_pb2.IMAGE_FORMAT_UNSPECIFIED)
     assert default[0].encoded.startswith(b"\x89PNG")
 
@@ -150,7 +151,7 @@ def test_two_thousand_codes_stream_back_in_order(stub, reference):
     assert len(flat) == 2000
     for k in (0, 999, 1999):
         one = reference.synthesize(codes[k:k + 1], "z", output="uint8").numpy()[0]
-        assert np.abs(images.to_array(flat[k]).astype(int) - one).max() <= 1
+        assert np.abs(codec.image_array(flat[k]).astype(int) - one).max() <= 1
 
 
 def _metric(server, name: str) -> float:
@@ -176,7 +177,7 @@ def test_concurrent_clients_share_batches(server, reference):
     replies = asyncio.run(main())
     for i, reply in enumerate(replies):  # every client got its own image back
         one = reference.synthesize(codes[i:i + 1], "z", output="uint8").numpy()[0]
-        assert np.abs(images.to_array(reply[0].images[0]).astype(int) - one).max() <= 1
+        assert np.abs(codec.image_array(reply[0].images[0]).astype(int) - one).max() <= 1
     batches = _metric(server, "ifgan_batch_size_count") - count0
     items = _metric(server, "ifgan_batch_size_sum") - sum0
     assert items == 48 and batches < 48, (batches, items)  # several requests ran together
@@ -223,14 +224,14 @@ def test_user_models_and_the_onnxruntime_backend(launch_service, user_models, re
                                                                                        (WP, [8, 512])]
             # ONNX Runtime output equals torch within one uint8 level.
             codes = reference.sample(3, seed=4)
-            onnx = np.stack([images.to_array(i) for i in synthesize(stub, codes)])
+            onnx = np.stack([codec.image_array(i) for i in synthesize(stub, codes)])
             assert np.abs(onnx.astype(int) - reference.synthesize(codes, "z", output="uint8").numpy()).max() <= 1
             # W+ codes from the server's mapping network synthesize like the in-process model.
             reply = stub.SampleLatents(generator_pb2.SampleLatentsRequest(model={"name": "sg2"}, space=WP, count=2,
                                                                           seed=9), timeout=60)
             wp = tensors.to_numpy(reply.codes.codes, "codes")
             assert wp.shape == (2, 8, 512) and np.allclose(wp, sg2.sample(2, seed=9, space="wp"), atol=1e-4)
-            served = np.stack([images.to_array(i) for i in synthesize(stub, wp, space=WP, model="sg2")])
+            served = np.stack([codec.image_array(i) for i in synthesize(stub, wp, space=WP, model="sg2")])
             assert np.abs(served.astype(int) - sg2.synthesize(wp, "wp", output="uint8").numpy()).max() <= 1
             info = stub.GetModelInfo(generator_pb2.GetModelInfoRequest(model={"name": "sg2"}), timeout=10)
             assert info.loaded and info.architecture == "stylegan2" and info.default_truncation_layers == 8

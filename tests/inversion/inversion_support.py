@@ -24,6 +24,12 @@ TINY_MODELS = [
 ]
 
 
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points (N, 2) mapped by a 2x3 affine matrix."""
+    m = np.asarray(matrix, np.float64)
+    return np.asarray(points, np.float64) @ m[:, :2].T + m[:, 2]
+
+
 def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt)

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from services.inversion.faces import (apply_affine, feather_mask, invert_affine, paste_back, similarity_transform,
+from services.inversion.faces import (feather_mask, invert_affine, paste_back, similarity_transform,
                                    warp_crop)
 from services.inversion import encoder as enc
 from services.inversion.framing import DCGAN_DIGIFACE_TEMPLATE, template_for
 from services.inversion.quality import psnr, ssim
+
+from inversion_support import apply_affine
 
 
 def _similarity(scale, angle, tx, ty):

@@ -13,10 +13,10 @@ from PIL import Image
 
 from interfacegan.v1 import common_pb2, inversion_pb2
 from services.common.errors import status_details
-from services.inversion.faces import apply_affine, similarity_transform
+from services.inversion.faces import similarity_transform
 from services.inversion.framing import template_for
 
-from inversion_support import decode, paste_face, png, psnr
+from inversion_support import apply_affine, decode, paste_face, png, psnr
 
 MODEL = "dcgan-digiface-64"
 #: Stated error for generated images: each reconstructs at >= 28 dB, their mean at >= 32 dB, with the

@@ -20,8 +20,8 @@ STATED = {("stylegan-tiny", "w"): 12.0, ("stylegan-tiny", "wp"): 15.0,
 @pytest.mark.parametrize("space", ["w", "wp"])
 def test_generated_image_inverts_back_in_w_and_w_plus(inversion, tiny_registry, name, space):
     model = tiny_registry.load(name)
-    w = model.sample(1, seed=21, space="w", truncation_psi=0.5)
-    image = model.synthesize(w, "w", output="uint8").numpy()[0]
+    w = model.sample(1, seed=21, space="w")  # untruncated: the truncation is applied at synthesis
+    image = model.synthesize(w, "w", truncation_psi=0.5, output="uint8").numpy()[0]
     enum = common_pb2.LATENT_SPACE_W if space == "w" else common_pb2.LATENT_SPACE_WP
     reply = inversion.invert(image, model=common_pb2.ModelRef(name=name), space=enum, max_steps=150)[-1]
     layers, dim = model.latent_shapes["wp"]

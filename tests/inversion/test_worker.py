@@ -38,7 +38,7 @@ def _job(inverter, steps: int, done: list, event: threading.Event | None = None)
 
 def test_jobs_join_a_running_batch_and_leave_when_done():
     inverter, done, finished = Counter(), [], threading.Event()
-    worker = RefineWorker(max_batch=8, max_queue=8)
+    worker = RefineWorker(max_batch_size=8, max_queue_size=8)
     try:
         first = _job(inverter, 40, done)
         assert worker.submit(first)
@@ -57,7 +57,7 @@ def test_jobs_join_a_running_batch_and_leave_when_done():
 
 def test_queue_limit_deadline_and_cancel():
     inverter, done = Counter(delay=0.02), []
-    worker = RefineWorker(max_batch=1, max_queue=1)
+    worker = RefineWorker(max_batch_size=1, max_queue_size=1)
     try:
         running = _job(inverter, 10_000, done)
         running.row.deadline = time.monotonic() + 0.3

@@ -14,24 +14,33 @@ from interfacegan.v1 import common_pb2
 #: What the SDK accepts as an image: a file path, encoded PNG/JPEG bytes, an (H, W, 3) uint8 array or a PIL image.
 ImageLike = Union[str, Path, bytes, np.ndarray, PILImage.Image]
 
-SPACES = {"z": common_pb2.LATENT_SPACE_Z, "w": common_pb2.LATENT_SPACE_W, "w+": common_pb2.LATENT_SPACE_WP,
-          "wp": common_pb2.LATENT_SPACE_WP}
-SPACE_NAMES = {common_pb2.LATENT_SPACE_Z: "Z", common_pb2.LATENT_SPACE_W: "W", common_pb2.LATENT_SPACE_WP: "W+",
-               common_pb2.LATENT_SPACE_UNSPECIFIED: ""}
+#: The latent spaces, written once: proto enum -> the short key code uses ("z", "w", "wp"; the model zoo's
+#: names) and the label people read ("Z", "W", "W+"). Services and the SDK import these instead of
+#: spelling the spaces again.
+SPACE_KEYS = {common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w", common_pb2.LATENT_SPACE_WP: "wp"}
+SPACE_ENUMS = {key: enum for enum, key in SPACE_KEYS.items()}
+SPACE_NAMES = {common_pb2.LATENT_SPACE_Z: "Z", common_pb2.LATENT_SPACE_W: "W", common_pb2.LATENT_SPACE_WP: "W+"}
 FORMATS = {"png": common_pb2.IMAGE_FORMAT_PNG, "jpeg": common_pb2.IMAGE_FORMAT_JPEG,
            "jpg": common_pb2.IMAGE_FORMAT_JPEG, "raw": common_pb2.IMAGE_FORMAT_RAW}
 
 
 def space_of(space: str | int | None) -> int:
-    """'Z', 'W', 'W+' (or the enum value) -> LatentSpace; None -> unspecified (the server's default)."""
+    """'Z', 'W', 'W+' / 'wp' (any case) or the enum value -> LatentSpace; None -> unspecified (the server's default)."""
     if space is None or space == "":
         return common_pb2.LATENT_SPACE_UNSPECIFIED
     if isinstance(space, int):
         return space
-    try:
-        return SPACES[space.lower()]
-    except KeyError:
-        raise ValueError(f"latent space {space!r}: accepted Z, W, W+") from None
+    key = space.lower().replace("+", "p")
+    if key not in SPACE_ENUMS:
+        raise ValueError(f"latent space {space!r}: accepted Z, W, W+")
+    return SPACE_ENUMS[key]
+
+
+def space_name(space: int) -> str:
+    """The label of a LatentSpace value for messages: "Z", "W", "W+", "UNSPECIFIED" or the unknown number."""
+    if space == common_pb2.LATENT_SPACE_UNSPECIFIED:
+        return "UNSPECIFIED"
+    return SPACE_NAMES.get(space, str(space))
 
 
 def tensor(array: np.ndarray) -> common_pb2.Tensor:

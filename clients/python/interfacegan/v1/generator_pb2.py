@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from interfacegan.v1 import common_pb2 as interfacegan_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1finterfacegan/v1/generator.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\"\x13\n\x11ListModelsRequest\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.interfacegan.v1.ModelInfo\"?\n\x13GetModelInfoRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\"M\n\x0fLatentSpaceInfo\x12+\n\x05space\x18\x01 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\r\n\x05shape\x18\x02 \x03(\x03\"\xae\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x12\n\nresolution\x18\x04 \x01(\r\x12\x37\n\rlatent_spaces\x18\x05 \x03(\x0b\x32 .interfacegan.v1.LatentSpaceInfo\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x19\n\x11max_request_codes\x18\n \x01(\r\x12\x0e\n\x06loaded\x18\x0b \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_truncation_psi\x18\r \x01(\x02\x12!\n\x19\x64\x65\x66\x61ult_truncation_layers\x18\x0e \x01(\r\x12\x12\n\nload_error\x18\x0f \x01(\t\x12$\n\x1cmax_queue_delay_microseconds\x18\x10 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x11 \x01(\r\"\xd1\x01\n\x14SampleLatentsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05space\x18\x03 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x16\n\x0etruncation_psi\x18\x06 \x01(\x02\x12\x19\n\x11truncation_layers\x18\x07 \x01(\r\"D\n\x15SampleLatentsResponse\x12+\n\x05\x63odes\x18\x01 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\"\xdf\x01\n\x11SynthesizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05\x63odes\x18\x03 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\x12,\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\x12\x16\n\x0etruncation_psi\x18\x05 \x01(\x02\x12\x19\n\x11truncation_layers\x18\x06 \x01(\r\"L\n\x12SynthesizeResponse\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.interfacegan.v1.Image2\xf4\x02\n\x10GeneratorService\x12U\n\nListModels\x12\".interfacegan.v1.ListModelsRequest\x1a#.interfacegan.v1.ListModelsResponse\x12P\n\x0cGetModelInfo\x12$.interfacegan.v1.GetModelInfoRequest\x1a\x1a.interfacegan.v1.ModelInfo\x12^\n\rSampleLatents\x12%.interfacegan.v1.SampleLatentsRequest\x1a&.interfacegan.v1.SampleLatentsResponse\x12W\n\nSynthesize\x12\".interfacegan.v1.SynthesizeRequest\x1a#.interfacegan.v1.SynthesizeResponse0\x01\x42]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1finterfacegan/v1/generator.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\"\x13\n\x11ListModelsRequest\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.interfacegan.v1.ModelInfo\"?\n\x13GetModelInfoRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\"m\n\x0fLatentSpaceInfo\x12+\n\x05space\x18\x01 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1e\n\x16truncated_at_synthesis\x18\x03 \x01(\x08\"\xae\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x12\n\nresolution\x18\x04 \x01(\r\x12\x37\n\rlatent_spaces\x18\x05 \x03(\x0b\x32 .interfacegan.v1.LatentSpaceInfo\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x19\n\x11max_request_codes\x18\n \x01(\r\x12\x0e\n\x06loaded\x18\x0b \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_truncation_psi\x18\r \x01(\x02\x12!\n\x19\x64\x65\x66\x61ult_truncation_layers\x18\x0e \x01(\r\x12\x12\n\nload_error\x18\x0f \x01(\t\x12$\n\x1cmax_queue_delay_microseconds\x18\x10 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x11 \x01(\r\"\xd1\x01\n\x14SampleLatentsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05space\x18\x03 \x01(\x0e\x32\x1c.interfacegan.v1.LatentSpace\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x16\n\x0etruncation_psi\x18\x06 \x01(\x02\x12\x19\n\x11truncation_layers\x18\x07 \x01(\r\"D\n\x15SampleLatentsResponse\x12+\n\x05\x63odes\x18\x01 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\"\xdf\x01\n\x11SynthesizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.interfacegan.v1.ModelRef\x12+\n\x05\x63odes\x18\x03 \x01(\x0b\x32\x1c.interfacegan.v1.LatentBatch\x12,\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1c.interfacegan.v1.ImageFormat\x12\x16\n\x0etruncation_psi\x18\x05 \x01(\x02\x12\x19\n\x11truncation_layers\x18\x06 \x01(\r\"L\n\x12SynthesizeResponse\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.interfacegan.v1.Image2\xf4\x02\n\x10GeneratorService\x12U\n\nListModels\x12\".interfacegan.v1.ListModelsRequest\x1a#.interfacegan.v1.ListModelsResponse\x12P\n\x0cGetModelInfo\x12$.interfacegan.v1.GetModelInfoRequest\x1a\x1a.interfacegan.v1.ModelInfo\x12^\n\rSampleLatents\x12%.interfacegan.v1.SampleLatentsRequest\x1a&.interfacegan.v1.SampleLatentsResponse\x12W\n\nSynthesize\x12\".interfacegan.v1.SynthesizeRequest\x1a#.interfacegan.v1.SynthesizeResponse0\x01\x42]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELINFOREQUEST']._serialized_start=169
   _globals['_GETMODELINFOREQUEST']._serialized_end=232
   _globals['_LATENTSPACEINFO']._serialized_start=234
-  _globals['_LATENTSPACEINFO']._serialized_end=311
-  _globals['_MODELINFO']._serialized_start=314
-  _globals['_MODELINFO']._serialized_end=744
-  _globals['_SAMPLELATENTSREQUEST']._serialized_start=747
-  _globals['_SAMPLELATENTSREQUEST']._serialized_end=956
-  _globals['_SAMPLELATENTSRESPONSE']._serialized_start=958
-  _globals['_SAMPLELATENTSRESPONSE']._serialized_end=1026
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=1029
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=1252
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=1254
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=1330
-  _globals['_GENERATORSERVICE']._serialized_start=1333
-  _globals['_GENERATORSERVICE']._serialized_end=1705
+  _globals['_LATENTSPACEINFO']._serialized_end=343
+  _globals['_MODELINFO']._serialized_start=346
+  _globals['_MODELINFO']._serialized_end=776
+  _globals['_SAMPLELATENTSREQUEST']._serialized_start=779
+  _globals['_SAMPLELATENTSREQUEST']._serialized_end=988
+  _globals['_SAMPLELATENTSRESPONSE']._serialized_start=990
+  _globals['_SAMPLELATENTSRESPONSE']._serialized_end=1058
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=1061
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=1284
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=1286
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=1362
+  _globals['_GENERATORSERVICE']._serialized_start=1365
+  _globals['_GENERATORSERVICE']._serialized_end=1737
 # @@protoc_insertion_point(module_scope)

@@ -24,12 +24,14 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class LatentSpaceInfo(_message.Message):
-    __slots__ = ("space", "shape")
+    __slots__ = ("space", "shape", "truncated_at_synthesis")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_AT_SYNTHESIS_FIELD_NUMBER: _ClassVar[int]
     space: _common_pb2.LatentSpace
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    truncated_at_synthesis: bool
+    def __init__(self, space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., shape: _Optional[_Iterable[int]] = ..., truncated_at_synthesis: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "architecture", "resolution", "latent_spaces", "device", "backend", "precision", "max_batch_size", "max_request_codes", "loaded", "description", "default_truncation_psi", "default_truncation_layers", "load_error", "max_queue_delay_microseconds", "max_queue_size")
