@@ -1,5 +1,7 @@
 """The catalog tool on the real cluster: every photo edited once, resumed after an interruption (in-process stop and
-a SIGTERM'd `ifgan catalog`), a failure report naming each bad file and why, outputs written atomically."""
+a SIGTERM'd `ifgan catalog`), a failure report naming each bad file and why, outputs written atomically; names
+that meet once made file-name safe keep their own outputs, links out of the folder are not read, and the CSV
+report is safe to open in a spreadsheet."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from interfacegan import Client
-from interfacegan.catalog import run_catalog
+from interfacegan.catalog import discover, output_key, read_photo, run_catalog
 from services.common import assets
 
 P = f"cat{uuid.uuid4().hex[:6]}"
@@ -109,7 +111,7 @@ def test_interrupted_catalog_resumes_without_redoing_or_skipping_and_reports_fai
         source = Image.open(tmp_path / "in" / record["id"])
         assert Image.open(out / record["outputs"][0]).size == source.size  # blended back into the photo
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    grid = Image.open(out / "more" / "small" / "grid.png")
+    grid = Image.open(out / output_key("more/small.jpeg") / "grid.png")
     assert grid.width > 3 * 64
 
     # Nothing left: a third run calls nothing; asking to retry the failures calls exactly those two.
@@ -146,6 +148,71 @@ def test_ifgan_catalog_stopped_by_sigterm_resumes_where_it_stopped(cluster, clie
     assert f"{len(names)} of {len(names)} photos done" in done.stdout
     ids = [json.loads(line)["id"] for line in journal.read_text().splitlines()]
     assert sorted(ids) == [f"p{i}" for i in range(len(names))] and ids[:len(stopped)] == stopped
-    assert all((out / f"p{i}" / "original.png").exists() for i in range(len(names)))
+    assert all((out / output_key(f"p{i}") / "original.png").exists() for i in range(len(names)))
     assert (out / "failures.csv").read_text().strip() == "id,file,code,reason"
-    assert os.listdir(out / "p0") and not [p for p in out.rglob("*.tmp")]
+    assert os.listdir(out / output_key("p0")) and not [p for p in out.rglob("*.tmp")]
+
+
+def test_colliding_names_links_out_of_the_folder_and_formula_names_lose_nothing(client, tmp_path):
+    """face.jpg / face.png and "a b.png" / "a_b.jpg" meet once made file-name safe: each keeps its own outputs and
+    the journal names them; a link out of the folder is refused unread (one inside it is followed); a file named
+    like a spreadsheet formula is reported in failures.csv as text."""
+    src, outside = tmp_path / "in", tmp_path / "outside"
+    src.mkdir()
+    outside.mkdir()
+    astronaut = Image.open(assets.path_of("astronaut.png")).convert("RGB").resize((320, 320))
+    hopper = Image.open(assets.path_of("grace_hopper.jpg")).convert("RGB").resize((300, 352))
+    hopper.save(src / "face.jpg", quality=90)
+    astronaut.save(src / "face.png")
+    ImageOps.mirror(astronaut).resize((288, 288)).save(src / "a b.png")
+    ImageOps.mirror(hopper).resize((270, 317)).save(src / "a_b.jpg", quality=90)
+    formula = "=cmd|calc!A1.jpg"
+    (src / formula).write_bytes(b"not an image at all")
+    hopper.resize((256, 300)).save(outside / "secret.png")
+    (src / "link.png").symlink_to(outside / "secret.png")  # out of the folder: never read
+    (src / "inner.png").symlink_to(formula)  # inside the folder: followed, read and sent
+    (src / "elsewhere").symlink_to(outside, target_is_directory=True)
+    secret = (outside / "secret.png").read_bytes()
+    sizes = {"face.jpg": (300, 352), "face.png": (320, 320), "a b.png": (288, 288), "a_b.jpg": (270, 317)}
+
+    sent: list[bytes] = []
+    lock = threading.Lock()
+
+    def edit(**kwargs):
+        with lock:
+            sent.append(kwargs["photo"])
+        return client.edit(**kwargs)
+
+    out = tmp_path / "out"
+    first = run_catalog(client, src, out, EDITS, edit_fn=edit, **OPTIONS)
+    assert secret not in sent and len(sent) == 6  # four photos, the formula-named file and the link to it
+    assert any("elsewhere/" in w and "--follow-links" in w for w in first.warnings)
+    assert first.done == 4 and set(first.failed) == {formula, "inner.png", "link.png"}
+    assert first.failed["link.png"][0] == "REFUSED" and "--follow-links" in first.failed["link.png"][1]
+    assert first.failed[formula][0] == first.failed["inner.png"][0] == "INVALID_ARGUMENT"
+
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in journal) == sorted([*sizes, formula, "inner.png", "link.png"])
+    done = {r["id"]: r for r in journal if r["status"] == "done"}
+    keys = {r["key"] for r in journal}
+    assert len(keys) == len(journal) and len({k.casefold() for k in keys}) == len(keys)
+    folders = {p.parent for r in done.values() for p in map(Path, r["outputs"])}
+    assert len(folders) == 4 and len({f.parent for f in folders}) == 1  # four sibling folders, one per photo
+    for pid, record in done.items():
+        assert record["key"] == output_key(pid) and all(o.startswith(record["key"] + "/") for o in record["outputs"])
+        assert Image.open(out / record["outputs"][0]).size == sizes[pid]  # its own photo, blended back
+
+    text = (out / "failures.csv").read_text()
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    assert {r[0] for r in rows} == {"'" + formula, "inner.png", "link.png"}
+    assert not [cell for row in rows for cell in row if cell[:1] in ("=", "+", "-", "@")]
+
+    sent.clear()
+    again = run_catalog(client, src, out, EDITS, edit_fn=edit, **OPTIONS)
+    assert sent == [] and again.skipped == 7 and again.done == 4  # the journal agrees with the outputs
+
+    # Asked to, the catalog follows links out of its folder.
+    followed = {p.id: p for p in discover(src, follow_links=True)}
+    assert not followed["link.png"].refused and read_photo(followed["link.png"]) == secret
+    assert "elsewhere/secret.png" in followed
+    assert "elsewhere/secret.png" not in {p.id for p in discover(src)}

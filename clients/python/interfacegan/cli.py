@@ -25,6 +25,8 @@ from .client import Client
 from .edits import EditSpec
 from .progress import ProgressBar
 
+#: Exit status of `catalog` when photos failed for reasons that may pass (UNAVAILABLE...): run it again.
+EXIT_RETRY = 75
 STATES = {0: "unspecified", 1: "queued", 2: "running", 3: "succeeded", 4: "failed", 5: "cancelled"}
 EDIT_HELP = ("ATTR[:START:END[:STEPS]][:hold=A+B][:mode=absolute][:version=N][:layers=FIRST-END], e.g. age:-3:3:7, "
              "gender:-2:2:5:hold=age, smile:1.5; repeat for several edits")
@@ -271,24 +273,52 @@ def cmd_edit(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from .catalog import run_catalog
+    from .catalog import run_catalog, shard_dir
     specs = [EditSpec.parse(e) for e in (args.edit or ["age"])]
     stop = threading.Event()
     with _client(args) as client:
         summary = run_catalog(client, args.source, args.out, specs, concurrency=args.concurrency, blend=args.blend,
                               image_format=args.format, inversion_steps=args.inversion_steps,
                               retry_failed=args.retry_failed, progress=not args.quiet, stop=stop,
-                              timeout=args.timeout)
-    print(f"{summary.done} of {summary.total} photos done, {len(summary.failed)} failed, "
+                              timeout=args.timeout, shard=args.shard, follow_links=args.follow_links)
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    shard = f"shard {summary.shard}: " if summary.shard.count > 1 else ""
+    print(f"{shard}{summary.done} of {summary.total} photos done, {len(summary.failed)} failed, "
           f"{summary.skipped} skipped as already handled ({summary.seconds:.1f} s); outputs in {summary.out}")
     if summary.failed:
-        print(f"failures: {summary.out / 'failures.csv'}")
+        print(f"failures: {shard_dir(summary.out, summary.shard) / 'failures.csv'}")
         for pid, (code, reason) in list(summary.failed.items())[:10]:
             print(f"  {pid}: {code}: {reason}")
+    if summary.merged is not None:
+        m = summary.merged
+        print(f"every shard is finished: {m['done']} of {m['total']} photos done, {m['failed']} failed; "
+              f"merged report in {summary.out / 'report.json'}")
+    elif shard and not summary.interrupted:
+        print(f"other shards are not finished yet; `ifgan catalog-merge {summary.out}` joins the shards' reports")
     if summary.interrupted:
         print("interrupted: run the same command again to go on where it stopped", file=sys.stderr)
         return 130
-    return 0 if not summary.failed else 1
+    if summary.transient_failures:
+        return EXIT_RETRY
+    return 0 if not summary.failed or args.lasting_failures_ok else 1
+
+
+def cmd_catalog_merge(args) -> int:
+    from .catalog import merge_catalog
+    report = merge_catalog(args.out, source=args.source)
+    print(f"{report['done']} of {report['total']} photos done, {report['failed']} failed, {report['pending']} "
+          f"pending over {len(report['shards'])} shards; report in {Path(args.out) / 'report.json'}, failures in "
+          f"{Path(args.out) / 'failures.csv'}")
+    for s in report["shards"]:
+        if s["pending"]:
+            print(f"  shard {s['shard']}: {s['pending']} of {s['total']} photos pending", file=sys.stderr)
+    if report["missing_shards"]:
+        print(f"shards that have not started: {', '.join(map(str, report['missing_shards']))}", file=sys.stderr)
+    if report["misplaced"]:
+        print(f"{len(report['misplaced'])} photos recorded by a shard that does not own them (or by two): "
+              f"{', '.join(report['misplaced'][:10])}", file=sys.stderr)
+    return 0 if report["complete"] else 1
 
 
 # -- parser ----------------------------------------------------------------------------------------------------
@@ -392,7 +422,22 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--inversion-steps", type=int, default=0, help="refinement steps; 0 = server default")
     c.add_argument("--format", default="png", choices=("png", "jpeg"), help="image format")
     c.add_argument("--retry-failed", action="store_true", help="also retry photos that failed for lasting reasons")
+    c.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="edit only shard I of N (0-based; a share fixed by each photo's id): run N of these, on any "
+                        "machines, into one output folder")
+    c.add_argument("--follow-links", action="store_true",
+                   help="also read photos through symbolic links that lead out of the catalog's folder")
+    c.add_argument("--lasting-failures-ok", action="store_true",
+                   help="exit 0 when the only failures are lasting ones (no face, not an image), as a batch "
+                        "scheduler wants; they stay in failures.csv")
     c.set_defaults(fn=cmd_catalog)
+
+    c = sub.add_parser("catalog-merge", help="join the reports of a sharded catalog (report.json, failures.csv)",
+                       formatter_class=Formatter)
+    c.add_argument("out", type=Path, help="the catalog's output folder, shared by its shards")
+    c.add_argument("--source", type=Path, default=None,
+                   help="the photos, where they are mounted here; default: the source catalog.json names")
+    c.set_defaults(fn=cmd_catalog_merge)
     return p
 
 
