@@ -248,3 +248,44 @@ def test_user_models_and_the_onnxruntime_backend(launch_service, user_models, re
             assert status_details(err)["fields"] == ["truncation_layers"]
     finally:
         proc.stop()
+
+
+def test_served_w_codes_have_the_reference_semantics(launch_service, tmp_path):
+    """A W code is the untruncated mapping output, truncated by Synthesize (genforce/interfacegan), so the W
+    and the W+ code of a seed render the image of that seed's Z code; ModelInfo says where truncation applies."""
+    (tmp_path / "models.json").write_text(json.dumps([{
+        "name": "sg", "architecture": "stylegan", "resolution": 64, "weights": "random:5",
+        "options": {"max_channels": 32, "w_dim": 64}}]))
+    proc = launch_service("generator", "--models-json", str(tmp_path / "models.json"), "--preload", "sg")
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        infos = {m.name: m for m in stub.ListModels(generator_pb2.ListModelsRequest(), timeout=10).models}
+        assert [(s.space, s.truncated_at_synthesis) for s in infos["sg"].latent_spaces] == [
+            (Z, True), (W, True), (WP, False)]
+        assert [s.truncated_at_synthesis for s in infos["dcgan-digiface-64"].latent_spaces] == [False]
+        assert (round(infos["sg"].default_truncation_psi, 6), infos["sg"].default_truncation_layers) == (0.7, 8)
+
+        def sample(space):
+            reply = stub.SampleLatents(generator_pb2.SampleLatentsRequest(model={"name": "sg"}, space=space,
+                                                                          count=3, seed=12), timeout=30)
+            return tensors.to_numpy(reply.codes.codes, "codes")
+
+        def render(codes, space, **kw):
+            return np.stack([codec.image_array(i) for i in synthesize(stub, codes, space=space, model="sg", **kw)])
+
+        z, w, wp = sample(Z), sample(W), sample(WP)
+        reference = Registry()
+        reference.register_json(str(tmp_path / "models.json"))
+        model = reference.load("sg")
+        with torch.no_grad():
+            mapped = model.net.map_z(model.net.normalize_z(torch.from_numpy(z))).numpy()
+        assert np.allclose(w, mapped, atol=1e-4)  # the code holds no truncation
+        from_z = render(z, Z).astype(int)
+        assert np.abs(render(w, W).astype(int) - from_z).max() <= 1
+        assert np.abs(render(wp, WP).astype(int) - from_z).max() <= 1
+        # Synthesize truncates W codes: without truncation (psi 1) the same code renders another image.
+        assert np.abs(render(w, W, truncation_psi=1.0).astype(int) - from_z).mean() > 1
+        err = error_of(stub.SampleLatents, generator_pb2.SampleLatentsRequest(
+            model={"name": "sg"}, space=W, count=2, truncation_psi=0.5), timeout=10)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and status_details(err)["fields"] == ["truncation_psi"]
+        assert "give truncation_psi/truncation_layers to Synthesize" in err.details()

@@ -39,6 +39,52 @@ def test_help_shows_defaults_and_environment_names():
     assert "IFGAN_MAX_MESSAGE_MB" in text and "(default: 16)" in text
 
 
+BATCH_FLAGS = ["--max-batch-size", "--max-queue-size", "--max-queue-delay-microseconds", "--preferred-batch-sizes",
+               "--default-timeout-microseconds", "--instances", "--prefetch-batches"]
+
+
+def _batching_services():
+    from services.generator.server import Settings as GeneratorSettings
+    from services.inversion.server import Settings as InversionSettings
+    from services.scorer.server import Settings as ScorerSettings
+    return GeneratorSettings, ScorerSettings, InversionSettings
+
+
+def test_batching_services_share_one_batch_settings_group(monkeypatch):
+    generator, scorer, inversion = _batching_services()
+    for cls in (generator, scorer):
+        text = cls.parser().format_help()
+        for flag in BATCH_FLAGS:
+            env = "IFGAN_" + flag[2:].replace("-", "_").upper()
+            assert flag in text and env in text, (cls.service_name, flag)
+    # Continuous batching (inversion) forms no batches to wait for: only the size and queue settings apply.
+    text = inversion.parser().format_help()
+    assert "--max-batch-size" in text and "--max-queue-size" in text and "--instances" not in text
+    for cls in (generator, scorer, inversion):  # the old spellings are gone everywhere
+        names = {f for f in vars(cls.load([]))}
+        assert not names & {"max_batch_delay_ms", "max_queue_requests", "batch_instances", "max_batch", "max_queue"}
+    # Defaults kept from before the group: generator 0 (auto)/2000 us/512/1 instance, scorer 64/5 ms/256/2,
+    # inversion 32/64.
+    config = scorer.load([]).batching_config()
+    assert (config.max_batch_size, config.max_queue_delay_microseconds, config.max_queue_size,
+            config.instances, config.prefetch_batches) == (64, 5000, 256, 2, 1)
+    g = generator.load([])
+    assert (g.max_batch_size, g.max_queue_delay_microseconds, g.max_queue_size, g.instances) == (0, 2000, 512, 1)
+    assert (inversion.load([]).max_batch_size, inversion.load([]).max_queue_size) == (32, 64)
+    # Same environment names and precedence everywhere; one unit (microseconds).
+    monkeypatch.setenv("IFGAN_MAX_QUEUE_DELAY_MICROSECONDS", "750")
+    monkeypatch.setenv("IFGAN_MAX_QUEUE_SIZE", "9")
+    for cls in (generator, scorer):
+        config = cls.load(["--instances", "3", "--preferred-batch-sizes", "2,4"]).batching_config(max_batch_size=8)
+        assert (config.max_queue_delay_microseconds, config.max_queue_size, config.instances,
+                config.preferred_batch_sizes) == (750, 9, 3, (2, 4))
+    assert inversion.load([]).max_queue_size == 9
+    with pytest.raises(ValueError, match="max_batch_size must be within 1..4096"):
+        scorer.load(["--max-batch-size", "0"])  # only the generator reads 0 as "auto"
+    with pytest.raises(ValueError, match="preferred_batch_sizes"):
+        scorer.load(["--preferred-batch-sizes", "128"])
+
+
 def test_cached_model_files_are_verified(models_dir):
     for name in assets.ASSETS:
         assert assets.path_of(name).stat().st_size > 0
