@@ -1,14 +1,23 @@
 """Generator benchmark: raw in-process throughput vs served over gRPC with dynamic batching on and off.
 
 In one run on one machine:
-  (a) raw: the model in a process of its own, batched, with the server's thread and device settings (the ceiling);
+  (a) raw: the model in a process of its own, batched, with the server's thread and device settings (the
+      ceiling), and the same with 2 torch threads (the ceiling of both cores, for reference);
   (b) served, batching on: 1, 8 and 64 concurrent closed-loop clients, one image per request;
   (c) served, batching off (max_batch_size 1): the same clients.
 The load generator runs in its own process(es); its CPU use and the server's are measured from /proc.
 The machine is shared, so the load drifts: (a), (b) and (c) are measured in alternating slices (a, b, c, a, b,
-c, ...) by long-lived runner processes and summed, so every comparison sees the same conditions. Writes
-bench/results/generator.json with the table and `targets`: b64 >= 0.8 a, b64 >= 2.5 c64 (10 c64 on a GPU),
-b1 >= 0.9 c1.
+c, ...) by long-lived runner processes and summed, so every comparison sees the same conditions. Only calls
+that return OK with the one image asked for count as completed images; any other call is an error (warm-up
+included), and a ratio whose points had an error fails its target.
+
+Targets (written to bench/results/generator.json), thresholds set under the ratios measured in four runs
+on the 2-core shared CPU (b64/raw 0.93-0.96, b64/c64 2.63-2.96, b1/c1 1.01-1.07), with the margin one run's
+noise needs but a lost batching gain does not fit in:
+  b64 / a >= 0.85 (batched serving keeps 85% of the 1-thread raw ceiling),
+  b64 / c64 >= 2.4 (10 on a GPU, where batching gains more; not measured here),
+  b1 / c1 >= 0.93 (a lone client loses at most 7% to the batcher's queue),
+  zero served errors.
 """
 
 from __future__ import annotations
@@ -30,13 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from bench.harness import at_least, at_most, print_targets, proc_cpu_seconds  # noqa: E402
 
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+#: Thresholds (see the module help for the measurements they are set against).
+MIN_B_OVER_RAW, MIN_B_OVER_C, MIN_B_OVER_C_GPU, MIN_B1_OVER_C1 = 0.85, 2.4, 10.0, 0.93
 
 
 def _self_cpu() -> float:
@@ -135,17 +141,19 @@ def load_main(args: argparse.Namespace) -> int:
             nonlocal errors
             k = i
             while (t0 := loop.time()) < end:
-                try:
-                    async for _ in stub.Synthesize(requests[k % len(requests)], timeout=60):
-                        pass
-                except grpc.RpcError:
-                    errors += 1
-                t1 = loop.time()
-                if t0 >= start and t1 <= end:
-                    latencies.append(t1 - t0)
-                elif start <= t1 <= end:
-                    latencies.append(t1 - t0)  # started in warmup, finished inside: counts as a completion
                 k += args.clients
+                try:
+                    count = 0
+                    async for reply in stub.Synthesize(requests[k % len(requests)], timeout=60):
+                        count += len(reply.images)
+                    ok = count == 1  # one code asked, one image owed
+                except grpc.RpcError:
+                    ok = False
+                t1 = loop.time()
+                if not ok:
+                    errors += 1  # warm-up included; a failed or wrong call is never a completed image
+                elif start <= t1 <= end:  # finished inside the measured window (possibly started in warm-up)
+                    latencies.append(t1 - t0)
 
         tasks = [asyncio.create_task(client(i)) for i in range(args.clients)]
         await asyncio.sleep(max(0.0, start - loop.time()))
@@ -225,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch intra-op threads of the server and of (a); 1 leaves the second core to gRPC and clients")
     p.add_argument("--raw-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16, 32, 64],
                    help="batch sizes of the (a) sweep")
+    p.add_argument("--raw-threads-2", type=int, default=2,
+                   help="torch threads of the second raw ceiling (both cores; the server's default is 1)")
     p.add_argument("--sweep-seconds", type=float, default=2.0, help="seconds per batch size of the (a) sweep")
     p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64],
                    help="concurrent clients of (b) and (c)")
@@ -275,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     raw = Runner(["--raw-runner", "--threads", str(args.threads), *common])
+    raw2 = Runner(["--raw-runner", "--threads", str(args.raw_threads_2), *common])
     sweep = {}
     for batch in args.raw_batch_sizes:
         t = Totals()
@@ -284,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max((b for b in sweep if b <= max_batch), key=lambda b: sweep[b]["images_per_s"])
 
     served: dict[str, dict[int, Totals]] = {"b": {}, "c": {}}
-    ceiling = Totals()
+    ceiling, ceiling2 = Totals(), Totals()
     with tempfile.TemporaryDirectory() as tmp:
         servers = [start_server(args, True, Path(tmp)), start_server(args, False, Path(tmp))]
         try:
@@ -299,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                 served["b"][clients], served["c"][clients] = Totals(), Totals()
                 top = clients == max(args.clients)
                 for _ in range(args.rounds):
-                    if top:  # the ceiling, measured between the slices it is compared with
+                    if top:  # the ceilings, measured between the slices they are compared with
                         ceiling.add_raw(raw.ask(batch=best, seconds=slice_s))
+                        ceiling2.add_raw(raw2.ask(batch=best, seconds=slice_s))
                     for target, mode in enumerate("bc"):
                         for loader in loaders:  # several processes: started together, then collected
                             loader.proc.stdin.write(json.dumps({"target": target, "warmup": args.warmup,
@@ -321,26 +333,32 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers:
                 s.stop()
             raw.close()
+            raw2.close()
 
     top, low = max(args.clients), min(args.clients)
     a = ceiling.row(f"a raw batch {best}, between b{top}/c{top} slices")
+    a2 = ceiling2.row(f"a raw batch {best}, {args.raw_threads_2} threads, between b{top}/c{top} slices")
     b_top, c_top = served["b"][top].row("").get("images_per_s"), served["c"][top].row("").get("images_per_s")
     b1, c1 = served["b"][low].row("")["images_per_s"], served["c"][low].row("")["images_per_s"]
     gpu = device.startswith("cuda")
+    errors = {f"{m}{n}": served[m][n].errors for m in "bc" for n in args.clients}
     targets = {
-        f"b{top}_over_raw": {"value": ratio(b_top, a["images_per_s"]), "target": 0.8},
-        f"b{top}_over_c{top}": {"value": ratio(b_top, c_top), "target": 10.0 if gpu else 2.5},
-        f"b{low}_over_c{low}": {"value": ratio(b1, c1), "target": 0.9},
+        f"b{top}_over_raw": at_least(ratio(b_top, a["images_per_s"]), MIN_B_OVER_RAW),
+        f"b{top}_over_c{top}": at_least(ratio(b_top, c_top), MIN_B_OVER_C_GPU if gpu else MIN_B_OVER_C),
+        f"b{low}_over_c{low}": at_least(ratio(b1, c1), MIN_B1_OVER_C1),
+        "served_errors": at_most(sum(errors.values()), 0),
     }
-    for t in targets.values():
-        t["met"] = bool(t["value"] >= t["target"])
+    # A ratio built on failed calls means nothing: a point with an error fails its target.
+    for name, keys in ((f"b{top}_over_raw", [f"b{top}"]), (f"b{top}_over_c{top}", [f"b{top}", f"c{top}"]),
+                       (f"b{low}_over_c{low}", [f"b{low}", f"c{low}"])):
+        targets[name]["met"] = targets[name]["met"] and not any(errors[k] for k in keys)
 
     # Load-independent view: server CPU time per image (on a busy shared machine a process's throughput
     # mostly reflects the CPU share it gets; the CPU it spends per image does not depend on that share).
     cpu_ms = {f"{m}{n}": served[m][n].row("")["server_cpu_ms_per_image"] for m in "bc" for n in args.clients}
     efficiency = {"raw_cpu_ms_per_image": a["server_cpu_ms_per_image"], "served_cpu_ms_per_image": cpu_ms,
                   f"c{top}_over_b{top}_cpu_per_image": ratio(cpu_ms[f"c{top}"], cpu_ms[f"b{top}"])}
-    table = [sweep[b] for b in args.raw_batch_sizes] + [a]
+    table = [sweep[b] for b in args.raw_batch_sizes] + [a, a2]
     for mode, label in (("b", "batching on"), ("c", "batching off")):
         for clients, totals in served[mode].items():
             table.append(totals.row(f"{mode} {label}, {clients} clients", clients))
@@ -352,8 +370,10 @@ def main(argv: list[str] | None = None) -> int:
                      "max_batch_size": max_batch, "max_queue_delay_us": args.max_queue_delay_us,
                      "prefetch_batches": args.prefetch_batches,
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
-                     "duration_s": args.duration, "precision": args.precision, "raw_batch": best},
-        "raw_ceiling_images_per_s": a["images_per_s"], "table": table, "targets": targets,
+                     "duration_s": args.duration, "precision": args.precision, "raw_batch": best,
+                     "raw_threads_2": args.raw_threads_2},
+        "raw_ceiling_images_per_s": a["images_per_s"], "raw_ceiling_2_threads_images_per_s": a2["images_per_s"],
+        f"b{top}_over_raw_2_threads": ratio(b_top, a2["images_per_s"]), "table": table, "targets": targets,
         "cpu_efficiency": efficiency,
     }
     print_table(result)
@@ -371,17 +391,19 @@ def print_table(result: dict) -> None:
           f"format {s['format']}  "
           f"load avg {result['machine']['load_average'][0]:.1f}")
     print("cpu columns: cores busy; cpu ms/img = server (or raw) CPU time per image, less sensitive to other load")
-    print(f"{'case':40s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'client cpu':>10s} {'server cpu':>10s} "
+    print(f"{'case':50s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'client cpu':>10s} {'server cpu':>10s} "
           f"{'cpu ms/img':>10s}")
     for row in result["table"]:
-        print(f"{row['case']:40s} {row['images_per_s']:8.1f} {_fmt(row.get('p50_ms')):>8s} "
+        print(f"{row['case']:50s} {row['images_per_s']:8.1f} {_fmt(row.get('p50_ms')):>8s} "
               f"{_fmt(row.get('p99_ms')):>8s} {_fmt(row.get('client_cpu_cores')):>10s} "
               f"{_fmt(row.get('server_cpu_cores')):>10s} {_fmt(row.get('server_cpu_ms_per_image')):>10s}")
     e = result["cpu_efficiency"]
     print("cpu per image (ms): raw", e["raw_cpu_ms_per_image"], " served", e["served_cpu_ms_per_image"])
+    top = max(int(k.split("_")[0][1:]) for k in result["targets"] if k.endswith("_over_raw"))
+    print(f"b{top} over the {s['raw_threads_2']}-thread raw ceiling (not a target: the server runs "
+          f"{s['torch_threads']} torch thread): {result[f'b{top}_over_raw_2_threads']}")
     print("targets:")
-    for name, t in result["targets"].items():
-        print(f"  {name:24s} {t['value']:7.3f}  >= {t['target']:<5}  {'met' if t['met'] else 'NOT MET'}")
+    print_targets(result["targets"])
 
 
 def _fmt(value) -> str:

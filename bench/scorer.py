@@ -8,7 +8,9 @@ clock images/s the table gives images per CPU-second (this process, plus the ser
 other people's load does not distort.
 
 Writes bench/results/scorer.json with the table and `targets`: the served / in-process wall-clock ratio at
-batch 64 must reach 0.5 for every group.
+batch 64 must reach 0.85 for every group. Measured on the 2-core shared CPU: gender 1.01, age 0.98, mesh 0.93,
+all 0.90; serving adds the image transfer and the batcher, which cost a few percent, so 0.85 passes a
+healthy run with noise to spare and fails when serving loses a sixth of the engine's throughput.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from interfacegan.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc  # noqa: E402
 from services.cluster import ServiceProcess  # noqa: E402
 from services.common import images as imagecodec  # noqa: E402
+from bench.harness import at_least, print_targets, proc_cpu_seconds  # noqa: E402
 
 GROUPS = {
     "gender": ["gender"],
@@ -39,7 +42,7 @@ GROUPS = {
     "mesh": ["yaw", "pitch", "roll", "smile", "mouth_open"],
     "all": ["gender", "age", "yaw", "pitch", "roll", "smile", "mouth_open"],
 }
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.85
 
 
 def faces(count: int, seed: int = 0) -> np.ndarray:
@@ -64,10 +67,7 @@ def faces(count: int, seed: int = 0) -> np.ndarray:
 
 def cpu_seconds(pid: int | None = None) -> float:
     """CPU seconds (user + system, all threads) of this process, or of process `pid` (Linux /proc)."""
-    if pid is None:
-        return time.process_time()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.process_time() if pid is None else proc_cpu_seconds(pid)
 
 
 def measure(fn, batches: list, warmup: int, server_pid: int | None = None, workers: int = 1) -> tuple[float, float]:
@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"served_{args.concurrency}_clients_img_s":
                              round(best["many", group, 64][0], 1) if batch == 64 else None,
                          "in_process_img_per_cpu_s": round(ic, 1), "served_img_per_cpu_s": round(sc, 1)})
-    targets = {f"served_over_in_process_b64_{g}": {
-        "value": round(best["served", g, 64][0] / best["in", g, 64][0], 3), "target": TARGET_RATIO,
-        "met": best["served", g, 64][0] / best["in", g, 64][0] >= TARGET_RATIO} for g in GROUPS}
+    targets = {f"served_over_in_process_b64_{g}": at_least(round(best["served", g, 64][0] / best["in", g, 64][0], 3),
+                                                            TARGET_RATIO) for g in GROUPS}
     result = {"benchmark": "scorer", "quick": args.quick, "rounds": args.rounds,
               "images_per_cell": {"batch_1": counts[1], "batch_64": counts[64]},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "providers": providers,
@@ -172,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['group']:7s} {r['batch']:5d} {r['in_process_img_s']:10.1f} {r['served_img_s']:8.1f} "
               f"{r['served_over_in_process']:6.2f} {'' if c is None else f'{c:.1f}':>10s}   "
               f"{r['in_process_img_per_cpu_s']:13.1f} {r['served_img_per_cpu_s']:12.1f}")
-    for name, t in targets.items():
-        print(f"target {name}: {t['value']} >= {t['target']}: {'met' if t['met'] else 'NOT met'}")
+    print("targets:")
+    print_targets(targets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
