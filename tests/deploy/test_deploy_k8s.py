@@ -273,3 +273,62 @@ def test_settings_and_token_come_from_configmaps_and_the_secret(support, overlay
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "interfacegan", doc["metadata"]["name"]
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "interfacegan", doc["metadata"]["name"]
+
+
+def test_catalog_job_runs_one_shard_per_index_against_the_editor(support):
+    """examples/catalog-job: an Indexed Job whose pod I runs `ifgan catalog --shard I/N` (N = completions), with
+    arguments the SDK's own parser accepts, the auth Secret, the editor Service and one shared volume."""
+    from interfacegan.catalog import Shard
+    from interfacegan.cli import parser
+
+    docs = support.render("examples/catalog-job")
+    job = by(docs, "Job", "ifgan-catalog")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["backoffLimitPerIndex"] >= 1 and "backoffLimit" not in spec  # retries count per shard
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {"action": "FailIndex", "onExitCodes": {"containerName": "catalog", "operator": "In", "values": [2]}} in rules
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] and not c["securityContext"]["allowPrivilegeEscalation"]
+    assert c["args"][:3] == ["python", "-m", "interfacegan.cli"] and ":" in c["image"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("ifgan-auth-")]
+    assert env["IFGAN_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"],
+                                                                    "key": "IFGAN_AUTH_TOKEN"}
+    for index in range(spec["completions"]):
+        args = parser().parse_args([a.replace("$(SHARD_INDEX)", str(index)) for a in c["args"][3:]])
+        assert args.command == "catalog" and Shard.parse(args.shard) == Shard(index, spec["completions"])
+    host, port = args.address.removeprefix("dns:///").rsplit(":", 1)
+    assert by(docs, "Service", host)["spec"]["ports"][0]["port"] == int(port) == DEFAULT_PORTS["editor"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    (shared,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    claim = by(docs, "PersistentVolumeClaim", shared["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every shard writes to it at once
+    for path in (args.source, args.out):
+        assert path.is_relative_to(mounts[shared["name"]]), f"{path} is not on the shared volume"
+    assert "/tmp" in mounts.values()
+    for doc in (job, claim):
+        assert doc["metadata"]["namespace"] == "interfacegan"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "interfacegan"
+    # Where NetworkPolicies select the pods, they let the shards reach the editor's port and the editor admit them.
+    shard_labels = spec["template"]["metadata"]["labels"]
+    editor_labels = by(docs, "Deployment", "editor")["spec"]["template"]["metadata"]["labels"]
+    policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+
+    def selects(selector, labels):
+        return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
+
+    def allows(policy, direction, peer_labels):
+        return any(any("podSelector" in p and "namespaceSelector" not in p and selects(p["podSelector"], peer_labels)
+                       for p in rule.get("to" if direction == "Egress" else "from", [{}]))
+                   and any(p.get("port") == DEFAULT_PORTS["editor"] for p in rule.get("ports", [{}]))
+                   for rule in policy.get(direction.lower(), []))
+
+    for direction, own, peer in (("Egress", shard_labels, editor_labels), ("Ingress", editor_labels, shard_labels)):
+        applying = [p for p in policies if direction in p.get("policyTypes", []) and selects(p["podSelector"], own)]
+        assert not applying or any(allows(p, direction, peer) for p in applying), f"{direction} shards -> editor"
