@@ -9,8 +9,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 setup: system-deps venv models
 
-# redis-server runs the boundary store; docker-compose validates docker-compose.yml offline in the tests.
-SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose
+# redis-server runs the boundary store; docker-compose validates docker-compose.yml offline in the tests;
+# chromium + chromium-driver (Debian's) run the studio's browser test.
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \

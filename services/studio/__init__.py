@@ -1,0 +1,1 @@
+"""The studio: a web page over the editor where a face is edited with a slider per attribute."""
