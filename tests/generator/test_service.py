@@ -15,7 +15,6 @@ import torch
 from interfacegan import codec
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.cluster import free_port
-from services.common import tensors
 from services.common.errors import status_details
 from models import Registry, build_net, load_model, save_checkpoint
 
@@ -45,7 +44,7 @@ def reference():
 
 
 def synthesize(stub, codes: np.ndarray, space=Z, fmt=RAW, model="", **kw) -> list:
-    request = generator_pb2.SynthesizeRequest(model={"name": model}, codes=tensors.latents_from_numpy(space, codes),
+    request = generator_pb2.SynthesizeRequest(model={"name": model}, codes=codec.latents(codes, space),
                                               format=fmt, **kw)
     replies = list(stub.Synthesize(request, timeout=120))
     offsets = [r.offset for r in replies]
@@ -80,7 +79,7 @@ def test_sample_latents_is_seeded_reproducible_with_prefix(stub, reference):
     def sample(count, seed):
         reply = stub.SampleLatents(generator_pb2.SampleLatentsRequest(space=Z, count=count, seed=seed), timeout=10)
         assert reply.codes.space == Z
-        return tensors.to_numpy(reply.codes.codes, "codes")
+        return codec.array(reply.codes.codes)
 
     a, b = sample(4, 7), sample(10, 7)
     assert a.shape == (4, 100) and np.array_equal(a, b[:4]) and np.array_equal(a, sample(4, 7))
@@ -113,19 +112,19 @@ def test_synthesize_formats_match_the_in_process_model(stub, reference):
 
 
 def test_bad_synthesize_requests_get_precise_errors(stub):
-    good = tensors.latents_from_numpy(Z, np.zeros((2, 100), np.float32))
+    good = codec.latents(np.zeros((2, 100), np.float32), Z)
     nan = np.zeros((2, 100), np.float32)
     nan[1, 5] = np.nan
     cases = [
         (generator_pb2.SynthesizeRequest(model={"name": "nope"}, codes=good), grpc.StatusCode.NOT_FOUND, None,
          "known: dcgan-digiface-64"),
-        (generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(Z, np.zeros((2, 99), np.float32))),
+        (generator_pb2.SynthesizeRequest(codes=codec.latents(np.zeros((2, 99), np.float32), Z)),
          grpc.StatusCode.INVALID_ARGUMENT, "codes.codes.shape", "have shape [N, 100]"),
-        (generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(Z, nan)),
+        (generator_pb2.SynthesizeRequest(codes=codec.latents(nan, Z)),
          grpc.StatusCode.INVALID_ARGUMENT, "codes.codes.data", "NaN"),
-        (generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(Z, np.zeros((4097, 100), np.float32))),
+        (generator_pb2.SynthesizeRequest(codes=codec.latents(np.zeros((4097, 100), np.float32), Z)),
          grpc.StatusCode.INVALID_ARGUMENT, "codes.codes.shape", "limit of 4096"),
-        (generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(WP, np.zeros((2, 8, 100), np.float32))),
+        (generator_pb2.SynthesizeRequest(codes=codec.latents(np.zeros((2, 8, 100), np.float32), WP)),
          grpc.StatusCode.INVALID_ARGUMENT, "codes.space", "accepted: Z [100]"),
         (generator_pb2.SynthesizeRequest(codes=good, format=17), grpc.StatusCode.INVALID_ARGUMENT, "format",
          "accepted: PNG, JPEG, RAW"),
@@ -143,7 +142,7 @@ def test_bad_synthesize_requests_get_precise_errors(stub):
 
 def test_two_thousand_codes_stream_back_in_order(stub, reference):
     codes = reference.sample(2000, seed=21)
-    replies = list(stub.Synthesize(generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(Z, codes),
+    replies = list(stub.Synthesize(generator_pb2.SynthesizeRequest(codes=codec.latents(codes, Z),
                                                                    format=RAW), timeout=300))
     assert len(replies) > 1  # streamed: one reply per batch (or less), not one huge message
     assert [r.offset for r in replies] == sorted({r.offset for r in replies})
@@ -169,7 +168,7 @@ def test_concurrent_clients_share_batches(server, reference):
             stub = generator_pb2_grpc.GeneratorServiceStub(channel)
 
             async def one(i):
-                request = generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(Z, codes[i:i + 1]),
+                request = generator_pb2.SynthesizeRequest(codes=codec.latents(codes[i:i + 1], Z),
                                                           format=RAW)
                 return [r async for r in stub.Synthesize(request, timeout=60)]
             return await asyncio.gather(*[one(i) for i in range(48)])
@@ -184,7 +183,7 @@ def test_concurrent_clients_share_batches(server, reference):
 
 
 def test_expired_deadline_is_reported(stub, reference):
-    request = generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(Z, reference.sample(4000, seed=1)),
+    request = generator_pb2.SynthesizeRequest(codes=codec.latents(reference.sample(4000, seed=1), Z),
                                               format=RAW)
     err = error_of(stub.Synthesize, request, timeout=0.3)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -229,7 +228,7 @@ def test_user_models_and_the_onnxruntime_backend(launch_service, user_models, re
             # W+ codes from the server's mapping network synthesize like the in-process model.
             reply = stub.SampleLatents(generator_pb2.SampleLatentsRequest(model={"name": "sg2"}, space=WP, count=2,
                                                                           seed=9), timeout=60)
-            wp = tensors.to_numpy(reply.codes.codes, "codes")
+            wp = codec.array(reply.codes.codes)
             assert wp.shape == (2, 8, 512) and np.allclose(wp, sg2.sample(2, seed=9, space="wp"), atol=1e-4)
             served = np.stack([codec.image_array(i) for i in synthesize(stub, wp, space=WP, model="sg2")])
             assert np.abs(served.astype(int) - sg2.synthesize(wp, "wp", output="uint8").numpy()).max() <= 1
@@ -237,7 +236,7 @@ def test_user_models_and_the_onnxruntime_backend(launch_service, user_models, re
             assert info.loaded and info.architecture == "stylegan2" and info.default_truncation_layers == 8
             # A checkpoint with a missing key is refused, the key named, and the server keeps serving.
             err = error_of(stub.Synthesize, generator_pb2.SynthesizeRequest(
-                model={"name": "broken-sg2"}, codes=tensors.latents_from_numpy(Z, np.zeros((1, 512), np.float32))),
+                model={"name": "broken-sg2"}, codes=codec.latents(np.zeros((1, 512), np.float32), Z)),
                 timeout=60)
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "missing keys: conv1.activate.bias" in err.details()
@@ -268,7 +267,7 @@ def test_served_w_codes_have_the_reference_semantics(launch_service, tmp_path):
         def sample(space):
             reply = stub.SampleLatents(generator_pb2.SampleLatentsRequest(model={"name": "sg"}, space=space,
                                                                           count=3, seed=12), timeout=30)
-            return tensors.to_numpy(reply.codes.codes, "codes")
+            return codec.array(reply.codes.codes)
 
         def render(codes, space, **kw):
             return np.stack([codec.image_array(i) for i in synthesize(stub, codes, space=space, model="sg", **kw)])
