@@ -476,37 +476,43 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
     summary.seconds = time.monotonic() - started
     _write_reports(out, shard, mine, journal.records, interrupted=summary.interrupted, seconds=summary.seconds)
     if shard.count > 1 and not summary.interrupted:
-        # Whichever shard finishes last sees every journal complete and writes the merged report.
-        merged = merge_catalog(out, photos=photos, write=False)
+        # Whichever shard finishes last sees every journal complete and writes the merged report (the same
+        # bytes, should two finish at once).
+        merged, records = _merge(out, shard.count, photos)
         if merged["complete"]:
-            summary.merged = merge_catalog(out, photos=photos)
+            _write_merged(out, photos, records, merged)
+            summary.merged = merged
     return summary
 
 
-def merge_catalog(out: str | Path, *, source: str | Path | None = None, photos: Sequence[Photo] | None = None,
-                  write: bool = True) -> dict:
+def merge_catalog(out: str | Path, *, source: str | Path | None = None) -> dict:
     """Joins the shards of a catalog: reads every shard's journal, checks that each photo of the source is
     recorded by the shard that owns it and by no other, and writes the top-level report.json and failures.csv.
 
     Args:
         out: The catalog's output folder (catalog.json names the source and the shard count).
-        source: Read the photos here instead of the source catalog.json names (the same photos, mounted elsewhere).
-        photos: The discovered photos (saves a second listing).
-        write: Write report.json and failures.csv (else only return the report).
+        source: Read the photos here instead of where catalog.json says (the same photos, mounted elsewhere).
 
     Returns:
-        The merged report: totals, per-shard counts, `complete` (every photo done or failed for good),
-        `missing_shards` (shards with no journal yet) and `misplaced` (ids recorded by a shard that does not own
-        them, or by two shards; always empty unless the folder was tampered with).
+        The merged report: totals, per-shard counts, `complete` (every photo done or failed, every shard
+        started, nothing misplaced), `missing_shards` (shards with no journal yet) and `misplaced` (ids recorded
+        by a shard that does not own them, or by two: always empty unless the folder was tampered with).
     """
     out = Path(out).expanduser()
     settings_path = out / "catalog.json"
     if not settings_path.exists():
         raise FileNotFoundError(f"{out} holds no catalog (no catalog.json)")
     settings = json.loads(settings_path.read_text())
-    count = int(settings.get("shards", 1))
-    if photos is None:
-        photos = discover(source or settings["source"], follow_links=settings.get("follow_links", False))
+    source = Path(source or settings["source"])
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: the catalog's photos are not there; pass --source where they are")
+    photos = discover(source, follow_links=settings.get("follow_links", False))
+    report, records = _merge(out, int(settings.get("shards", 1)), photos)
+    _write_merged(out, photos, records, report)
+    return report
+
+
+def _merge(out: Path, count: int, photos: Sequence[Photo]) -> tuple[dict, dict[str, dict]]:
     records: dict[str, dict] = {}
     owner: dict[str, int] = {}
     misplaced, missing, shards = [], [], []
@@ -515,43 +521,38 @@ def merge_catalog(out: str | Path, *, source: str | Path | None = None, photos: 
         path = shard_dir(out, shard) / "journal.jsonl"
         if not path.exists():
             missing.append(index)
-        journal = Journal(path)
-        for pid, record in journal.records.items():
+        for pid, record in Journal(path).records.items():
             if not shard.owns(pid) or pid in owner:
                 misplaced.append(pid)
                 continue
             owner[pid] = index
             records[pid] = record
-    failed: dict[str, tuple[str, str]] = {}
     for index in range(count):
-        share = [p for p in photos if shard_of(p.id, count) == index]
-        counts = _counts(share, records, out)
-        failed.update(counts.pop("failures"))
-        shards.append({"shard": f"{index}/{count}", **counts})
+        shards.append({"shard": f"{index}/{count}",
+                       **_counts([p for p in photos if shard_of(p.id, count) == index], records, out)})
     totals = _counts(photos, records, out)
-    totals.pop("failures")
     report = {**totals, "complete": totals["pending"] == 0 and not missing and not misplaced,
               "shards": shards, "missing_shards": missing, "misplaced": sorted(set(misplaced))}
-    if write:
-        _write_failures(out, photos, records)
-        atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
-    return report
+    return report, records
+
+
+def _write_merged(out: Path, photos: Sequence[Photo], records: dict[str, dict], report: dict) -> None:
+    _write_failures(out, photos, records)
+    atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
 
 
 def _counts(photos: Sequence[Photo], records: dict[str, dict], out: Path) -> dict:
-    done, failures = [], {}
+    done, failed = [], 0
     for photo in photos:
         record = records.get(photo.id)
         if record and record["status"] == "done" and _finished(record, photo, out, False):
             done.append(record)
         elif record and record["status"] == "failed":
-            failures[photo.id] = (record["code"], record["error"])
+            failed += 1
     psnrs = [r["psnr"] for r in done if r.get("psnr")]
-    return {"total": len(photos), "done": len(done), "failed": len(failures),
-            "pending": len(photos) - len(done) - len(failures),
+    return {"total": len(photos), "done": len(done), "failed": failed, "pending": len(photos) - len(done) - failed,
             "mean_inversion_psnr": round(sum(psnrs) / len(psnrs), 3) if psnrs else None,
-            "mean_seconds_per_photo": round(sum(r["seconds"] for r in done) / len(done), 3) if done else None,
-            "failures": failures}
+            "mean_seconds_per_photo": round(sum(r["seconds"] for r in done) / len(done), 3) if done else None}
 
 
 def _encode(message, pixels, fmt: str) -> bytes:
@@ -584,7 +585,6 @@ def _write_reports(out: Path, shard: Shard, photos: Sequence[Photo], records: di
     folder = shard_dir(out, shard)
     _write_failures(folder, photos, records)
     counts = _counts(photos, records, out)
-    counts.pop("failures")
     report = {**({"shard": str(shard)} if shard.count > 1 else {}), **counts, "interrupted": interrupted,
               "seconds_this_run": round(seconds, 3)}
     atomic_write(folder / "report.json", json.dumps(report, indent=2).encode())
