@@ -153,7 +153,6 @@ class Inverter:
         """Codes of `space` for (N, 3, R, R) targets: the encoder's prediction, else the best of a few
         seeded prior samples (the space's mean is no start in Z: at z = 0 a DCGAN's ReLUs are all off and
         the gradient vanishes)."""
-        n = targets.shape[0]
         with torch.no_grad():
             if self.encoder is not None:
                 guess = self._encode(targets)
