@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
     import torch
 
+    from interfacegan import codec
     from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
     from models import load_model
     from services.cluster import ServiceProcess
@@ -195,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 stub = inversion_pb2_grpc.InversionServiceStub(channel)
                 info = {m.model.name: m for m in (await stub.GetInfo(inversion_pb2.GetInversionInfoRequest())).models}
                 space = info[args.model].default_space
-                shape = tuple(model.latent_shapes[{common_pb2.LATENT_SPACE_Z: "z", common_pb2.LATENT_SPACE_W: "w",
-                                                   common_pb2.LATENT_SPACE_WP: "wp"}[space]])
+                shape = tuple(model.latent_shapes[codec.SPACE_KEYS[space]])
                 res = model.resolution
                 warm = Checked("warm-up")
                 await run_phase(stub, warm, generated[-2:], 2, server.pid, res, shape, 600)
