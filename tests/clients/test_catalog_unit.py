@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import pytest
 
-from interfacegan.catalog import (Journal, Photo, Shard, csv_cell, discover, merge_catalog, output_key, read_photo,
-                                  shard_of)
+from interfacegan.catalog import (Journal, Photo, Refused, Shard, csv_cell, discover, merge_catalog, output_key,
+                                  read_photo, run_catalog, shard_of)
 
 
 PINNED = [2, 0, 3, 0, 2, 3, 2, 2]
@@ -86,7 +87,7 @@ def test_discovery_skips_what_is_not_a_file_and_reading_refuses_links_out(tmp_pa
     # The link is pointed out of the folder after discovery: reading still refuses it.
     (root / "swap.png").unlink()
     (root / "swap.png").symlink_to(outside / "x.png")
-    with pytest.raises(PermissionError, match="--follow-links"):
+    with pytest.raises(Refused, match="--follow-links"):
         read_photo(photos["swap.png"])
     with pytest.raises(OSError, match="regular file"):
         read_photo(Photo("fifo.png", root / "fifo.png"))
@@ -109,3 +110,28 @@ def test_csv_links_are_followed_only_into_its_folder(tmp_path):
 def test_merge_needs_a_catalog(tmp_path):
     with pytest.raises(FileNotFoundError, match="catalog.json"):
         merge_catalog(tmp_path)
+
+
+def test_shards_starting_at_once_with_other_settings_cannot_both_claim_the_folder(tmp_path):
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    errors, started, barrier = [], [], threading.Barrier(8)
+
+    def never(**_):
+        raise AssertionError("an empty folder needs no call")
+
+    def start(k: int):
+        barrier.wait()
+        try:
+            started.append(run_catalog(None, tmp_path / "in", out, [f"age:{k}"], shard=f"{k % 2}/2", progress=False,
+                                       edit_fn=never))
+        except ValueError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=start, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(started) == 1 and len(errors) == 7  # one catalog, one set of settings
+    assert all("other settings" in e for e in errors)

@@ -239,14 +239,18 @@ def _check_keys(photos: Sequence[Photo]) -> None:
         seen[key] = photo.id
 
 
+class Refused(Exception):
+    """A photo the catalog will not read (a link out of its folder); the message says why and what to do."""
+
+
 def read_photo(photo: Photo) -> bytes:
     """The bytes of a photo, refusing what discovery refused, a link that now leads out of `photo.root`, a file
-    that is not a regular file, and one over MAX_PHOTO_BYTES. Raises OSError or PermissionError."""
+    that is not a regular file, and one over MAX_PHOTO_BYTES. Raises Refused or OSError."""
     if photo.refused:
-        raise PermissionError(photo.refused)
+        raise Refused(photo.refused)
     real = photo.path.resolve()
     if photo.root is not None and not _inside(real, photo.root):
-        raise PermissionError("a symbolic link that leads outside the catalog folder; pass --follow-links to read it")
+        raise Refused("a symbolic link that leads outside the catalog folder; pass --follow-links to read it")
     # O_NOFOLLOW: a link swapped in after the check above is not followed; O_NONBLOCK: a FIFO does not hang us.
     fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with open(fd, "rb") as f:
@@ -268,6 +272,21 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_once(path: Path, data: bytes) -> None:
+    """Creates `path` whole unless it exists: of shards starting at once, one writes it and all compare with it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        atomic_write(tmp, data)
+        try:
+            os.link(tmp, path)  # fails if another process created it first
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links (some bucket mounts): last writer wins
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -381,14 +400,12 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
                 "blend": blend, "format": image_format, "inversion_steps": inversion_steps, "layout": LAYOUT,
                 "shards": shard.count, "follow_links": follow_links}
     settings_path = out / "catalog.json"
-    if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if json.loads(json.dumps(settings)) != previous:
-            raise ValueError(f"{out} holds a catalog made with other settings ({settings_path}); resume (or run "
-                             f"every shard) with the same source, edits, options and shard count, or choose "
-                             f"another output folder")
-    else:
-        atomic_write(settings_path, json.dumps(settings, indent=2).encode())
+    if not settings_path.exists():
+        _create_once(settings_path, json.dumps(settings, indent=2).encode())
+    if json.loads(json.dumps(settings)) != json.loads(settings_path.read_text()):
+        raise ValueError(f"{out} holds a catalog made with other settings ({settings_path}); resume (or run "
+                         f"every shard) with the same source, edits, options and shard count, or choose "
+                         f"another output folder")
     mine = [p for p in photos if shard.owns(p.id)]
     journal = Journal(shard_dir(out, shard) / "journal.jsonl")
     summary.total = len(mine)
@@ -412,8 +429,8 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
         base = {"id": photo.id, "file": str(photo.path), "key": output_key(photo.id)}
         try:
             data = read_photo(photo)
-        except PermissionError as e:
-            return {**base, "status": "failed", "code": "REFUSED", "error": str(e.args[0] if e.args else e)}
+        except Refused as e:
+            return {**base, "status": "failed", "code": "REFUSED", "error": str(e)}
         except OSError as e:
             return {**base, "status": "failed", "code": "UNREADABLE", "error": f"{type(e).__name__}: {e.strerror or e}"}
         try:
