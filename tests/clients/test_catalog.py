@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from interfacegan import Client
 from interfacegan.catalog import discover, output_key, read_photo, run_catalog
+from services.cluster import free_port
 from services.common import assets
 
 P = f"cat{uuid.uuid4().hex[:6]}"
@@ -184,7 +185,11 @@ def test_colliding_names_links_out_of_the_folder_and_formula_names_lose_nothing(
         return client.edit(**kwargs)
 
     out = tmp_path / "out"
+    stale = out / output_key("face.png") / ".original.png.4242.1.tmp"  # as a process killed mid-write leaves it
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
     first = run_catalog(client, src, out, EDITS, edit_fn=edit, **OPTIONS)
+    assert not stale.exists()
     assert secret not in sent and len(sent) == 6  # four photos, the formula-named file and the link to it
     assert any("elsewhere/" in w and "--follow-links" in w for w in first.warnings)
     assert first.done == 4 and set(first.failed) == {formula, "inner.png", "link.png"}
@@ -216,3 +221,26 @@ def test_colliding_names_links_out_of_the_folder_and_formula_names_lose_nothing(
     assert not followed["link.png"].refused and read_photo(followed["link.png"]) == secret
     assert "elsewhere/secret.png" in followed
     assert "elsewhere/secret.png" not in {p.id for p in discover(src)}
+
+
+def test_exit_status_tells_a_scheduler_whether_a_rerun_can_help(tmp_path):
+    """75 when photos failed for reasons that may pass (here: no server at the address), 1 for lasting failures
+    only (a link out of the folder), 0 for those with --lasting-failures-ok (what the Kubernetes Job passes)."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.open(assets.path_of("astronaut.png")).convert("RGB").resize((64, 64)).save(photos / "face.png")
+    address = f"127.0.0.1:{free_port()}"
+
+    def ifgan(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(IFGAN), "--address", address, "--timeout", "3", "-q", "catalog", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    down = ifgan(str(photos), "-o", str(tmp_path / "down"))
+    assert down.returncode == 75 and "face.png: UNAVAILABLE" in down.stdout, down.stdout + down.stderr
+
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "face.png").symlink_to(photos / "face.png")
+    lasting = ifgan(str(tmp_path / "links"), "-o", str(tmp_path / "lasting"))
+    assert lasting.returncode == 1 and "face.png: REFUSED" in lasting.stdout, lasting.stdout + lasting.stderr
+    accepted = ifgan(str(tmp_path / "links"), "-o", str(tmp_path / "lasting"), "--lasting-failures-ok")
+    assert accepted.returncode == 0 and "1 skipped as already handled" in accepted.stdout, accepted.stdout
