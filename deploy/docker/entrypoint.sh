@@ -1,6 +1,6 @@
 #!/bin/sh
-# Container entry point: ifgan SERVICE [FLAGS...] runs `python -m services.SERVICE` after checking the
-# model files' sha256 and refusing the placeholder auth token; `ifgan models fetch|verify|list` manages
+# Container entry point (/usr/local/bin/ifgan-service): SERVICE [FLAGS...] runs `python -m services.SERVICE` after checking the
+# model files' sha256 and refusing the placeholder auth token and Redis password; `models fetch|verify|list` manages
 # the models folder (e.g. to fill a mounted volume); anything else is run as a command.
 set -eu
 
@@ -23,6 +23,12 @@ if [ "${IFGAN_AUTH_TOKEN:-}" = "$PLACEHOLDER_TOKEN" ]; then
        "ifgan-auth Secret (openssl rand -hex 32)" >&2
   exit 78
 fi
+case "${IFGAN_REDIS_URL:-}" in
+  *"$PLACEHOLDER_TOKEN"*)
+    echo "refusing to start: the Redis password is still the placeholder of deploy/k8s; put a real one in the" \
+         "ifgan-redis Secret (openssl rand -hex 32)" >&2
+    exit 78 ;;
+esac
 
 # Models baked into the image or mounted at $IFGAN_MODELS_DIR: a missing or altered file stops the
 # container here with both checksums named, instead of a server that never becomes SERVING.

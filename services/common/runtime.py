@@ -187,6 +187,14 @@ def bounded(error: ServiceError, limit: int = MAX_ERROR_CHARS) -> ServiceError:
                         retry_after=error.retry_after)
 
 
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact_urls(values: dict) -> dict:
+    """`values` with the credentials of URLs (redis://:PASSWORD@host) masked, for logs."""
+    return {k: _URL_CREDENTIALS.sub("***@", v) if isinstance(v, str) else v for k, v in values.items()}
+
+
 def _code_of(context, error: Exception) -> str:
     if isinstance(error, grpc.aio.AbortError) or type(error).__name__ == "AbortError":
         code = context.code()
@@ -322,7 +330,7 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
         Path(settings.port_file).write_text(str(port))
     log.info("listening", extra={"port": port, "metrics_port": metrics_port, "tls": bool(creds),
                                  "health_port": liveness[2] if liveness else None,
-                                 "settings": settings.public_dict()})
+                                 "settings": redact_urls(settings.public_dict())})
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

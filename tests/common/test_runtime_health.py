@@ -154,3 +154,9 @@ def test_reflection_v1_and_v1alpha():
             assert not reply.HasField("error_response"), reply.error_response
 
     _serve(service, scenario)
+
+
+def test_logged_settings_hide_url_credentials():
+    shown = runtime.redact_urls({"redis_url": "redis://:s3cret@redis:6379/0", "port": 1,
+                                 "generator_address": "dns:///generator:50052"})
+    assert shown == {"redis_url": "redis://***@redis:6379/0", "port": 1, "generator_address": "dns:///generator:50052"}

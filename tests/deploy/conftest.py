@@ -33,10 +33,13 @@ COMPOSE_FILES = (ROOT / "docker-compose.yml", DOCKER / "compose.gpu.yml")
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 
 #: Every kustomization that must render (the user-facing ones); new ones under deploy/k8s are found too.
-REQUIRED_KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "examples/external-redis", "examples/keda", "monitoring")
+REQUIRED_KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "examples/external-redis", "examples/keda",
+                           "examples/keda-gpu", "examples/ingress-nginx", "examples/gateway-api", "examples/pinned-digest",
+                           "examples/gpu-cluster", "monitoring")
 
 #: Custom resources have no schema in kubernetes-validate: these kinds get the structural checks below.
-CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "PodMonitor")}
+CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "PodMonitor"),
+                ("gateway.networking.k8s.io/v1", "Gateway"), ("gateway.networking.k8s.io/v1", "GRPCRoute")}
 
 #: Settings the manifests already pass while the issue adding them to the service is still open. A name
 #: here that the service does not have yet is allowed; any other unknown IFGAN_* name fails. Once a
@@ -107,6 +110,27 @@ def check_custom_resource(doc: dict, docs: list[dict]) -> list[str]:
         problems += [f"PodMonitor spec has unknown field {k!r}" for k in set(spec) - allowed]
         if not spec.get("podMetricsEndpoints"):
             problems.append("PodMonitor needs podMetricsEndpoints")
+    elif kind == "Gateway":
+        problems += [f"Gateway spec has unknown field {k!r}" for k in set(spec) - {"gatewayClassName", "listeners",
+                                                                                   "addresses", "infrastructure"}]
+        for listener in spec.get("listeners") or [{}]:
+            if not {"name", "protocol", "port"} <= set(listener):
+                problems.append("a Gateway listener needs name, protocol and port")
+            if listener.get("protocol") == "HTTPS" and not (listener.get("tls") or {}).get("certificateRefs"):
+                problems.append(f"HTTPS listener {listener.get('name')} has no certificateRefs")
+    elif kind == "GRPCRoute":
+        problems += [f"GRPCRoute spec has unknown field {k!r}" for k in set(spec) - {"parentRefs", "hostnames", "rules"}]
+        gateways = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Gateway"}
+        for ref in spec.get("parentRefs") or [{}]:
+            listeners = {x["name"] for x in (gateways.get(ref.get("name")) or {}).get("spec", {}).get("listeners", [])}
+            if ref.get("name") not in gateways or ref.get("sectionName", next(iter(listeners), None)) not in listeners:
+                problems.append(f"GRPCRoute parentRef {ref} names no Gateway listener here")
+        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        for rule in spec.get("rules") or [{}]:
+            for backend in rule.get("backendRefs") or [{}]:
+                ports = [p["port"] for p in (services.get(backend.get("name")) or {}).get("spec", {}).get("ports", [])]
+                if backend.get("port") not in ports:
+                    problems.append(f"GRPCRoute backendRef {backend} is no Service port here")
     return problems
 
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from services.cluster import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES
+from services.cluster import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, FRONTENDS, SERVICES
 
 TOKEN = {"IFGAN_AUTH_TOKEN": "test-token"}
 
@@ -88,7 +88,7 @@ def test_a_broken_compose_file_fails_both_checks(support, tmp_path, mutate, sche
 def test_services_are_wired_like_the_local_cluster(support):
     config = merged(support)
     services = config["services"]
-    assert set(services) == {*SERVICES, "redis", "prometheus"}
+    assert set(services) == {*SERVICES, *FRONTENDS, "redis", "prometheus"}
     assert services["prometheus"]["profiles"] == ["monitoring"]  # only with --profile monitoring
     for name in SERVICES:
         service = services[name]
@@ -100,7 +100,8 @@ def test_services_are_wired_like_the_local_cluster(support):
         assert service["healthcheck"]["test"] == ["CMD", "ifgan-healthprobe"]
         assert service["read_only"] and service["cap_drop"] == ["ALL"]
         shutdown = float(env["IFGAN_DRAIN_SECONDS"]) + float(env["IFGAN_GRACE_SECONDS"])
-        assert service["stop_grace_period"] == "30s" and shutdown + 5 <= 30
+        assert shutdown + 5 <= float(service["stop_grace_period"].removesuffix("s")), name
+        assert env["IFGAN_HEALTH_PORT"] == "50050"
         for dependency, condition in service.get("depends_on", {}).items():
             assert condition == {"condition": "service_healthy"}, (name, dependency)
             assert "healthcheck" in services[dependency], dependency
@@ -129,6 +130,8 @@ def test_redis_keeps_an_append_only_file_on_a_volume(support):
     redis = support.load_compose(support.COMPOSE_FILES[0])["services"]["redis"]
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command and "--appendfsync always" in command and "--dir /data" in command
+    # Bounded memory; boundaries carry no expiry, so a volatile-* policy never evicts one.
+    assert "--maxmemory 640mb" in command and "--maxmemory-policy volatile-lru" in command
     assert redis["volumes"] == ["redis-data:/data"]
     assert "redis-data" in support.load_compose(support.COMPOSE_FILES[0])["volumes"]
 

@@ -47,31 +47,57 @@ def pin(requirement: str, support) -> str:
     return found
 
 
-def test_torch_and_onnxruntime_pins_match_pyproject(support):
+def lock_pins(support, variant: str) -> dict[str, str]:
+    text = (support.DOCKER / f"requirements-{variant}.lock").read_text()
+    return dict(re.findall(r"^([a-z0-9._-]+)==(\S+) \\$", text, re.M))
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_the_lock_is_current_hashed_and_pins_what_pyproject_pins(support, variant):
+    lock = support.DOCKER / f"requirements-{variant}.lock"
+    result = subprocess.run([sys.executable, str(support.DOCKER / "lock.py"), "--variant", variant, "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pins = lock_pins(support, variant)
+    entries = re.findall(r"^[a-z0-9._-]+==\S+ \\\n    --hash=sha256:[0-9a-f]{64}$", lock.read_text(), re.M)
+    assert len(entries) == len(pins) > 20, "every package pinned with its sha256"
+    torch = pin("torch", support).split("==")[1]
+    assert pins["torch"] == (f"{torch}+cpu" if variant == "cpu" else torch)
+    assert pins["onnxruntime-gpu"] == pin("onnxruntime-gpu", support).split("==")[1]
+    assert "onnxruntime" not in pins, "never install plain onnxruntime"
+    assert any(name.startswith("nvidia-") for name in pins) == (variant == "cuda")
+
+
+def test_the_image_installs_from_the_lock_alone(support):
     parts = stages(dockerfile(support))
-    cpu = " ".join(rest for word, rest in parts["torch-cpu"] if word == "RUN")
-    cuda = " ".join(rest for word, rest in parts["torch-cuda"] if word == "RUN")
-    torch = pin("torch", support)
-    assert torch == "torch==2.13.0"
-    assert f"pip install {torch} --index-url https://download.pytorch.org/whl/cpu" in cpu
-    assert torch in cuda and "--index-url" not in cuda  # PyPI's Linux torch is the CUDA build
-    ort = pin("onnxruntime-gpu", support)
-    assert ort.replace("onnxruntime-gpu", "onnxruntime-gpu[cuda,cudnn]") in cuda
-    whole = (support.DOCKER / "Dockerfile").read_text()
-    assert not re.search(r"\bonnxruntime(?!-gpu)(?:[=<>\s\"]|$)", whole), "never install plain onnxruntime"
+    deps = " ".join(rest for word, rest in parts["deps"] if word in ("RUN", "COPY"))
+    assert "deploy/docker/requirements-${VARIANT}.lock" in deps
+    assert "pip install --require-hashes --no-deps --only-binary=:all: -r /src/requirements.lock" in deps
+    # The CPU torch comes from PyTorch's CPU index; offline builds get every wheel from the wheelhouse.
+    assert "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in " ".join(r for _, r in parts["torch-cpu"])
+    assert "--mount=type=bind,from=wheelhouse,target=/wheelhouse" in deps
+    runtime = " ".join(rest for word, rest in parts["runtime"] if word == "RUN")
+    assert runtime.count("pip install --no-deps") == 2, "the project's own packages only, nothing resolved"
+    assert {"wheelhouse", "base"} <= set(parts)
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in (support.DOCKER / "Dockerfile").read_text()
 
 
 def test_one_image_per_variant_with_a_non_root_user_and_a_grpc_healthcheck(support):
     instructions = dockerfile(support)
     parts = stages(instructions)
     assert "FROM torch-${VARIANT} AS deps" in [f"FROM {r}" for w, r in instructions if w == "FROM"]
+    assert "FROM ${BASE_IMAGE} AS base" in [f"FROM {r}" for w, r in instructions if w == "FROM"]
     assert {"torch-cpu", "torch-cuda", "deps", "models", "runtime"} <= set(parts)
     assert list(parts)[-1] == "runtime"
     final = dict(parts["runtime"])  # the last occurrence of each instruction wins
     user = final["USER"].split(":")[0]
     assert user.isdigit() and int(user) != 0, "numeric non-root user (runAsNonRoot needs a numeric uid)"
-    assert final["HEALTHCHECK"].endswith('CMD ["ifgan-healthprobe"]')
-    assert final["ENTRYPOINT"] == '["ifgan"]' and final["WORKDIR"] == "/home/ifgan"
+    assert final["HEALTHCHECK"].endswith('CMD ["/usr/local/bin/ifgan-healthprobe"]')
+    # An absolute path under a name the client package does not install (its console script `ifgan`
+    # sits first on PATH, in the venv).
+    assert final["ENTRYPOINT"] == '["/usr/local/bin/ifgan-service"]' and final["WORKDIR"] == "/home/ifgan"
+    client = tomllib.loads((support.ROOT / "clients/python/pyproject.toml").read_text())["project"]["scripts"]
+    assert "ifgan-service" not in client and "ifgan-healthprobe" not in client
     # Models are fetched at build time by the project's checksumming command.
     models = " ".join(rest for word, rest in parts["models"] if word == "RUN")
     assert "python -m services.common.assets fetch --models-dir /models" in models
@@ -99,9 +125,10 @@ def test_every_copied_path_exists_and_is_in_the_build_context(support):
     for rest in copies:
         sources = rest.split()[:-1]
         for source in sources:
-            path = support.ROOT / source
-            assert path.exists(), f"COPY {source}: no such path"
-            files = [path] if path.is_file() else [p for p in path.rglob("*.py")]
+            paths = [support.ROOT / source.replace("${VARIANT}", v) for v in ("cpu", "cuda")]
+            for path in paths:
+                assert path.exists(), f"COPY {source}: no such path {path}"
+            files = [p for path in paths for p in ([path] if path.is_file() else path.rglob("*.py"))]
             for f in files:
                 rel = str(f.relative_to(support.ROOT))
                 assert included(rel), f"{rel} is copied but excluded by Dockerfile.dockerignore"
@@ -162,6 +189,12 @@ def entrypoint(support, *args, env) -> subprocess.CompletedProcess:
 def test_entrypoint_refuses_the_placeholder_token(support):
     result = entrypoint(support, "generator", env={"IFGAN_AUTH_TOKEN": support.placeholder_token()})
     assert result.returncode == ENTRYPOINT_CODES["placeholder-token"] and "placeholder" in result.stderr
+
+
+def test_entrypoint_refuses_the_placeholder_redis_password(support):
+    url = f"redis://:{support.placeholder_token()}@redis:6379/0"
+    result = entrypoint(support, "boundary", env={"IFGAN_AUTH_TOKEN": "t", "IFGAN_REDIS_URL": url})
+    assert result.returncode == ENTRYPOINT_CODES["placeholder-token"] and "ifgan-redis Secret" in result.stderr
 
 
 def test_entrypoint_refuses_missing_or_altered_models(support, tmp_path, models_dir):
