@@ -39,7 +39,7 @@ from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, genera
 from services.boundary import math as bm  # noqa: E402
 from services.boundary.dataset import Dataset  # noqa: E402
 from services.cluster import RedisProcess, ServiceProcess, free_port  # noqa: E402
-from services.common import tensors  # noqa: E402
+from services.common import editing, tensors  # noqa: E402
 
 ATTRIBUTES = ["gender", "age", "yaw", "smile"]
 MODEL = "dcgan-digiface-64"
@@ -101,7 +101,7 @@ def svm_checks(data_dir: Path, n: int, ratio: float, seed: int, svm_samples: int
         y = np.r_[np.ones(len(sp)), np.zeros(len(sn))]
         w_ours, _, _ = bm.fit_linear_svm(x, y, solver="hinge", seed=seed)
         w_svc, _, _ = bm.fit_linear_svm(x, y, solver="svc", seed=seed)
-        cos_sub = float(bm.unit(w_ours) @ bm.unit(w_svc))
+        cos_sub = float(editing.unit(w_ours) @ editing.unit(w_svc))
         out["svm"][attr] = {"chosen_train": ours.num_train, "hinge_seconds": ours.seconds, "svc_seconds": svc_seconds,
                             "samples_20k": big_fit.num_train + big_fit.num_validation,
                             "hinge_seconds_20k": big_fit.seconds, "squared_hinge_seconds_20k": squared.seconds,

@@ -25,14 +25,17 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from interfacegan import channel as sdk
 
-from services.common.channels import client_config
+from services.common import upstream
 
 #: Start order: dependencies first.
 SERVICES = ("generator", "scorer", "boundary", "inversion", "editor")
-DEFAULT_PORTS = {"editor": 50051, "generator": 50052, "scorer": 50053, "boundary": 50054, "inversion": 50055}
-DEFAULT_METRICS_PORTS = {name: 9100 + i for i, name in enumerate(("editor", *SERVICES[:-1]), start=1)}
+#: Web pages over the services, started after them; each serves its page on an HTTP port of its own.
+FRONTENDS = ("studio",)
+DEFAULT_PORTS = {"editor": 50051, "generator": 50052, "scorer": 50053, "boundary": 50054, "inversion": 50055,
+                 "studio": 50056}
+DEFAULT_METRICS_PORTS = {name: 9100 + i for i, name in enumerate(("editor", *SERVICES[:-1], *FRONTENDS), start=1)}
+DEFAULT_HTTP_PORTS = {"studio": 8080}
 DEFAULT_REDIS_PORT = 6380
 
 
@@ -159,17 +162,17 @@ class HealthCredentials:
                    env.get("IFGAN_TLS_SERVER_NAME", ""))
 
     def channel(self, address: str) -> grpc.Channel:
-        """A channel built the way services build theirs to each other (services/common/channels.py)."""
-        config = client_config(retry=False, tls_ca=self.ca, tls_cert=self.cert, tls_key=self.key,
-                               server_name=self.server_name)
-        return sdk.secure_channel(address, config)
+        """A channel built the way services build theirs to each other (services/common/upstream.py)."""
+        config = upstream.client_config(retry=None, tls_ca=self.ca, tls_cert=self.cert, tls_key=self.key,
+                                        server_name=self.server_name)
+        return upstream.sync_channel(address, config)
 
 
 def check_health(address: str, timeout: float = 2.0, service: str = "", *,
                  credentials: HealthCredentials | None = None) -> str:
     """Returns the grpc.health.v1 status name of `address`, or UNREACHABLE (over TLS when given credentials)."""
     try:
-        with (credentials.channel(address) if credentials else grpc.insecure_channel(address)) as channel:
+        with (credentials.channel(address) if credentials else upstream.sync_channel(address)) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                               timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -251,9 +254,12 @@ class Cluster:
             log(f"redis        {cluster.redis.url}  (AOF in {directory / 'redis'})")
             wiring = {"IFGAN_REDIS_URL": cluster.redis.url, "IFGAN_DATA_DIR": str(directory / "data"), **(env or {})}
             cluster.credentials = HealthCredentials.from_env({**os.environ, **wiring})
-            for name in SERVICES:
+            for name in (*SERVICES, *FRONTENDS):
+                # A page port: the default one with fixed ports, a free one otherwise (GetStudioInfo tells it).
+                page = ["--http-port", str(DEFAULT_HTTP_PORTS[name] if fixed_ports else 0)] \
+                    if name in DEFAULT_HTTP_PORTS else []
                 proc = ServiceProcess.start(
-                    name, (extra_args or {}).get(name, []), env=wiring, log_dir=directory / "logs",
+                    name, [*page, *(extra_args or {}).get(name, [])], env=wiring, log_dir=directory / "logs",
                     port=DEFAULT_PORTS[name] if fixed_ports else 0,
                     metrics_port=DEFAULT_METRICS_PORTS[name] if fixed_ports else -1, tie_to_parent=tie_to_parent)
                 cluster.services[name] = proc
@@ -359,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cluster = Cluster.up(directory, fixed_ports=not args.free_ports, tie_to_parent=not args.detach)
     print(f"cluster up in {time.perf_counter() - started:.1f} s; logs in {directory / 'logs'}")
+    if not args.free_ports:
+        print(f"studio page  http://127.0.0.1:{DEFAULT_HTTP_PORTS['studio']}/ (with an auth token: "
+              f"open it once as /?token=TOKEN)")
     if args.detach:
         print("stop it with: python -m services.cluster down")
         return 0

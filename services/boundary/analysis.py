@@ -8,11 +8,12 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from interfacegan.v1 import common_pb2
+from services.common import editing
 from services.common.pipeline import ordered
+from services.common.upstream import CallContext
 
-from . import math as bm
 from .dataset import shard_seed
-from .downstream import Downstream
+from .sampler import Sampler
 
 
 @dataclasses.dataclass
@@ -38,10 +39,10 @@ def rescore_summary(plus: np.ndarray, minus: np.ndarray, valid: np.ndarray, dist
     return mean, stderr, counts
 
 
-async def rescore(downstream: Downstream, model: common_pb2.ModelRef, space: int, normals: np.ndarray,
+async def rescore(sampler: Sampler, model: common_pb2.ModelRef, space: int, normals: np.ndarray,
                   attributes: list[str], samples: int, distance: float, seed: int, block: int,
                   on_progress: Callable[[int, int], Awaitable[None]] | None = None,
-                  request_id: str = "", depth: int = 4) -> Rescore:
+                  request_id: str = "", depth: int = 4, call: CallContext | None = None) -> Rescore:
     """Edits `samples` sampled codes by ±distance along each normal, re-scores every attribute.
 
     Args:
@@ -49,20 +50,20 @@ async def rescore(downstream: Downstream, model: common_pb2.ModelRef, space: int
         block: codes per generator/scorer request.
         depth: blocks in flight at once.
     """
-    normals = bm.unit(np.atleast_2d(normals))
+    normals = editing.unit(np.atleast_2d(normals))
     codes = []
     for lo in range(0, samples, block):
         # Seeded blocks so the sample set is reproducible whatever the block size limit of the services.
-        codes.append(await downstream.sample(model, space, shard_seed(seed, lo // block),
-                                             min(block, samples - lo), request_id))
+        codes.append(await sampler.sample(model, space, shard_seed(seed, lo // block),
+                                             min(block, samples - lo), request_id, call))
     codes = np.concatenate(codes)
     k, a = len(normals), len(attributes)
-    edited = {(i, sign): bm.edit(codes, n[None], np.array([[sign * distance]]))[:, 0, 0]
+    edited = {(i, sign): editing.edit(codes, n[None], np.array([[sign * distance]]))[:, 0, 0]
               for i, n in enumerate(normals) for sign in (1.0, -1.0)}
     items = [(key, lo) for key in edited for lo in range(0, samples, block)]
 
     def work(key, lo):
-        return lambda: downstream.generate_and_score(model, space, edited[key][lo:lo + block], attributes, request_id)
+        return lambda: sampler.generate_and_score(model, space, edited[key][lo:lo + block], attributes, request_id, call)
 
     values = {key: [] for key in edited}
     valid = {key: [] for key in edited}

@@ -1,4 +1,5 @@
-"""Boundary service: training jobs, conditional boundaries, the edit math, import/export and analysis over gRPC."""
+"""Boundary service: training jobs, storage, conditional boundaries, import/export, analysis, and EditLatents /
+InterpolateLatents as thin RPCs over services/common/editing.py for clients in other languages."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import numpy as np
 import redis.exceptions
 
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2
-from services.common import tensors
+from services.common import editing, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found, unavailable
 from services.common.settings import ServerSettings, setting
+from services.common.upstream import CallContext
 
 from . import analysis, convert, npyfiles, render, training
-from . import math as bm
-from .downstream import Downstream
+from .sampler import Sampler
 from .jobs import Job, JobManager, JobRecords
 from .store import SPACE_KEYS, BoundaryNotFound, BoundaryStore, StoredBoundary, check_name
 
@@ -109,9 +110,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = BoundaryStore(settings.redis_url, settings.redis_prefix)
-        self.downstream = Downstream(settings.generator_address, settings.scorer_address,
-                                     auth_token=settings.auth_token, max_message_bytes=settings.max_message_bytes,
-                                     settings=settings)
+        self.sampler = Sampler(settings.generator_address, settings.scorer_address, settings)
         self.train_settings = training.TrainSettings(
             data_dir=Path(settings.data_dir).expanduser().resolve(), default_num_samples=settings.default_num_samples,
             max_num_samples=settings.max_num_samples, shard_size=settings.shard_size,
@@ -140,7 +139,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
 
     async def close(self) -> None:
         await self.jobs.close()
-        await self.downstream.close()
+        await self.sampler.close()
         await self.store.close()
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -164,10 +163,11 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
     @_handles_store_errors
     async def TrainBoundaries(self, request, context):
         async def prepare():
-            spec = await training.validate(request, self.downstream, self.train_settings)
+            spec = await training.validate(request, self.sampler, self.train_settings,
+                                           CallContext.of(context, request.request_id, 300.0))
 
             async def work(job: Job):
-                return await training.train(job, spec, self.downstream, self.store, self.train_settings)
+                return await training.train(job, spec, self.sampler, self.store, self.train_settings)
             return work
 
         job, record = await self.jobs.submit(request, prepare)
@@ -219,8 +219,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
                                                            f"{target.normal.shape[1]}; conditions must share the "
                                                            f"target's model, space and dimension")
         try:
-            normal = bm.project(target.normal, np.concatenate([c.normal for c in conditions]))
-        except bm.DegenerateError as e:
+            normal = editing.project(target.normal, np.concatenate([c.normal for c in conditions]))
+        except editing.DegenerateError as e:
             raise invalid_argument("conditions", f"cannot condition {target.attribute}: {e}") from None
         names = list(dict.fromkeys([target.attribute, *(c.attribute for c in conditions)]))
         meta = {"model": target.model, "model_version": target.meta.get("model_version", ""),
@@ -319,36 +319,22 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
                 raise invalid_argument(f"{field}.direction", "missing; give a stored boundary or an explicit vector")
             if normal.size != d:
                 raise invalid_argument(f"{field}", f"direction has dimension {normal.size}, the codes {d}")
-            steps, start, end = e.steps, e.start, e.end
-            if steps == 0:
-                steps = bm.DEFAULT_STEPS
-                if start == 0 and end == 0:
-                    start, end = bm.DEFAULT_START, bm.DEFAULT_END
-            if not 1 <= steps <= 256:
-                raise invalid_argument(f"{field}.steps", f"{steps}; accepted 1 .. 256 (0 means 10)")
-            if not (np.isfinite(start) and np.isfinite(end)) or max(abs(start), abs(end)) > 1e4:
-                raise invalid_argument(f"{field}.start", "start and end must be finite, |value| <= 10000")
             is_absolute = e.mode == boundary_pb2.DISTANCE_MODE_ABSOLUTE
-            if space == WP:
-                num_layers = codes.shape[1]
-                lo, hi = e.layer_start, e.layer_end or num_layers
-                if not 0 <= lo < hi <= num_layers:
-                    raise invalid_argument(f"{field}.layer_start", f"layer range [{lo}, {hi}) is not within the "
-                                                                   f"{num_layers} layers; accepted 0 <= start < end <= "
-                                                                   f"{num_layers} (end 0 means every layer)")
-                if is_absolute and (lo, hi) != (0, num_layers):
-                    raise invalid_argument(f"{field}.mode", "ABSOLUTE distances are defined for whole codes; "
-                                                            "with a layer range use RELATIVE offsets")
-                layers.append((lo, hi))
-            elif e.layer_start or e.layer_end:
-                raise invalid_argument(f"{field}.layer_start", "layer ranges apply to W+ codes only")
+            try:
+                start, end, steps, layer_range = editing.check_edit(
+                    e.start, e.end, e.steps, absolute=is_absolute, layer_start=e.layer_start, layer_end=e.layer_end,
+                    num_layers=codes.shape[1] if space == WP else None)
+            except editing.EditError as err:
+                raise invalid_argument(f"{field}.{err.field}", str(err)) from None
+            if layer_range is not None:
+                layers.append(layer_range)
             normals.append(normal)
             table.append((start, end, steps))
             absolute.append(is_absolute)
-        dist = bm.distance_table(table)
+        dist = editing.distance_table(table)
         out_shape = (len(codes), len(normals), dist.shape[1], *codes.shape[1:])
         self._check_output(out_shape, "edits")
-        edited = await asyncio.to_thread(bm.edit, codes, np.stack(normals), dist, absolute=np.array(absolute),
+        edited = await asyncio.to_thread(editing.edit, codes, np.stack(normals), dist, absolute=np.array(absolute),
                                          layers=np.array(layers) if layers else None)
         return boundary_pb2.EditLatentsResponse(codes=tensors.latents_from_numpy(space, edited),
                                                 distances=tensors.from_numpy(dist))
@@ -362,7 +348,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         if not 2 <= request.steps <= 256:
             raise invalid_argument("steps", f"{request.steps}; accepted 2 .. 256 (both ends included)")
         self._check_output((len(start), request.steps, *start.shape[1:]), "steps")
-        out = bm.interpolate(start, end, request.steps)
+        out = editing.interpolate(start, end, request.steps)
         return boundary_pb2.InterpolateLatentsResponse(codes=tensors.latents_from_numpy(request.start.space, out))
 
     # -- analysis ----------------------------------------------------------------------------------------
@@ -378,7 +364,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         normals = np.concatenate([b.normal for b in found])
         labels = [convert.ref_of(b) for b in found]
         names = [render.label_of(b.attribute, SPACE_KEYS[b.space], b.version) for b in found]
-        cosine = bm.cosine_matrix(normals)
+        cosine = editing.cosine_matrix(normals)
         png = render.heatmap_png(cosine, names, names, title="cosine of boundary normals")
         yield boundary_pb2.AnalyzeBoundariesResponse(
             labels=labels, cosine=tensors.from_numpy(cosine), cosine_image=common_pb2.Image(encoded=png),
@@ -394,7 +380,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         distance = request.rescore_distance or 3.0
         if not 0 < distance <= 100:
             raise invalid_argument("rescore_distance", f"{distance}; accepted (0, 100] (0 means 3)")
-        scorer = await self.downstream.scorer_info()
+        call = CallContext.of(context, request.request_id, 300.0)
+        scorer = await self.sampler.scorer_info(call)
         known = [a.name for a in scorer.attributes]
         attributes = list(request.rescore_attributes) or known
         unknown = [a for a in attributes if a not in known]
@@ -402,7 +389,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             raise invalid_argument("rescore_attributes", f"{unknown} not computed by the scorer; accepted: {known}")
         model = common_pb2.ModelRef(name=found[0].model, version=found[0].meta.get("model_version", ""))
         try:
-            info = await self.downstream.model_info(model.name, model.version)
+            info = await self.sampler.model_info(model.name, model.version, call)
         except ServiceError as e:
             raise invalid_argument("boundaries", f"the generator cannot synthesize model {model.name!r} ({e.message}); "
                                                  f"the re-scoring study needs the boundaries' model") from None
@@ -422,8 +409,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
                                                  elapsed_seconds=time.monotonic() - started))
 
         task = asyncio.create_task(analysis.rescore(
-            self.downstream, model, space, normals, attributes, request.rescore_samples, distance, request.seed,
-            block, on_progress, request.request_id, self.settings.pipeline_depth))
+            self.sampler, model, space, normals, attributes, request.rescore_samples, distance, request.seed,
+            block, on_progress, request.request_id, self.settings.pipeline_depth, call))
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())

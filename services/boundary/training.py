@@ -19,12 +19,13 @@ from prometheus_client import Counter, Histogram
 from interfacegan.v1 import boundary_pb2, common_pb2
 from services.common.errors import ServiceError, failed_precondition, invalid_argument
 from services.common.pipeline import ordered
+from services.common.upstream import CallContext
 
 from . import math as bm
 from .convert import info_of
 from .dataset import Dataset, FolderLock, dataset_path, shard_seed
-from .downstream import Downstream
 from .jobs import Job
+from .sampler import Sampler
 from .store import SPACE_KEYS, BoundaryStore
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ class TrainSpec:
 _dataset_locks: dict[Path, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
 
-async def validate(request: boundary_pb2.TrainBoundariesRequest, downstream: Downstream,
-                   settings: TrainSettings) -> TrainSpec:
-    """Checks a request against the generator's model and the scorer's attributes; fills defaults."""
+async def validate(request: boundary_pb2.TrainBoundariesRequest, sampler: Sampler,
+                   settings: TrainSettings, call: CallContext | None = None) -> TrainSpec:
+    """Checks a request against the generator's model and the scorer's attributes; fills defaults.
+
+    `call` carries the deadline of the request being validated to the generator and scorer.
+    """
     if not request.attributes:
         raise invalid_argument("attributes", "empty; name at least one attribute the scorer computes, e.g. gender")
     if len(set(request.attributes)) != len(request.attributes):
@@ -99,14 +103,14 @@ async def validate(request: boundary_pb2.TrainBoundariesRequest, downstream: Dow
     if bm.chosen_count(n, ratio) < 10:
         raise invalid_argument("chosen_ratio", f"{n} samples x {ratio} gives {bm.chosen_count(n, ratio)} per side; "
                                                f"at least 10 are needed (sample more or raise the ratio)")
-    info = await downstream.model_info(request.model.name, request.model.version)
+    info = await sampler.model_info(request.model.name, request.model.version, call)
     shapes = {s.space: tuple(s.shape) for s in info.latent_spaces}
     space = request.space or common_pb2.LATENT_SPACE_Z
     if space not in shapes or len(shapes[space]) != 1:
         flat = [SPACE_KEYS[s].upper() for s, shape in shapes.items() if len(shape) == 1]
         raise invalid_argument("space", f"model {info.name} cannot train boundaries in space {space}; accepted: "
                                         f"{', '.join(flat)} (W boundaries also edit W+ codes)")
-    scorer = await downstream.scorer_info()
+    scorer = await sampler.scorer_info(call)
     known = [a.name for a in scorer.attributes]
     unknown = [a for a in request.attributes if a not in known]
     if unknown:
@@ -114,7 +118,7 @@ async def validate(request: boundary_pb2.TrainBoundariesRequest, downstream: Dow
     limits = [settings.sample_block, info.max_request_codes or settings.sample_block,
               scorer.max_request_images or settings.sample_block,
               # One Score request carries the whole block of raw images.
-              max(1, (downstream.max_message_bytes * 3 // 4) // max(1, info.resolution ** 2 * 3))]
+              max(1, (sampler.max_message_bytes * 3 // 4) // max(1, info.resolution ** 2 * 3))]
     block = max(1, min(limits))
     while settings.shard_size % block:  # blocks must tile shards exactly
         block -= 1
@@ -138,7 +142,7 @@ class _Progress:
             await self.job.update(stage=stage, done=done, total=total, eta=eta, message=message)
 
 
-async def train(job: Job, spec: TrainSpec, downstream: Downstream, store: BoundaryStore,
+async def train(job: Job, spec: TrainSpec, sampler: Sampler, store: BoundaryStore,
                 settings: TrainSettings) -> list[boundary_pb2.BoundaryInfo]:
     """Runs the whole job; returns the stored boundaries' metadata."""
     started = time.perf_counter()
@@ -152,7 +156,7 @@ async def train(job: Job, spec: TrainSpec, downstream: Downstream, store: Bounda
             dataset = Dataset.open_or_create(path, model=spec.model, model_version=spec.model_version,
                                              space=SPACE_KEYS[spec.space], seed=spec.seed, dimension=spec.dimension,
                                              shard_size=settings.shard_size, attributes=spec.dataset_attributes)
-            timings = await _ensure_dataset(job, spec, dataset, downstream, settings, progress)
+            timings = await _ensure_dataset(job, spec, dataset, sampler, settings, progress)
             # Later stages only read the first N samples; others may grow the dataset once we release it.
             fits = await _fit_all(job, spec, dataset, settings, progress, timings)
         finally:
@@ -180,7 +184,7 @@ def _finite(value: float) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
-async def _ensure_dataset(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downstream,
+async def _ensure_dataset(job: Job, spec: TrainSpec, dataset: Dataset, sampler: Sampler,
                           settings: TrainSettings, progress: _Progress) -> dict[str, float]:
     """Makes the dataset hold N samples scored on every needed attribute; returns stage timings."""
     timings = {"sampling": 0.0, "augmenting": 0.0}
@@ -196,18 +200,18 @@ async def _ensure_dataset(job: Job, spec: TrainSpec, dataset: Dataset, downstrea
     missing = sorted(set(spec.attributes) - set(dataset.attributes))
     if missing and dataset.num_samples:
         started = time.perf_counter()
-        await _augment(job, spec, dataset, missing, downstream, settings, progress)
+        await _augment(job, spec, dataset, missing, sampler, settings, progress)
         timings["augmenting"] = time.perf_counter() - started
     elif missing:
         dataset.declare_attributes(missing)
     if dataset.num_samples < spec.num_samples:
         started = time.perf_counter()
-        await _extend(job, spec, dataset, downstream, settings, progress)
+        await _extend(job, spec, dataset, sampler, settings, progress)
         timings["sampling"] = time.perf_counter() - started
     return timings
 
 
-async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downstream, settings: TrainSettings,
+async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, sampler: Sampler, settings: TrainSettings,
                   progress: _Progress) -> None:
     """Samples, synthesizes and scores samples [have, N) block by block, pipelined, writing full shards."""
     block, shard_size, attrs = int(dataset.manifest["block"]), dataset.shard_size, dataset.attributes
@@ -244,10 +248,10 @@ async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downs
         count = min((index + 1) * block, target) - index * block
 
         async def run():
-            codes = await downstream.sample(model, spec.space, shard_seed(spec.seed, index), count,
+            codes = await sampler.sample(model, spec.space, shard_seed(spec.seed, index), count,
                                             f"{job.id}/b{index}")
             codes = codes[first:]
-            values, valid = await downstream.generate_and_score(model, spec.space, codes, attrs, f"{job.id}/b{index}")
+            values, valid = await sampler.generate_and_score(model, spec.space, codes, attrs, f"{job.id}/b{index}")
             return codes, values, valid
         return run
 
@@ -277,7 +281,7 @@ async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, downstream: Downs
     await progress.report("sampling", target, target, fit_estimate, force=True)
 
 
-async def _augment(job: Job, spec: TrainSpec, dataset: Dataset, missing: list[str], downstream: Downstream,
+async def _augment(job: Job, spec: TrainSpec, dataset: Dataset, missing: list[str], sampler: Sampler,
                    settings: TrainSettings, progress: _Progress) -> None:
     """Scores stored codes on attributes the dataset lacks (re-synthesizing them; nothing is resampled)."""
     model = common_pb2.ModelRef(name=spec.model, version=spec.model_version)
@@ -290,7 +294,7 @@ async def _augment(job: Job, spec: TrainSpec, dataset: Dataset, missing: list[st
         codes = await asyncio.to_thread(dataset.shard_codes, index)
 
         def work(lo: int, codes=codes):
-            return lambda: downstream.generate_and_score(model, spec.space, codes[lo:lo + block], missing, job.id)
+            return lambda: sampler.generate_and_score(model, spec.space, codes[lo:lo + block], missing, job.id)
 
         parts = [r async for r in ordered((work(lo) for lo in range(0, len(codes), block)), settings.pipeline_depth)]
         values = np.concatenate([p[0] for p in parts])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import grpc
 
-from interfacegan import channel as ch
+from interfacegan import channel as sdk
 from services.common import logs
-
-from .upstream import CallContext, Upstream, UpstreamError
+from services.common.upstream import CallContext, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -18,17 +18,20 @@ class ServiceProxy(grpc.GenericRpcHandler):
     """Forwards every method of `service` (a protobuf ServiceDescriptor) to `upstream`, undecoded.
 
     Messages pass as bytes (no re-serialisation). The caller's deadline and x-request-id travel on; the
-    downstream status, message and rich details come back unchanged. Idempotent methods are retried on
-    another replica on UNAVAILABLE (streams only before their first message).
+    downstream status, message and rich details come back unchanged. Retries are the upstream channel's own
+    (idempotent methods on UNAVAILABLE, streams only before their first message).
     """
 
-    def __init__(self, service, upstream: Upstream, default_timeout: float = 300.0):
+    def __init__(self, service, upstream: Upstream, default_timeout: float = 300.0, *,
+                 after_write: Callable[[], None] | None = None):
         self.prefix = f"/{service.full_name}/"
         self.upstream = upstream
         self.default_timeout = default_timeout
+        # Called when a method that may add a stored version (not in the idempotent read set) was relayed.
+        self.after_write = after_write or (lambda: None)
+        self.reads = set(sdk.IDEMPOTENT_METHODS.get(service.name, ())) - {"ConditionBoundary"}
         self.streaming = {m.name: m.server_streaming for m in service.methods
                           if not m.client_streaming}
-        self.idempotent = set(ch.IDEMPOTENT_METHODS.get(service.name, ()))
         # The stubs of raw channels: one multicallable per replica and method.
         self._calls = {}
         for name, streaming in self.streaming.items():
@@ -52,45 +55,37 @@ class ServiceProxy(grpc.GenericRpcHandler):
         logs.request_id_var.set(rid)
         return CallContext.of(context, rid, self.default_timeout)
 
-    def _unary(self, name: str):
-        calls = self._calls[name]
+    def _start(self, name: str, request: bytes, call: CallContext):
+        index = self.upstream.pick()
+        self.upstream.count(name)
+        return self._calls[name][index](request, timeout=call.timeout(f"{self.upstream.name} {name}"),
+                                        metadata=self.upstream.metadata(call.request_id))
 
+    def _unary(self, name: str):
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             call = self._call_context(context)
-
-            async def run(replica, timeout):
-                return await calls[replica](request, timeout=timeout, metadata=self.upstream.metadata(call.request_id))
             try:
-                return await self.upstream.attempts_of(name, call, name in self.idempotent, run)
-            except UpstreamError as e:
-                await _relay(context, e)
+                return await self._start(name, request, call)
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "", _trailers(e))
+            finally:
+                if name not in self.reads:
+                    self.after_write()
         return handler
 
     def _stream(self, name: str):
-        calls = self._calls[name]
-
         async def handler(request: bytes, context: grpc.aio.ServicerContext):
             call = self._call_context(context)
-            attempts = self.upstream.attempts if name in self.idempotent else 1
-            last: grpc.aio.AioRpcError | None = None
-            for _ in range(attempts):
-                index = self.upstream.pick()
-                left = call.remaining()
-                stream = calls[index](request, timeout=left, metadata=self.upstream.metadata(call.request_id))
-                relayed = False
-                try:
-                    async for message in stream:
-                        relayed = True
-                        yield message
-                    return
-                except grpc.aio.AioRpcError as e:
-                    last = e
-                    if relayed or e.code() != grpc.StatusCode.UNAVAILABLE:
-                        break
-                finally:
-                    stream.cancel()
-            if last is not None:
-                await context.abort(last.code(), last.details() or "", _trailers(last))
+            stream = self._start(name, request, call)
+            try:
+                async for message in stream:
+                    yield message
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "", _trailers(e))
+            finally:
+                stream.cancel()
+                if name not in self.reads:
+                    self.after_write()
         return handler
 
 
@@ -98,10 +93,3 @@ def _trailers(e: grpc.aio.AioRpcError) -> tuple:
     # Keep the rich status (grpc-status-details-bin) and hints such as retry-after-ms; drop transport headers.
     return tuple((k, v) for k, v in (e.trailing_metadata() or ())
                  if k == "grpc-status-details-bin" or not k.startswith("grpc-"))
-
-
-async def _relay(context: grpc.aio.ServicerContext, e: UpstreamError | Exception) -> None:
-    source = getattr(e, "source", None)
-    if source is not None:
-        await context.abort(source.code(), source.details() or "", _trailers(source))
-    raise e

@@ -16,12 +16,13 @@ import numpy as np
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
-from services.common import channels, images, logs, pipeline, tensors
+from interfacegan import channel as sdk
+from services.common import editing, images, logs, pipeline, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
+from services.common.upstream import CallContext, Upstream
 
 from .proxy import ServiceProxy
-from .upstream import CallContext, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,19 @@ class Settings(ServerSettings):
     boundary_address: str = setting("127.0.0.1:50054", "boundary service (same forms as --generator-address)")
     inversion_address: str = setting("127.0.0.1:50055", "inversion replicas (same forms as --generator-address)")
     call_timeout: float = setting(120.0, "seconds one downstream call may take when the client's call has no deadline")
-    retry_attempts: int = setting(4, "tries of an idempotent downstream call on UNAVAILABLE, each on the next replica")
-    retry_backoff: float = setting(0.1, "seconds before the first retry; doubles up to 2 s, with jitter")
+    retry_attempts: int = setting(4, "tries (2 .. 5) of an idempotent downstream call on UNAVAILABLE, by gRPC's "
+                                     "retry policy: on another replica of a round robin channel")
+    retry_backoff: float = setting(0.1, "seconds before the first retry; doubles up to 2 s, with gRPC's jitter")
     chunk_size: int = setting(8, "edited images per Synthesize call; the chunks of one Edit run in parallel, "
                                  "spread over the generator replicas")
     parallel_chunks: int = setting(4, "chunks in flight per Edit call (synthesize, re-score, blend)")
     max_edits: int = setting(32, "most edits per Edit call")
     max_images: int = setting(1024, "most images one Edit call returns (the sum of the edits' steps)")
     condition_cache_size: int = setting(512, "conditional boundaries remembered (keyed by their parents' versions)")
+    normal_cache_size: int = setting(1024, "boundary normals kept in memory, by versioned ref (a version never "
+                                           "changes, so entries are only evicted, never stale)")
+    boundary_refresh_seconds: float = setting(10.0, "how long the newest version of a boundary is reused before "
+                                                    "asking again; writes relayed by this editor refresh at once")
     proxy_boundary: bool = setting(True, "also serve interfacegan.v1.BoundaryService by relaying it to "
                                          "--boundary-address, so clients need only the editor's address")
 
@@ -59,8 +65,12 @@ class Settings(ServerSettings):
         super().validate()
         if not 1 <= self.chunk_size <= 256 or not 1 <= self.parallel_chunks <= 64:
             raise ValueError("chunk_size must be within 1..256 and parallel_chunks within 1..64")
-        if self.call_timeout <= 0 or self.retry_attempts < 1:
-            raise ValueError("call_timeout must be positive and retry_attempts at least 1")
+        if self.call_timeout <= 0 or not 2 <= self.retry_attempts <= 5 or self.retry_backoff <= 0:
+            raise ValueError("call_timeout and retry_backoff must be positive and retry_attempts within 2..5 "
+                             "(gRPC's retry policy caps tries at 5)")
+        if self.normal_cache_size < 1 or self.condition_cache_size < 1 or self.boundary_refresh_seconds < 0:
+            raise ValueError("normal_cache_size and condition_cache_size must be at least 1 and "
+                             "boundary_refresh_seconds not negative")
 
 
 @dataclasses.dataclass
@@ -73,6 +83,18 @@ class Source:
     alignment: inversion_pb2.FaceAlignment | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     psnr: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Direction:
+    """A stored boundary an edit follows: its versioned ref and its unit normal (d,)."""
+
+    ref: common_pb2.BoundaryRef
+    normal: np.ndarray
+
+
+def _key(ref: common_pb2.BoundaryRef) -> tuple:
+    return ref.model, ref.attribute, ref.space, ref.version
 
 
 @dataclasses.dataclass
@@ -95,14 +117,23 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         if settings.proxy_boundary:
             self.service_names += ("interfacegan.v1.BoundaryService",)
         self._models: dict[tuple[str, str], generator_pb2.ModelInfo] = {}
-        self._conditioned: collections.OrderedDict[tuple, common_pb2.BoundaryRef] = collections.OrderedDict()
+        # Derived (conditional) boundaries, keyed by their parents' versioned refs.
+        self._conditioned: collections.OrderedDict[tuple, Direction] = collections.OrderedDict()
+        # Normals by versioned ref (model, attribute, space, version): a stored version never changes.
+        self._normals: collections.OrderedDict[tuple, Direction] = collections.OrderedDict()
+        # The newest version of (model, attribute, code space): (ref key, monotonic time it was looked up).
+        self._latest: dict[tuple, tuple[tuple, float]] = {}
         self.generator = self.scorer = self.boundary = self.inversion = None
 
     def _upstream(self, name: str, addresses: str, stub_cls) -> Upstream:
         s = self.settings
-        return Upstream(name, addresses, stub_cls, token=s.auth_token, max_message_bytes=s.max_message_bytes,
-                        attempts=s.retry_attempts, backoff=s.retry_backoff,
-                        config=channels.client_config(s, retry=False))
+        return Upstream(name, addresses, stub_cls, s,
+                        retry=sdk.RetryPolicy(max_attempts=s.retry_attempts, initial_backoff=s.retry_backoff,
+                                              max_backoff=2.0))
+
+    def forget_latest(self) -> None:
+        """Drops the newest-version lookups: a boundary write went through this editor."""
+        self._latest.clear()
 
     def register(self, server: grpc.aio.Server) -> None:
         # Channels are made here, inside the server's event loop.
@@ -114,7 +145,8 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         editor_pb2_grpc.add_EditorServiceServicer_to_server(self, server)
         if s.proxy_boundary:
             service = boundary_pb2.DESCRIPTOR.services_by_name["BoundaryService"]
-            server.add_generic_rpc_handlers((ServiceProxy(service, self.boundary, s.call_timeout),))
+            server.add_generic_rpc_handlers((ServiceProxy(service, self.boundary, s.call_timeout,
+                                                          after_write=self.forget_latest),))
 
     async def load(self) -> None:
         log.info("downstream", extra={"generator": self.generator.addresses, "scorer": self.scorer.addresses,
@@ -140,11 +172,11 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         return self._models[key]
 
     def _plan(self, request: editor_pb2.EditRequest) -> list[int]:
-        """Validates the edits; returns the number of steps of each."""
+        """Validates the edits' counts and sizes; returns the number of steps of each (defaults filled)."""
         s = self.settings
         if not request.edits and not request.include_original:
             raise invalid_argument("edits", "empty; give at least one AttributeEdit (e.g. attribute 'age', start -3, "
-                                            "end 3, steps 7), or set include_original to only reconstruct the face")
+                                            "end 3, steps 10), or set include_original to only reconstruct the face")
         if len(request.edits) > s.max_edits:
             raise invalid_argument("edits", f"{len(request.edits)} edits; accepted 1 .. {s.max_edits} per call")
         steps = []
@@ -153,11 +185,10 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
             if not e.attribute:
                 raise invalid_argument(f"{field}.attribute", "empty; name an attribute with a stored boundary "
                                                              "(GetCatalog lists them), e.g. 'age'")
-            n = e.steps or 1
-            if n > 256:
-                raise invalid_argument(f"{field}.steps", f"{n}; accepted 1 .. 256 (0 means 1)")
-            if not (np.isfinite(e.start) and np.isfinite(e.end)) or max(abs(e.start), abs(e.end)) > 1e4:
-                raise invalid_argument(f"{field}.start", "start and end must be finite numbers with |value| <= 10000")
+            try:
+                _, _, n, _ = editing.check_edit(e.start, e.end, e.steps, absolute=False)
+            except editing.EditError as err:
+                raise invalid_argument(f"{field}.{err.field}", str(err)) from None
             if e.attribute in e.hold:
                 raise invalid_argument(f"{field}.hold", f"holds {e.attribute!r}, the attribute being edited; hold "
                                                         f"other attributes only")
@@ -180,6 +211,9 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
                                             f"accepted: {', '.join(tensors.space_name(s) for s in shapes)}")
         if kind == "seed":
             space = request.space or (Z if Z in shapes else next(iter(shapes)))
+            if space == Z:
+                # Z codes of a seed are a pure function of (seed, shape): no generator round trip.
+                return Source(space, editing.sample_z(request.seed, 1, shapes[Z]))
             reply = await self.generator.unary("SampleLatents", generator_pb2.SampleLatentsRequest(
                 request_id=call.request_id, model=model, space=space, count=1, seed=request.seed), call)
             return Source(space, tensors.to_numpy(reply.codes.codes, "codes"))
@@ -204,15 +238,39 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
                           warnings=list(final.warnings), psnr=final.psnr)
         raise invalid_argument("source", "missing; set one of seed, code or photo")
 
+    def _remember(self, cache: collections.OrderedDict, key: tuple, value, size: int) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
+
     async def _find_boundary(self, model: str, attribute: str, space: int, version: int, call: CallContext,
-                             field: str) -> boundary_pb2.Boundary:
+                             field: str) -> Direction:
+        """The stored boundary `attribute` that edits `space` codes, from the cache when it can be."""
+        wanted = (model, attribute, space, version)
+        if version == 0 and wanted in self._latest:
+            key, seen = self._latest[wanted]
+            if time.monotonic() - seen <= self.settings.boundary_refresh_seconds and key in self._normals:
+                self._normals.move_to_end(key)
+                return self._normals[key]
         for bspace in BOUNDARY_SPACES.get(space, (space,)):
+            key = (model, attribute, bspace, version)
+            if version and key in self._normals:
+                self._normals.move_to_end(key)
+                return self._normals[key]
             ref = common_pb2.BoundaryRef(model=model, attribute=attribute, space=bspace, version=version)
             try:
-                return await self.boundary.unary("GetBoundary", boundary_pb2.GetBoundaryRequest(ref=ref), call)
+                found = await self.boundary.unary("GetBoundary", boundary_pb2.GetBoundaryRequest(ref=ref), call)
             except ServiceError as e:
                 if e.code != grpc.StatusCode.NOT_FOUND:
                     raise
+                continue
+            direction = Direction(found.info.ref, tensors.to_numpy(found.normal, "boundary normal").reshape(-1))
+            key = _key(found.info.ref)
+            self._remember(self._normals, key, direction, self.settings.normal_cache_size)
+            if version == 0:
+                self._latest[wanted] = (key, time.monotonic())
+            return direction
         stored = await self.boundary.unary("ListBoundaries", boundary_pb2.ListBoundariesRequest(model=model), call)
         names = sorted({b.ref.attribute for b in stored.boundaries
                         if b.ref.space in BOUNDARY_SPACES.get(space, (space,))})
@@ -222,30 +280,56 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
                         f"`ifgan train-boundary {attribute}` or import one)")
 
     async def _boundary(self, index: int, edit: editor_pb2.AttributeEdit, model: str, space: int,
-                        call: CallContext) -> common_pb2.BoundaryRef:
-        """The boundary an edit follows: stored, or projected off the held attributes (cached per parent versions)."""
+                        call: CallContext) -> Direction:
+        """The direction an edit follows: stored, or projected off the held attributes (cached per parent versions)."""
         field = f"edits[{index}]"
         target = await self._find_boundary(model, edit.attribute, space, edit.boundary_version, call,
                                            f"{field}.attribute")
         hold = list(dict.fromkeys(edit.hold))
         if not hold:
-            return target.info.ref
+            return target
         conditions = await asyncio.gather(*(
-            self._find_boundary(model, h, target.info.ref.space, 0, call, f"{field}.hold[{k}]")
+            self._find_boundary(model, h, target.ref.space, 0, call, f"{field}.hold[{k}]")
             for k, h in enumerate(hold)))
-        key = (model, target.info.ref.space, target.info.ref.attribute, target.info.ref.version,
-               tuple((c.info.ref.attribute, c.info.ref.version) for c in conditions))
+        key = (_key(target.ref), tuple(_key(c.ref) for c in conditions))
         if key in self._conditioned:
             self._conditioned.move_to_end(key)
             return self._conditioned[key]
-        # A request id made of the parents' versions: every editor replica gets the same stored version.
+        # Stored once so that responses name a ref every client can fetch; a request id made of the parents'
+        # versions makes every editor replica get the same stored version.
         rid = "editor-condition:" + hashlib.sha256(repr(key).encode()).hexdigest()[:32]
         derived = await self.boundary.unary("ConditionBoundary", boundary_pb2.ConditionBoundaryRequest(
-            request_id=rid, target=target.info.ref, conditions=[c.info.ref for c in conditions]), call)
-        self._conditioned[key] = derived.info.ref
-        while len(self._conditioned) > self.settings.condition_cache_size:
-            self._conditioned.popitem(last=False)
-        return derived.info.ref
+            request_id=rid, target=target.ref, conditions=[c.ref for c in conditions]), call)
+        direction = Direction(derived.info.ref, tensors.to_numpy(derived.normal, "boundary normal").reshape(-1))
+        self._remember(self._conditioned, key, direction, self.settings.condition_cache_size)
+        return direction
+
+    def _edit_codes(self, request: editor_pb2.EditRequest, source: Source, directions: list[Direction],
+                    steps: list[int]) -> list[Item]:
+        """The edited codes, computed here (services/common/editing.py) on the cached normals."""
+        num_layers = source.code.shape[1] if source.code.ndim == 3 else None
+        table, absolute, layers = [], [], []
+        for i, (e, d) in enumerate(zip(request.edits, directions)):
+            field = f"edits[{i}]"
+            if d.normal.size != source.code.shape[-1]:
+                raise invalid_argument(f"{field}.attribute", f"boundary {d.ref.attribute!r} has dimension "
+                                                             f"{d.normal.size}, the codes {source.code.shape[-1]}")
+            is_absolute = e.mode == boundary_pb2.DISTANCE_MODE_ABSOLUTE
+            try:
+                start, end, n, layer_range = editing.check_edit(
+                    e.start, e.end, e.steps, absolute=is_absolute, layer_start=e.layer_start,
+                    layer_end=e.layer_end, num_layers=num_layers)
+            except editing.EditError as err:
+                raise invalid_argument(f"{field}.{err.field}", str(err)) from None
+            table.append((start, end, n))
+            absolute.append(is_absolute)
+            if layer_range is not None:
+                layers.append(layer_range)
+        dist = editing.distance_table(table)
+        edited = editing.edit(source.code, np.stack([d.normal for d in directions]), dist,
+                              absolute=np.array(absolute), layers=np.array(layers) if layers else None)
+        return [Item(e, s, float(dist[e, s]), edited[0, e, s], directions[e].ref)
+                for e, n in enumerate(steps) for s in range(n)]
 
     async def _render(self, items: list[Item], chunk: int, model: common_pb2.ModelRef, source: Source,
                       request: editor_pb2.EditRequest, call: CallContext) -> list[tuple]:
@@ -306,22 +390,14 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         info = await self._model(request.model, call)
         model = common_pb2.ModelRef(name=info.name, version=info.version)
         source = await self._source(request, info, call)
-        refs = await asyncio.gather(*(self._boundary(i, e, info.name, source.space, call)
-                                      for i, e in enumerate(request.edits)))
+        directions = await asyncio.gather(*(self._boundary(i, e, info.name, source.space, call)
+                                            for i, e in enumerate(request.edits)))
 
         items: list[Item] = []
         if request.include_original:
             items.append(Item(-1, 0, 0.0, source.code[0], None))
         if request.edits:
-            edits = [boundary_pb2.Edit(boundary=ref, mode=e.mode, start=e.start, end=e.end, steps=n,
-                                       layer_start=e.layer_start, layer_end=e.layer_end)
-                     for ref, e, n in zip(refs, request.edits, steps)]
-            reply = await self.boundary.unary("EditLatents", boundary_pb2.EditLatentsRequest(
-                codes=tensors.latents_from_numpy(source.space, source.code), edits=edits), call)
-            edited = tensors.to_numpy(reply.codes.codes, "edited codes")  # (1, E, S, ...)
-            distances = tensors.to_numpy(reply.distances, "distances")  # (E, S)
-            for e, n in enumerate(steps):
-                items.extend(Item(e, s, float(distances[e, s]), edited[0, e, s], refs[e]) for s in range(n))
+            items.extend(self._edit_codes(request, source, list(directions), steps))
 
         size = self.settings.chunk_size
         chunks = [items[i:i + size] for i in range(0, len(items), size)]

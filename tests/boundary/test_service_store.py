@@ -14,8 +14,7 @@ import pytest
 from PIL import Image
 
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2
-from services.boundary import math as bm
-from services.common import tensors
+from services.common import editing, tensors
 
 REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP
@@ -99,10 +98,10 @@ def test_conditional_boundaries_match_closed_forms_and_name_their_parents(stub):
         target=ref("stylegan_ffhq", "age"), conditions=[ref("stylegan_ffhq", "gender")]))
     assert one.info.ref.attribute == "age|gender" and one.info.origin == "conditional"
     assert [p.attribute for p in one.info.parents] == ["age", "gender"] and all(p.version for p in one.info.parents)
-    assert np.max(np.abs(normal_of(one)[0] - bm.project_one(n, c1))) < 1e-6
+    assert np.max(np.abs(normal_of(one)[0] - editing.project(n, c1[None]))) < 1e-6
     two = stub.ConditionBoundary(boundary_pb2.ConditionBoundaryRequest(
         target=ref("stylegan_ffhq", "age"), conditions=[ref("stylegan_ffhq", "gender"), ref("stylegan_ffhq", "eyeglasses")]))
-    assert np.max(np.abs(normal_of(two)[0] - bm.project_two(n, c1, c2))) < 1e-6
+    assert np.max(np.abs(normal_of(two)[0] - editing.project(n, np.stack([c1, c2])))) < 1e-6
     assert abs(normal_of(two)[0] @ c1) < 1e-6 and abs(normal_of(two)[0] @ c2) < 1e-6
     exported = stub.ExportBoundary(boundary_pb2.ExportBoundaryRequest(ref=two.info.ref))
     assert exported.file_name == "stylegan_ffhq_age_c_gender_eyeglasses_boundary.npy"
@@ -240,7 +239,8 @@ def test_without_redis_the_math_serves_and_the_store_says_unavailable(launch_ser
         codes = np.zeros((1, 4), np.float32)
         reply = stub.EditLatents(boundary_pb2.EditLatentsRequest(
             codes=tensors.latents_from_numpy(Z, codes),
-            edits=[boundary_pb2.Edit(vector=tensors.from_numpy(np.array([1, 0, 0, 0], np.float32)), end=2, steps=1)]),
+            edits=[boundary_pb2.Edit(vector=tensors.from_numpy(np.array([1, 0, 0, 0], np.float32)), start=2, end=2,
+                                    steps=1)]),
             timeout=30)
         np.testing.assert_allclose(tensors.to_numpy(reply.codes.codes, "c")[0, 0, 0], [2, 0, 0, 0])
     proc.stop()

@@ -26,9 +26,9 @@ SDK = ROOT / "clients" / "python"
 
 
 def test_edit_spec_parsing_covers_the_documented_forms():
-    assert EditSpec.parse("age") == EditSpec("age", -3.0, 3.0, 7)
+    assert EditSpec.parse("age") == EditSpec("age", -3.0, 3.0, 10)  # interfacegan.defaults
     assert EditSpec.parse("age:2") == EditSpec("age", 2.0, 2.0, 1)
-    assert EditSpec.parse("smile:-1.5:2") == EditSpec("smile", -1.5, 2.0, 7)
+    assert EditSpec.parse("smile:-1.5:2") == EditSpec("smile", -1.5, 2.0, 10)
     spec = EditSpec.parse("gender:-3:3:5:hold=age+yaw:mode=absolute:version=2:layers=0-4")
     assert spec == EditSpec("gender", -3, 3, 5, "absolute", ("age", "yaw"), 2, (0, 4))
     assert spec.label == "gender|age|yaw"

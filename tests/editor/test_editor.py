@@ -105,8 +105,8 @@ def test_single_absolute_step_png_and_code_source(editor):
     code = np.random.default_rng(3).standard_normal((1, 100)).astype(np.float32)
     n = editor["normals"]["a"][0]
     replies, _ = run(stub, editor_pb2.EditRequest(
-        code=tensors.latents_from_numpy(Z, code), edits=[edit(f"{P}-a", 0, 1.5, 0, mode=boundary_pb2.DISTANCE_MODE_ABSOLUTE)]))
-    assert len(replies) == 1 and replies[0].distance == pytest.approx(1.5)  # steps 0 means 1, at `end`
+        code=tensors.latents_from_numpy(Z, code), edits=[edit(f"{P}-a", 1.5, 1.5, 1, mode=boundary_pb2.DISTANCE_MODE_ABSOLUTE)]))
+    assert len(replies) == 1 and replies[0].distance == pytest.approx(1.5)  # one distance: start = end, steps 1
     edited = tensors.to_numpy(replies[0].code.codes, "code")[0]
     assert float(edited @ n) == pytest.approx(1.5, abs=1e-4)  # absolute: signed distance from the hyperplane
     assert Image.open(io.BytesIO(replies[0].image.encoded)).format == "PNG"
@@ -214,14 +214,66 @@ def test_boundary_service_is_relayed_with_its_rich_errors_and_listed_by_reflecti
     assert {"interfacegan.v1.EditorService", "interfacegan.v1.BoundaryService"} <= names
 
 
-def _synthesize_count(proc) -> float:
+def _metrics(proc) -> str:
     port = None
     for line in proc.log_path.read_text().splitlines():
         if '"listening"' in line:
             port = json.loads(line).get("metrics_port")
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    found = re.findall(r'ifgan_requests_total\{[^}]*method="Synthesize"[^}]*\} ([0-9.e+]+)', text)
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def _synthesize_count(proc) -> float:
+    found = re.findall(r'ifgan_requests_total\{[^}]*method="Synthesize"[^}]*\} ([0-9.e+]+)', _metrics(proc))
     return sum(float(x) for x in found)
+
+
+def _upstream_calls(proc) -> dict[tuple[str, str], float]:
+    """The editor's own count of its calls to other services, by (service, method)."""
+    found = re.findall(r'ifgan_upstream_calls_total\{method="(\w+)",target="(\w+)"\} ([0-9.e+]+)', _metrics(proc))
+    return {(target, method): float(n) for method, target, n in found}
+
+
+def test_an_edit_of_a_seed_makes_two_round_trips_on_a_warm_cache(editor, launch_service):
+    """Counted by the editor's upstream client: Synthesize and Score, nothing before them.
+
+    The code of a Z seed is sampled in-process, the normals come from the editor's cache (by versioned ref)
+    and the edit math runs in-process; before this design the same Edit made five serial calls on a warm
+    cache (SampleLatents, GetBoundary, EditLatents, Synthesize, Score) and six cold (GetModelInfo first).
+    """
+    cluster = editor["cluster"]
+    env = {f"IFGAN_{name.upper()}_ADDRESS": cluster.services[name].address
+           for name in ("generator", "scorer", "boundary", "inversion")}
+    ed = launch_service("editor", "--metrics-port", "0", "--drain-seconds", "0", env=env)
+    with grpc.insecure_channel(ed.address) as ch:
+        stub = editor_pb2_grpc.EditorServiceStub(ch)
+
+        def counted(request) -> tuple[list, dict]:
+            before = _upstream_calls(ed)
+            replies = list(stub.Edit(request, timeout=120))
+            after = _upstream_calls(ed)
+            return replies, {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+
+        def seed_edit(seed: int, **kw):
+            return editor_pb2.EditRequest(seed=seed, rescore=True, format=RAW, edits=[edit(f"{P}-a", -2, 2, 3, **kw)])
+
+        _, cold = counted(seed_edit(40))
+        assert ("boundary", "GetBoundary") in cold and ("generator", "GetModelInfo") in cold
+        replies, warm = counted(seed_edit(41))  # another seed: nothing of it is cached
+        assert warm == {("generator", "Synthesize"): 1, ("scorer", "Score"): 1}, warm
+        assert len(replies) == 3 and all(r.scores for r in replies)
+        counted(seed_edit(42, hold=[f"{P}-b"]))  # the conditional boundary is made once per parent versions
+        _, held = counted(seed_edit(43, hold=[f"{P}-b"]))
+        assert held == {("generator", "Synthesize"): 1, ("scorer", "Score"): 1}, held
+        # The in-process seed code is the generator's, and the in-process edit is EditLatents' (one library).
+        with grpc.insecure_channel(cluster.services["generator"].address) as gch:
+            sampled = generator_pb2_grpc.GeneratorServiceStub(gch).SampleLatents(generator_pb2.SampleLatentsRequest(
+                model=common_pb2.ModelRef(name=MODEL), space=Z, count=1, seed=41), timeout=30)
+        codes = np.stack([tensors.to_numpy(r.code.codes, "code")[0] for r in replies])
+        latents = editor["boundary"].EditLatents(boundary_pb2.EditLatentsRequest(
+            codes=sampled.codes, edits=[boundary_pb2.Edit(boundary=replies[0].boundary, start=-2, end=2, steps=3)]),
+            timeout=30)
+        np.testing.assert_array_equal(codes, tensors.to_numpy(latents.codes.codes, "codes")[0, 0])
+    ed.stop()
 
 
 def test_edits_are_balanced_over_generator_replicas_and_a_dead_replica_is_skipped(editor, launch_service):
@@ -246,5 +298,8 @@ def test_edits_are_balanced_over_generator_replicas_and_a_dead_replica_is_skippe
         after = (_synthesize_count(g1), _synthesize_count(g2))
         assert after[0] - before[0] >= 4 and after[1] - before[1] >= 4, (kind, before, after)
         if kind == "list":
-            assert "retrying" in ed.log_path.read_text() and dead in ed.log_path.read_text()
+            # IP replicas share one round robin channel: gRPC's balancer skips the dead one (and its retry
+            # policy redoes an idempotent call that met it on a live one).
+            wiring = [json.loads(line) for line in ed.log_path.read_text().splitlines() if '"downstream"' in line]
+            assert wiring[-1]["generator"] == [f"ipv4:{g1.address},{dead},{g2.address}"], wiring
         ed.stop()

@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from interfacegan.v1 import boundary_pb2, common_pb2, editor_pb2
 
-from . import codec
+from . import codec, defaults
 from .grid import make_grid
 
 Output = Literal["numpy", "pil"]
@@ -30,7 +30,7 @@ class EditSpec:
     Attributes:
         attribute: Boundary to follow, e.g. "age".
         start / end: First and last distance (relative offsets, or signed distances from the hyperplane).
-        steps: Number of distances, 1 .. 256 (1 uses `end`).
+        steps: Number of distances, 1 .. 256, np.linspace(start, end, steps) as the reference (1 gives `start`).
         mode: "relative" (code + t n) or "absolute" (the reference's code + (t - code . n) n).
         hold: Attributes kept fixed (the boundary is projected off theirs: a conditional boundary).
         version: Boundary version; 0 = newest.
@@ -38,10 +38,10 @@ class EditSpec:
     """
 
     attribute: str
-    start: float = -3.0
-    end: float = 3.0
-    steps: int = 7
-    mode: str = "relative"
+    start: float = defaults.START
+    end: float = defaults.END
+    steps: int = defaults.STEPS
+    mode: str = defaults.MODE
     hold: tuple[str, ...] = ()
     version: int = 0
     layers: tuple[int, int] | None = None
@@ -49,8 +49,8 @@ class EditSpec:
     def __post_init__(self):
         if not self.attribute:
             raise ValueError("an edit needs an attribute name, e.g. 'age'")
-        if not 1 <= self.steps <= 256:
-            raise ValueError(f"steps {self.steps}: accepted 1 .. 256")
+        if not 1 <= self.steps <= defaults.MAX_STEPS:
+            raise ValueError(f"steps {self.steps}: accepted 1 .. {defaults.MAX_STEPS}")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: accepted {', '.join(MODES)}")
         if not (math.isfinite(self.start) and math.isfinite(self.end)):
@@ -64,14 +64,14 @@ class EditSpec:
 
     @property
     def distances(self) -> np.ndarray:
-        return np.array([self.end]) if self.steps == 1 else np.linspace(self.start, self.end, self.steps)
+        return defaults.distances(self.start, self.end, self.steps)
 
     @classmethod
     def parse(cls, text: str) -> "EditSpec":
         """Parses `ATTR[:START:END[:STEPS]][:key=value...]` or `ATTR:DISTANCE`.
 
         Keys: hold=age+yaw, mode=absolute|relative, version=N, layers=FIRST-END.
-        Examples: "age" (-3..3, 7 steps), "age:2", "gender:-3:3:5:hold=age", "smile:-2:2:9:mode=absolute".
+        Examples: "age" (-3..3, 10 steps), "age:2", "gender:-3:3:5:hold=age", "smile:-2:2:9:mode=absolute".
         """
         head, *rest = text.strip().split(":")
         numbers, options = [], {}
