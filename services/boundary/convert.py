@@ -17,10 +17,6 @@ def ref_of(b: StoredBoundary) -> common_pb2.BoundaryRef:
     return common_pb2.BoundaryRef(model=b.model, attribute=b.attribute, space=b.space, version=b.version)
 
 
-def ref_dict(ref: common_pb2.BoundaryRef) -> dict:
-    return {"model": ref.model, "attribute": ref.attribute, "space": ref.space, "version": ref.version}
-
-
 def info_of(b: StoredBoundary) -> boundary_pb2.BoundaryInfo:
     """BoundaryInfo of a stored version (fields the metadata lacks stay at their defaults)."""
     meta = b.meta

@@ -85,17 +85,10 @@ class Dataset:
     def num_samples(self) -> int:
         return sum(s["count"] for s in self.manifest["shards"])
 
-    def disk_bytes(self) -> int:
-        return sum((self.path / s.file).stat().st_size for s in self.shards)
-
     def _write_manifest(self) -> None:
         tmp = self.path / "manifest.json.tmp"
         tmp.write_text(json.dumps(self.manifest, indent=1))
         os.replace(tmp, self.path / "manifest.json")
-
-    def lock(self):
-        """An exclusive advisory lock on the folder (blocks); use as a context manager, from a thread."""
-        return FolderLock(self.path / ".lock")
 
     def reset(self, attributes: list[str], *, shard_size: int | None = None, block: int | None = None) -> None:
         """Forgets every shard (a rebuild); files are overwritten as shards are written again."""

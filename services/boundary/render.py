@@ -1,8 +1,7 @@
-"""Pictures of the disentanglement study: labelled heatmaps as PNG (PIL) or SVG, no matplotlib."""
+"""Pictures of the disentanglement study: labelled heatmaps as PNG (PIL), no matplotlib."""
 
 from __future__ import annotations
 
-import html
 import io
 
 import numpy as np
@@ -74,36 +73,6 @@ def heatmap_png(matrix: np.ndarray, row_labels: list[str], col_labels: list[str]
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
-
-
-def heatmap_svg(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], *, title: str = "",
-                vmin: float = -1.0, vmax: float = 1.0, cell: int = 56, fmt: str = "{:+.2f}") -> str:
-    """The same heatmap as a standalone SVG document (scales cleanly in a browser)."""
-    matrix = np.atleast_2d(np.asarray(matrix, dtype=np.float64))
-    rows, cols = matrix.shape
-    left = 10 + 8 * max([len(r) for r in row_labels] + [1])
-    top = 10 + 8 * max([len(c) for c in col_labels] + [1]) + (24 if title else 0)
-    w, h = left + cols * cell + 10, top + rows * cell + 10
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
-           f'font-size="13">', f'<rect width="{w}" height="{h}" fill="white"/>']
-    if title:
-        out.append(f'<text x="8" y="18">{html.escape(title)}</text>')
-    for j, label in enumerate(col_labels):
-        x, y = left + j * cell + cell // 2 + 4, top - 6
-        out.append(f'<text transform="translate({x},{y}) rotate(-90)">{html.escape(label)}</text>')
-    for i, label in enumerate(row_labels):
-        y = top + i * cell + cell // 2 + 4
-        out.append(f'<text x="{left - 6}" y="{y}" text-anchor="end">{html.escape(label)}</text>')
-        for j in range(cols):
-            r, g, b = colour(matrix[i, j], vmin, vmax)
-            x0, y0 = left + j * cell, top + i * cell
-            value = fmt.format(matrix[i, j]) if np.isfinite(matrix[i, j]) else "n/a"
-            ink = "white" if r + g + b < 300 else "black"
-            out.append(f'<rect x="{x0}" y="{y0}" width="{cell}" height="{cell}" fill="rgb({r},{g},{b})" '
-                       f'stroke="white"/><text x="{x0 + cell // 2}" y="{y0 + cell // 2 + 4}" text-anchor="middle" '
-                       f'font-size="11" fill="{ink}">{value}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
 
 
 def label_of(attribute: str, space_key: str, version: int) -> str:

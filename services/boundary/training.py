@@ -17,7 +17,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from interfacegan.v1 import boundary_pb2, common_pb2
-from services.common.errors import ServiceError, failed_precondition, invalid_argument
+from services.common.errors import failed_precondition, invalid_argument
 from services.common.pipeline import ordered
 from services.common.upstream import CallContext
 
@@ -383,7 +383,3 @@ def _remaining_hits(dataset: Dataset, n: int, attrs: list[str], chosen: dict, fi
             predicted = decision[keep, j] > 0
             hits[attr] += int(np.sum(predicted == (scores[attr][keep] >= threshold)))
     return hits
-
-
-def error_message(e: BaseException) -> str:
-    return f"{e.code.name}: {e.message}" if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
