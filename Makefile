@@ -5,13 +5,15 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: bench-quick setup system-deps venv models protos demo test bench up down status clean
+.PHONY: image bench-quick setup system-deps venv models protos demo test bench up down status clean
 
 setup: system-deps venv models
 
 # redis-server runs the boundary store; docker-compose validates docker-compose.yml offline in the tests;
-# chromium + chromium-driver (Debian's) run the studio's browser test.
-SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver
+# chromium + chromium-driver (Debian's) run the studio's browser test; podman (runc, tini), podman-compose and
+# debootstrap build and run the service image offline in tests/deploy/test_deploy_container.py.
+SYSTEM_PACKAGES := redis-server:redis-server docker-compose:docker-compose chromium:chromium chromedriver:chromium-driver \
+	podman:podman runc:runc tini:tini podman-compose:podman-compose debootstrap:debootstrap
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
@@ -50,6 +52,11 @@ bench-quick: setup
 	@mkdir -p out/bench-quick
 	@for b in bench/*.py; do echo "== $$b --quick"; \
 		$(PY) $$b --quick --out out/bench-quick/$$(basename $$b .py).json || exit 1; done
+
+# The service image, built offline with podman (debootstrapped Debian base, host wheelhouse; cached in
+# ~/.cache/interfacegan/images). With Docker and a registry: docker build -f deploy/docker/Dockerfile .
+image: venv
+	$(PY) deploy/docker/podman_build.py
 
 up: setup
 	$(PY) -m services.cluster up

@@ -36,6 +36,8 @@ BASE_PACKAGES = ("python3.11", "python3-venv", "ca-certificates")
 DEFAULT_TAG = "interfacegan/ifgan:1.0.0-{variant}"
 CONTAINERS_CONF = """[containers]
 default_ulimits = []
+# `init: true` (docker-compose.yml) runs this init; Debian's podman has tini, not catatonit.
+init_path = "/usr/bin/tini"
 
 [engine]
 runtime = "runc"
@@ -97,6 +99,24 @@ def ensure_base(cache: Path, mirror: str, log=print) -> str:
         subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."], check=True)
         podman(cache, "import", "--change", 'CMD ["/bin/bash"]', str(tarball), tag, capture=True)
     log(f"base image {tag}: {time.perf_counter() - started:.0f} s")
+    return tag
+
+
+def ensure_redis_image(cache: Path, base: str, log=print) -> str:
+    """A Redis image for running docker-compose.yml where no registry is reachable: Debian's redis-server
+    on the base image (installed from Debian's archive, the one network access of this builder)."""
+    tag = f"localhost/ifgan-redis:{base.rsplit(':', 1)[1]}"
+    if image_exists(cache, tag):
+        return tag
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=cache, prefix="redis-") as tmp:
+        (Path(tmp) / "Containerfile").write_text(
+            f"FROM {base}\n"
+            "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+            "redis-server >/dev/null && rm -rf /var/lib/apt/lists/*\n"
+            'ENTRYPOINT []\nCMD ["redis-server"]\n')
+        podman(cache, "build", "--network", "host", "-t", tag, tmp, stdout=subprocess.DEVNULL)
+    log(f"redis image {tag}: {time.perf_counter() - started:.0f} s")
     return tag
 
 
