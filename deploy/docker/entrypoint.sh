@@ -30,6 +30,18 @@ case "${IFGAN_REDIS_URL:-}" in
     exit 78 ;;
 esac
 
+# Asked for CUDA (the gpu overlay and compose.gpu.yml do): without a usable GPU the container stops here,
+# saying so, instead of a server that falls back to the CPU and serves at a fraction of the speed.
+case "${IFGAN_DEVICE:-}${IFGAN_PROVIDERS:+,$IFGAN_PROVIDERS}" in
+  cuda*|*,CUDAExecutionProvider*)
+    python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || {
+      echo "refusing to start: CUDA was asked for (IFGAN_DEVICE=${IFGAN_DEVICE:-} IFGAN_PROVIDERS=${IFGAN_PROVIDERS:-})" \
+           "but no CUDA device is usable here (no GPU allocated, no NVIDIA container runtime, or a driver older" \
+           "than the image's CUDA needs); run the pod on a GPU node or set the device to cpu" >&2
+      exit 69
+    } ;;
+esac
+
 # Models baked into the image or mounted at $IFGAN_MODELS_DIR: a missing or altered file stops the
 # container here with both checksums named, instead of a server that never becomes SERVING.
 if [ "${VERIFY_MODELS:-1}" = "1" ]; then

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ENTRYPOINT_CODES = {"placeholder-token": 78, "bad-models": 66}
+ENTRYPOINT_CODES = {"placeholder-token": 78, "bad-models": 66, "no-cuda": 69}
 
 
 def dockerfile(support) -> list[tuple[str, str]]:
@@ -195,6 +195,23 @@ def test_entrypoint_refuses_the_placeholder_redis_password(support):
     url = f"redis://:{support.placeholder_token()}@redis:6379/0"
     result = entrypoint(support, "boundary", env={"IFGAN_AUTH_TOKEN": "t", "IFGAN_REDIS_URL": url})
     assert result.returncode == ENTRYPOINT_CODES["placeholder-token"] and "ifgan-redis Secret" in result.stderr
+
+
+@pytest.mark.parametrize("env", [{"IFGAN_DEVICE": "cuda"}, {"IFGAN_DEVICE": "cuda:1"},
+                                 {"IFGAN_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"}],
+                         ids=["device", "device-index", "providers"])
+def test_entrypoint_refuses_cuda_where_there_is_none(support, models_dir, env):
+    """Without a GPU a pod asked for CUDA stops with a clear line instead of serving from CPU."""
+    import torch
+    if torch.cuda.is_available():  # a GPU machine: the check passes and the service runs
+        result = entrypoint(support, "scorer", "--help", env={"IFGAN_MODELS_DIR": str(models_dir), **env})
+        assert result.returncode == 0, result.stderr
+    else:
+        result = entrypoint(support, "scorer", env={"IFGAN_MODELS_DIR": str(models_dir), **env})
+        assert result.returncode == ENTRYPOINT_CODES["no-cuda"] and "no CUDA device is usable" in result.stderr
+    cpu = entrypoint(support, "scorer", "--help", env={"IFGAN_MODELS_DIR": str(models_dir), "IFGAN_DEVICE": "cpu",
+                                                       "IFGAN_PROVIDERS": "CPUExecutionProvider"})
+    assert cpu.returncode == 0, cpu.stderr
 
 
 def test_entrypoint_refuses_missing_or_altered_models(support, tmp_path, models_dir):
