@@ -98,6 +98,11 @@ def pyramid_features(images: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def invertible_spaces(style_based: bool) -> tuple[str, ...]:
+    """The spaces images are inverted into, the default (the most faithful) last."""
+    return ("w", "wp") if style_based else ("z",)
+
+
 class Inverter:
     """Inverts images of one generator model into one of its latent spaces.
 
@@ -120,7 +125,7 @@ class Inverter:
         self.feature_weight = feature_weight
         self.resolution = model.resolution
         self.style_based = "w" in model.latent_shapes
-        self.spaces = ("w", "wp") if self.style_based else ("z",)
+        self.spaces = invertible_spaces(self.style_based)
         self.encoder_space = "w" if self.style_based else "z"
         if encoder is not None and tuple(encoder.code_shape) != tuple(model.latent_shapes[self.encoder_space]):
             raise ValueError(f"encoder predicts codes of shape {list(encoder.code_shape)}; {model.name} "

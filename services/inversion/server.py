@@ -27,7 +27,7 @@ from .faces import FaceFinder, feather_mask, paste_back, similarity_transform, w
 from .framing import template_for
 from .quality import psnr as psnr_of
 from .quality import ssim as ssim_of
-from .refine import STOP_ENCODER, Inverter, Options
+from .refine import STOP_ENCODER, Inverter, Options, invertible_spaces
 from .worker import Job, RefineWorker
 
 log = logging.getLogger(__name__)
@@ -147,16 +147,15 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
                 out.models.append(self._info(name, self.loaded[name]))
             else:  # not loaded yet: describe from the registry without loading
                 spec = self.registry.get(name)
-                style = spec.architecture in ("stylegan", "stylegan2")
+                spaces = [SPACE_ENUMS[k] for k in invertible_spaces(spec.architecture in ("stylegan", "stylegan2"))]
                 out.models.append(inversion_pb2.InvertibleModel(
                     model=common_pb2.ModelRef(name=name, version=spec.version),
-                    spaces=[common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP] if style
-                    else [common_pb2.LATENT_SPACE_Z],
+                    spaces=spaces,
                     has_encoder=enc.find(name, self.settings.models_dir) is not None,
                     default_steps=self.settings.default_steps, resolution=spec.resolution,
                     default_target_psnr=self.settings.default_target_psnr,
                     max_steps_limit=self.settings.max_steps_limit,
-                    default_space=common_pb2.LATENT_SPACE_WP if style else common_pb2.LATENT_SPACE_Z,
+                    default_space=spaces[-1],
                     template_landmarks=template_for(name, spec.resolution).reshape(-1).tolist()))
         return out
 
