@@ -1,0 +1,96 @@
+"""Photos with several faces: which faces to edit, and pasting an edit's change back under a feathered mask."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .faces import Face, feather_mask, invert_affine
+
+#: Face selection modes of a request.
+LARGEST, ALL, INDICES = "largest", "all", "indices"
+
+
+class FaceSelectionError(ValueError):
+    """A face selection the photo cannot satisfy; the message says what was found and what is accepted."""
+
+
+def plausible(faces: list[Face], min_score: float, min_side: float) -> tuple[list[Face], list[Face]]:
+    """(kept, dropped): detections under `min_score` confidence or `min_side` pixels wide are dropped.
+
+    dlib's HOG detector scores real frontal faces from about 0.5 up (1.1-1.4 on the test portraits); the
+    false detections it makes on textured objects (the astronaut photo's mission patch: 0.12) score low.
+    """
+    kept = [f for f in faces if f.score >= min_score and min(f.box[2], f.box[3]) >= min_side]
+    dropped = [f for f in faces if f not in kept]
+    return kept, dropped
+
+
+def select(faces: list[Face], mode: str, indices: list[int], max_faces: int) -> list[int]:
+    """Indices (into `faces`, largest first) of the faces to edit.
+
+    Args:
+        faces: The plausible faces, largest first.
+        mode: LARGEST, ALL or INDICES.
+        indices: For INDICES: positions in `faces`.
+        max_faces: Most faces one photo may edit.
+    """
+    if not faces:
+        raise FaceSelectionError("no face found")
+    if mode == LARGEST:
+        return [0]
+    if mode == ALL:
+        if len(faces) > max_faces:
+            raise FaceSelectionError(f"{len(faces)} faces found, over the limit of {max_faces} per photo; "
+                                     f"accepted: select at most {max_faces} faces by index, or crop the photo")
+        return list(range(len(faces)))
+    if not indices:
+        raise FaceSelectionError("no face index given; accepted: indices 0 to "
+                                 f"{len(faces) - 1} (faces are numbered largest first)")
+    bad = [i for i in indices if not 0 <= i < len(faces)]
+    if bad:
+        raise FaceSelectionError(f"face indices {bad} are out of range: {len(faces)} faces found; accepted: "
+                                 f"0 to {len(faces) - 1} (largest first)")
+    if len(set(indices)) != len(indices):
+        raise FaceSelectionError(f"face indices {list(indices)} name a face twice; accepted: distinct indices")
+    if len(indices) > max_faces:
+        raise FaceSelectionError(f"{len(indices)} faces asked, over the limit of {max_faces} per photo")
+    return list(indices)
+
+
+def face_mask(size: int, feather: float) -> np.ndarray:
+    """The (size, size) feathered elliptical mask of the face in the generator's aligned framing."""
+    return feather_mask(size, (0.5 * size, 0.56 * size), (0.40 * size, 0.46 * size), feather * size)
+
+
+def paste_change(photo: np.ndarray, edited: np.ndarray, reconstruction: np.ndarray, matrix: np.ndarray,
+                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Adds an edit's change (edited - reconstruction, in the crop's framing) to the photo under the mask.
+
+    The change is warped back with the inverse alignment (bicubic) and added to the original pixels, so the
+    photo keeps its own detail where the generator's resolution is lower than the photo's. Pixels where the
+    warped mask is zero are returned exactly as they were.
+
+    Args:
+        photo: (H, W, 3) uint8.
+        edited: (S, S, 3) uint8 render of the edited code.
+        reconstruction: (S, S, 3) uint8 render of the unedited code, by the same (tuned) generator.
+        matrix: 2x3 photo -> crop transform for a crop of side S.
+        mask: (S, S) float mask (1 = the face).
+
+    Returns:
+        The new photo and the (H, W) float32 alpha the change was added under.
+    """
+    h, w = photo.shape[:2]
+    inv = invert_affine(matrix)
+    change = edited.astype(np.float32) - reconstruction.astype(np.float32)
+    warped = cv2.warpAffine(change, inv, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=(0.0, 0.0, 0.0))
+    alpha = cv2.warpAffine(mask.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    alpha = np.where(alpha > 1e-4, alpha, 0.0).astype(np.float32)  # no stray float dust far from the face
+    out = photo.copy()
+    inside = alpha > 0
+    blended = photo[inside].astype(np.float32) + alpha[inside][:, None] * warped[inside]
+    out[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out, alpha

@@ -1,0 +1,65 @@
+"""Identity embeddings: dlib's face-recognition ResNet (128-d; two faces under distance 0.6 are one person)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import dlib
+import numpy as np
+
+#: Euclidean distance under which dlib's model calls two faces the same person (99.38% on LFW).
+SAME_PERSON = 0.6
+#: Side and padding of the chip the ResNet was trained on (dlib's own example values).
+CHIP_SIZE, CHIP_PADDING = 150, 0.25
+
+
+class IdentityModel:
+    """Embeds face crops: 5-point landmarks on the whole frame, a 150 px dlib face chip, the ResNet.
+
+    Inputs are face crops (the face fills the frame, as an aligned crop or a generated image does); small
+    ones are upsampled (bicubic, integer factor) to at least `min_side` first, because the landmark model
+    is unreliable on tiny faces. dlib objects are not thread-safe, so calls are serialised.
+
+    Args:
+        predictor_path: shape_predictor_5_face_landmarks.dat.
+        model_path: dlib_face_recognition_resnet_model_v1.dat.
+        min_side: Smaller crops are upsampled to about this side before landmarks.
+    """
+
+    def __init__(self, predictor_path: str | Path, model_path: str | Path, min_side: int = 256):
+        self.predictor = dlib.shape_predictor(str(predictor_path))
+        self.net = dlib.face_recognition_model_v1(str(model_path))
+        self.min_side = min_side
+        self._lock = threading.Lock()
+
+    def chip(self, image: np.ndarray) -> np.ndarray:
+        """The aligned (150, 150, 3) uint8 chip of an (H, W, 3) uint8 RGB face crop."""
+        h, w = image.shape[:2]
+        side = min(h, w)
+        k = math.ceil(self.min_side / side) if side < self.min_side else 1
+        if k > 1:
+            image = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_CUBIC)
+            h, w, side = h * k, w * k, side * k
+        top, left = (h - side) // 2, (w - side) // 2
+        image = np.ascontiguousarray(image)
+        with self._lock:
+            shape = self.predictor(image, dlib.rectangle(left, top, left + side - 1, top + side - 1))
+            return np.asarray(dlib.get_face_chip(image, shape, CHIP_SIZE, CHIP_PADDING))
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, 128) float32 embeddings of N face crops (one batched ResNet call)."""
+        if not len(images):
+            return np.zeros((0, 128), np.float32)
+        chips = [self.chip(im) for im in images]
+        with self._lock:
+            out = self.net.compute_face_descriptor(chips)
+        return np.asarray([np.asarray(v) for v in out], np.float32).reshape(len(chips), 128)
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between embeddings (broadcasting over leading axes)."""
+    return np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
