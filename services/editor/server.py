@@ -269,7 +269,10 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
             key = _key(found.info.ref)
             self._remember(self._normals, key, direction, self.settings.normal_cache_size)
             if version == 0:
+                self._latest.pop(wanted, None)
                 self._latest[wanted] = (key, time.monotonic())
+                if len(self._latest) > self.settings.normal_cache_size:
+                    del self._latest[next(iter(self._latest))]  # the oldest lookup
             return direction
         stored = await self.boundary.unary("ListBoundaries", boundary_pb2.ListBoundariesRequest(model=model), call)
         names = sorted({b.ref.attribute for b in stored.boundaries
