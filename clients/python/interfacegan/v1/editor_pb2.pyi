@@ -34,7 +34,7 @@ class AttributeEdit(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., boundary_version: _Optional[int] = ..., mode: _Optional[_Union[_boundary_pb2.DistanceMode, str]] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., steps: _Optional[int] = ..., hold: _Optional[_Iterable[str]] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face")
+    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face", "face_selection", "face_indices", "skip_tuning", "paste_whole_face")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,10 @@ class EditRequest(_message.Message):
     INVERSION_STEPS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FACE_FIELD_NUMBER: _ClassVar[int]
+    FACE_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    SKIP_TUNING_FIELD_NUMBER: _ClassVar[int]
+    PASTE_WHOLE_FACE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     space: _common_pb2.LatentSpace
@@ -61,10 +65,26 @@ class EditRequest(_message.Message):
     inversion_steps: int
     include_original: bool
     include_face: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ...) -> None: ...
+    face_selection: _inversion_pb2.FaceSelection
+    face_indices: _containers.RepeatedScalarFieldContainer[int]
+    skip_tuning: bool
+    paste_whole_face: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ..., face_selection: _Optional[_Union[_inversion_pb2.FaceSelection, str]] = ..., face_indices: _Optional[_Iterable[int]] = ..., skip_tuning: _Optional[bool] = ..., paste_whole_face: _Optional[bool] = ...) -> None: ...
+
+class EditedFace(_message.Message):
+    __slots__ = ("index", "box", "reconstruction_psnr", "identity_distance")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_PSNR_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    box: _containers.RepeatedScalarFieldContainer[float]
+    reconstruction_psnr: float
+    identity_distance: float
+    def __init__(self, index: _Optional[int] = ..., box: _Optional[_Iterable[float]] = ..., reconstruction_psnr: _Optional[float] = ..., identity_distance: _Optional[float] = ...) -> None: ...
 
 class EditResponse(_message.Message):
-    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary", "request_id", "warnings", "inversion_psnr", "face")
+    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary", "request_id", "warnings", "inversion_psnr", "face", "identity_distance", "faces", "blend_mode", "variant")
     EDIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +97,10 @@ class EditResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     INVERSION_PSNR_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    BLEND_MODE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     edit_index: int
     step_index: int
     distance: float
@@ -89,7 +113,11 @@ class EditResponse(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     inversion_psnr: float
     face: _common_pb2.Image
-    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., request_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., inversion_psnr: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ...) -> None: ...
+    identity_distance: float
+    faces: _containers.RepeatedCompositeFieldContainer[EditedFace]
+    blend_mode: str
+    variant: str
+    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., request_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., inversion_psnr: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., identity_distance: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[EditedFace, _Mapping]]] = ..., blend_mode: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class GetCatalogRequest(_message.Message):
     __slots__ = ()

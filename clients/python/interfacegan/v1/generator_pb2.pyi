@@ -96,20 +96,22 @@ class SampleLatentsResponse(_message.Message):
     def __init__(self, codes: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("request_id", "model", "codes", "format", "truncation_psi", "truncation_layers")
+    __slots__ = ("request_id", "model", "codes", "format", "truncation_psi", "truncation_layers", "variant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_PSI_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     codes: _common_pb2.LatentBatch
     format: _common_pb2.ImageFormat
     truncation_psi: float
     truncation_layers: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., codes: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., truncation_psi: _Optional[float] = ..., truncation_layers: _Optional[int] = ...) -> None: ...
+    variant: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., codes: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., truncation_psi: _Optional[float] = ..., truncation_layers: _Optional[int] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("offset", "images")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from interfacegan.v1 import common_pb2 as interfacegan_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinterfacegan/v1/scorer.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\"\x17\n\x15ListAttributesRequest\"\x9b\x01\n\rAttributeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x11\n\tmin_value\x18\x03 \x01(\x01\x12\x11\n\tmax_value\x18\x04 \x01(\x01\x12\x14\n\x0csource_model\x18\x05 \x01(\t\x12\r\n\x05group\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x0e\n\x06plugin\x18\x08 \x01(\x08\"L\n\x16ListAttributesResponse\x12\x32\n\nattributes\x18\x01 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeInfo\"\x16\n\x14GetScorerInfoRequest\"\x97\x02\n\nScorerInfo\x12\x32\n\nattributes\x18\x01 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeInfo\x12=\n\tproviders\x18\x02 \x03(\x0b\x32*.interfacegan.v1.ScorerInfo.ProvidersEntry\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x1a\n\x12max_request_images\x18\x04 \x01(\r\x12\x18\n\x10max_image_pixels\x18\x05 \x01(\x04\x12\x16\n\x0e\x66\x61\x63\x65_threshold\x18\x06 \x01(\x01\x1a\x30\n\x0eProvidersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.interfacegan.v1.Image\x12\x12\n\nattributes\x18\x03 \x03(\t\"f\n\x0bImageScores\x12/\n\x06scores\x18\x01 \x03(\x0b\x32\x1f.interfacegan.v1.AttributeScore\x12\x12\n\nface_found\x18\x02 \x01(\x08\x12\x12\n\nface_score\x18\x03 \x01(\x01\"N\n\rScoreResponse\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.interfacegan.v1.ImageScores2\x8b\x02\n\rScorerService\x12\x61\n\x0eListAttributes\x12&.interfacegan.v1.ListAttributesRequest\x1a\'.interfacegan.v1.ListAttributesResponse\x12M\n\x07GetInfo\x12%.interfacegan.v1.GetScorerInfoRequest\x1a\x1b.interfacegan.v1.ScorerInfo\x12H\n\x05Score\x12\x1d.interfacegan.v1.ScoreRequest\x1a\x1e.interfacegan.v1.ScoreResponse0\x01\x42]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinterfacegan/v1/scorer.proto\x12\x0finterfacegan.v1\x1a\x1cinterfacegan/v1/common.proto\"\x81\x01\n\x0fIdentityRequest\x12*\n\nreferences\x18\x01 \x03(\x0b\x32\x16.interfacegan.v1.Image\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.interfacegan.v1.Image\x12\x1a\n\x12include_embeddings\x18\x03 \x01(\x08\"v\n\x10IdentityResponse\x12\x11\n\tdistances\x18\x01 \x03(\x01\x12\x1d\n\x15same_person_threshold\x18\x02 \x01(\x01\x12\x12\n\nembeddings\x18\x03 \x03(\x02\x12\x1c\n\x14reference_embeddings\x18\x04 \x03(\x02\"\x17\n\x15ListAttributesRequest\"\x9b\x01\n\rAttributeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x11\n\tmin_value\x18\x03 \x01(\x01\x12\x11\n\tmax_value\x18\x04 \x01(\x01\x12\x14\n\x0csource_model\x18\x05 \x01(\t\x12\r\n\x05group\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x0e\n\x06plugin\x18\x08 \x01(\x08\"L\n\x16ListAttributesResponse\x12\x32\n\nattributes\x18\x01 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeInfo\"\x16\n\x14GetScorerInfoRequest\"\x97\x02\n\nScorerInfo\x12\x32\n\nattributes\x18\x01 \x03(\x0b\x32\x1e.interfacegan.v1.AttributeInfo\x12=\n\tproviders\x18\x02 \x03(\x0b\x32*.interfacegan.v1.ScorerInfo.ProvidersEntry\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x1a\n\x12max_request_images\x18\x04 \x01(\r\x12\x18\n\x10max_image_pixels\x18\x05 \x01(\x04\x12\x16\n\x0e\x66\x61\x63\x65_threshold\x18\x06 \x01(\x01\x1a\x30\n\x0eProvidersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.interfacegan.v1.Image\x12\x12\n\nattributes\x18\x03 \x03(\t\"f\n\x0bImageScores\x12/\n\x06scores\x18\x01 \x03(\x0b\x32\x1f.interfacegan.v1.AttributeScore\x12\x12\n\nface_found\x18\x02 \x01(\x08\x12\x12\n\nface_score\x18\x03 \x01(\x01\"N\n\rScoreResponse\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.interfacegan.v1.ImageScores2\xe3\x02\n\rScorerService\x12\x61\n\x0eListAttributes\x12&.interfacegan.v1.ListAttributesRequest\x1a\'.interfacegan.v1.ListAttributesResponse\x12M\n\x07GetInfo\x12%.interfacegan.v1.GetScorerInfoRequest\x1a\x1b.interfacegan.v1.ScorerInfo\x12H\n\x05Score\x12\x1d.interfacegan.v1.ScoreRequest\x1a\x1e.interfacegan.v1.ScoreResponse0\x01\x12V\n\x0f\x43ompareIdentity\x12 .interfacegan.v1.IdentityRequest\x1a!.interfacegan.v1.IdentityResponseB]\n\x12io.interfacegan.v1P\x01ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\022io.interfacegan.v1P\001ZEgithub.com/interfacegan/service/gen/go/interfacegan/v1;interfaceganv1'
   _globals['_SCORERINFO_PROVIDERSENTRY']._loaded_options = None
   _globals['_SCORERINFO_PROVIDERSENTRY']._serialized_options = b'8\001'
-  _globals['_LISTATTRIBUTESREQUEST']._serialized_start=79
-  _globals['_LISTATTRIBUTESREQUEST']._serialized_end=102
-  _globals['_ATTRIBUTEINFO']._serialized_start=105
-  _globals['_ATTRIBUTEINFO']._serialized_end=260
-  _globals['_LISTATTRIBUTESRESPONSE']._serialized_start=262
-  _globals['_LISTATTRIBUTESRESPONSE']._serialized_end=338
-  _globals['_GETSCORERINFOREQUEST']._serialized_start=340
-  _globals['_GETSCORERINFOREQUEST']._serialized_end=362
-  _globals['_SCORERINFO']._serialized_start=365
-  _globals['_SCORERINFO']._serialized_end=644
-  _globals['_SCORERINFO_PROVIDERSENTRY']._serialized_start=596
-  _globals['_SCORERINFO_PROVIDERSENTRY']._serialized_end=644
-  _globals['_SCOREREQUEST']._serialized_start=646
-  _globals['_SCOREREQUEST']._serialized_end=740
-  _globals['_IMAGESCORES']._serialized_start=742
-  _globals['_IMAGESCORES']._serialized_end=844
-  _globals['_SCORERESPONSE']._serialized_start=846
-  _globals['_SCORERESPONSE']._serialized_end=924
-  _globals['_SCORERSERVICE']._serialized_start=927
-  _globals['_SCORERSERVICE']._serialized_end=1194
+  _globals['_IDENTITYREQUEST']._serialized_start=80
+  _globals['_IDENTITYREQUEST']._serialized_end=209
+  _globals['_IDENTITYRESPONSE']._serialized_start=211
+  _globals['_IDENTITYRESPONSE']._serialized_end=329
+  _globals['_LISTATTRIBUTESREQUEST']._serialized_start=331
+  _globals['_LISTATTRIBUTESREQUEST']._serialized_end=354
+  _globals['_ATTRIBUTEINFO']._serialized_start=357
+  _globals['_ATTRIBUTEINFO']._serialized_end=512
+  _globals['_LISTATTRIBUTESRESPONSE']._serialized_start=514
+  _globals['_LISTATTRIBUTESRESPONSE']._serialized_end=590
+  _globals['_GETSCORERINFOREQUEST']._serialized_start=592
+  _globals['_GETSCORERINFOREQUEST']._serialized_end=614
+  _globals['_SCORERINFO']._serialized_start=617
+  _globals['_SCORERINFO']._serialized_end=896
+  _globals['_SCORERINFO_PROVIDERSENTRY']._serialized_start=848
+  _globals['_SCORERINFO_PROVIDERSENTRY']._serialized_end=896
+  _globals['_SCOREREQUEST']._serialized_start=898
+  _globals['_SCOREREQUEST']._serialized_end=992
+  _globals['_IMAGESCORES']._serialized_start=994
+  _globals['_IMAGESCORES']._serialized_end=1096
+  _globals['_SCORERESPONSE']._serialized_start=1098
+  _globals['_SCORERESPONSE']._serialized_end=1176
+  _globals['_SCORERSERVICE']._serialized_start=1179
+  _globals['_SCORERSERVICE']._serialized_end=1534
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class IdentityRequest(_message.Message):
+    __slots__ = ("references", "images", "include_embeddings")
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    references: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    include_embeddings: bool
+    def __init__(self, references: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
+
+class IdentityResponse(_message.Message):
+    __slots__ = ("distances", "same_person_threshold", "embeddings", "reference_embeddings")
+    DISTANCES_FIELD_NUMBER: _ClassVar[int]
+    SAME_PERSON_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    distances: _containers.RepeatedScalarFieldContainer[float]
+    same_person_threshold: float
+    embeddings: _containers.RepeatedScalarFieldContainer[float]
+    reference_embeddings: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, distances: _Optional[_Iterable[float]] = ..., same_person_threshold: _Optional[float] = ..., embeddings: _Optional[_Iterable[float]] = ..., reference_embeddings: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class ListAttributesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

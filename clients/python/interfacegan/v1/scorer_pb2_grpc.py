@@ -49,6 +49,11 @@ class ScorerServiceStub:
                 request_serializer=interfacegan_dot_v1_dot_scorer__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=interfacegan_dot_v1_dot_scorer__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.CompareIdentity = channel.unary_unary(
+                '/interfacegan.v1.ScorerService/CompareIdentity',
+                request_serializer=interfacegan_dot_v1_dot_scorer__pb2.IdentityRequest.SerializeToString,
+                response_deserializer=interfacegan_dot_v1_dot_scorer__pb2.IdentityResponse.FromString,
+                _registered_method=True)
 
 
 class ScorerServiceServicer:
@@ -76,6 +81,14 @@ class ScorerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareIdentity(self, request, context):
+        """Identity distances between faces (dlib's face-recognition ResNet, 128-d
+        embeddings; under 0.6 the same person).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScorerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_ScorerServiceServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=interfacegan_dot_v1_dot_scorer__pb2.ScoreRequest.FromString,
                     response_serializer=interfacegan_dot_v1_dot_scorer__pb2.ScoreResponse.SerializeToString,
+            ),
+            'CompareIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareIdentity,
+                    request_deserializer=interfacegan_dot_v1_dot_scorer__pb2.IdentityRequest.FromString,
+                    response_serializer=interfacegan_dot_v1_dot_scorer__pb2.IdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class ScorerService:
             '/interfacegan.v1.ScorerService/Score',
             interfacegan_dot_v1_dot_scorer__pb2.ScoreRequest.SerializeToString,
             interfacegan_dot_v1_dot_scorer__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interfacegan.v1.ScorerService/CompareIdentity',
+            interfacegan_dot_v1_dot_scorer__pb2.IdentityRequest.SerializeToString,
+            interfacegan_dot_v1_dot_scorer__pb2.IdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,
