@@ -7,6 +7,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import secrets
 import time
 import warnings
@@ -39,45 +40,32 @@ def make_app(workspace: Workspace, settings) -> web.Application:
     session = hmac.new(secrets.token_bytes(32), token.encode(), hashlib.sha256).hexdigest() if token else ""
 
     @web.middleware
-    async def observe(request: web.Request, handler):
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        name = f"{request.method} {route}"
+    async def middleware(request: web.Request, handler):
+        """Access (token), errors as JSON with what is accepted, security headers, metrics: for every request."""
+        route = request.match_info.route.resource
+        name = f"{request.method} {route.canonical if route else 'unmatched'}"
         started = time.perf_counter()
-        status = 500
         try:
-            response = await handler(request)
-            status = response.status
-        except web.HTTPException as e:
-            status = e.status
-            raise
+            response = await admit(request) or await handler(request)
+        except web.HTTPException as e:  # aiohttp's own: no such route, method not allowed
+            response = error_response(e.status, e.reason, "NOT_FOUND" if e.status == 404 else "INVALID_ARGUMENT")
         except Refused as e:
-            status = e.status
-            response = error_response(status, e.message, e.code)
+            response = error_response(e.status, e.message, e.code)
         except ServiceError as e:
-            status = http_status(e)
-            response = error_response(status, e.message, e.code.name, e.retry_after)
-            if status >= 500:
-                log.warning("editor call failed", extra={"route": name, "status": status, "error": e.message})
+            response = error_response(http_status(e), e.message, e.code.name, e.retry_after)
+            if response.status >= 500:
+                log.warning("editor call failed", extra={"route": name, "status": response.status, "error": e.message})
         except Exception as e:  # noqa: BLE001 - answered as 500, the page stays up
             log.exception("unhandled error", extra={"route": name})
-            status = 500
-            response = error_response(status, f"internal error in the studio: {type(e).__name__}", "INTERNAL")
-        finally:
-            metrics.REQUESTS.labels("studio", name, str(status)).inc()
-            metrics.LATENCY.labels("studio", name).observe(time.perf_counter() - started)
-        return response
-
-    @web.middleware
-    async def guard(request: web.Request, handler):
-        response = await admit(request)
-        if response is None:
-            response = await handler(request)
+            response = error_response(500, f"internal error in the studio: {type(e).__name__}", "INTERNAL")
         headers = response.headers
         headers.setdefault("Content-Security-Policy", CSP)
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "no-referrer")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cache-Control", "no-store")
+        metrics.REQUESTS.labels("studio", name, str(response.status)).inc()
+        metrics.LATENCY.labels("studio", name).observe(time.perf_counter() - started)
         return response
 
     async def admit(request: web.Request) -> web.Response | None:
@@ -119,34 +107,51 @@ def make_app(workspace: Workspace, settings) -> web.Application:
 
     async def catalog(request: web.Request) -> web.Response:
         q = request.query
-        return web.json_response(await workspace.describe(q.get("model", ""), q.get("space", ""),
+        return reply(await workspace.describe(q.get("model", ""), q.get("space", ""),
                                                           fresh=q.get("fresh") == "1"))
 
     async def source(request: web.Request) -> web.Response:
         body = await json_body(request)
         seed = body.get("seed")
         found = await workspace.seed(body.get("model", "") or "", body.get("space", "") or "", seed)
-        return web.json_response(found.public())
+        return reply(found.public())
 
     async def photo(request: web.Request) -> web.Response:
         data = await photo_upload(request, settings.max_upload_bytes, settings.max_upload_pixels)
         q = request.query
         found = await workspace.photo(q.get("model", ""), q.get("space", ""), data)
-        return web.json_response(found.public())
+        return reply(found.public())
 
     async def edit(request: web.Request) -> web.Response:
-        return web.json_response(await workspace.edit(await json_body(request)))
+        return reply(await workspace.edit(await json_body(request)))
 
     async def grid(request: web.Request) -> web.Response:
-        return web.json_response(await workspace.grid(await json_body(request)))
+        return reply(await workspace.grid(await json_body(request)))
 
-    app = web.Application(middlewares=[guard, observe])
+    app = web.Application(middlewares=[middleware])
     app.add_routes([
         web.get("/", index), web.get("/static/{name}", static), web.get("/healthz", healthz),
         web.get("/api/catalog", catalog), web.post("/api/source", source), web.post("/api/photo", photo),
         web.post("/api/edit", edit), web.post("/api/grid", grid),
     ])
     return app
+
+
+def dumps(value) -> str:
+    """JSON with non-finite numbers (an unbounded range, an invalid score) as null: browsers refuse NaN."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), allow_nan=False)
+
+
+def reply(value) -> web.Response:
+    return web.json_response(value, dumps=dumps)
 
 
 def error_response(status: int, message: str, code: str, retry_after: float | None = None) -> web.Response:

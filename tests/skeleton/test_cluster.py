@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.cluster import SERVICES, ServiceProcess, check_health
+from services.cluster import FRONTENDS, SERVICES, ServiceProcess, check_health
 
 V1_SERVICES = {f"interfacegan.v1.{n.capitalize()}Service" for n in SERVICES}
 
@@ -93,7 +93,7 @@ def test_cluster_command_up_status_down_leaves_no_process(tmp_path, models_dir):
         status = subprocess.run([*cmd, "status", "--dir", str(tmp_path)], env=env, capture_output=True, text=True,
                                 timeout=60)
         assert status.returncode == 0, status.stdout
-        assert status.stdout.count("SERVING") == len(SERVICES)
+        assert status.stdout.count("SERVING") == len(state["services"]) == len(SERVICES) + len(FRONTENDS)
         for name in SERVICES:
             assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
     finally:
