@@ -1,4 +1,4 @@
-"""Dynamic batching (Triton's dynamic-batcher semantics), shared by the generator and the scorer.
+"""Dynamic batching (Triton's dynamic-batcher semantics, with priority lanes), shared by the generator and scorer.
 
 API::
 
@@ -7,8 +7,9 @@ API::
     await batcher.start()
     # run_batch(items: list, key) -> list of results, one per item, in order. It is synchronous and
     # runs in a worker thread (`config.instances` threads), so it may hold the GIL-free torch/ORT call.
-    results = await batcher.submit(items, key=("z", 0.7), timeout=5.0)    # all results, in order
-    async with contextlib.aclosing(batcher.stream(items, key=k, timeout=t)) as chunks:
+    lane = request_lane(context, config.lanes)                            # the caller's ifgan-priority metadata
+    results = await batcher.submit(items, key=("z", 0.7), timeout=5.0, lane=lane)  # all results, in order
+    async with contextlib.aclosing(batcher.stream(items, key=k, timeout=t, lane=lane)) as chunks:
         async for offset, results in chunks:                              # slices, in order, as batches finish
             ...
     await batcher.close()
@@ -16,20 +17,31 @@ API::
 Semantics:
 - Items of queued requests with the same `key` run together, up to `max_batch_size` per batch. A request
   larger than a batch is split; its slices are delivered in order. A partly served request goes to the back
-  of the queue, so one large request does not starve small ones.
+  of its lane's queue, so one large request does not starve small ones.
+- Priority lanes (`LANES`: interactive, then bulk), chosen per request by the `ifgan-priority` metadata
+  (`LANE_METADATA`), else the service's `default_lane`. Each lane has its own queue and queue policy
+  (Triton's ModelQueuePolicy: `max_queue_size`, a queue timeout and its action, `reject` or `delay`). A batch
+  is led by the highest lane with work and filled from the higher lanes first (same key only). Starvation is
+  bounded: while both lanes wait, bulk leads at least one batch in every round(1 / bulk_min_share). With lanes
+  off (`priority_lanes=False`) there is one FIFO queue with `max_queue_size`, as before lanes existed.
 - While a batch runs, the next one is formed and handed to the worker ahead (`prefetch_batches`), so the
   device goes from batch to batch without waiting for a busy event loop; that batch keeps gathering
-  company until about when a worker frees up.
+  company until about when a worker frees up. A prefetched batch holding only bulk work is formed that late
+  even when full, while interactive requests have been seen lately, so an interactive arrival waits for the
+  running batch only, not for a bulk batch formed ahead of it.
 - A lone client on an idle device never waits: when no batch is running the queue is dispatched at once.
   The batcher waits (at most `max_queue_delay_microseconds`) only when there is evidence of concurrent load:
   another instance is running a batch, or the last batch served several requests whose clients are expected
   back (their follow-up requests are gathered instead of being run one by one).
-- `max_queue_size` queued requests at most; one more is refused with RESOURCE_EXHAUSTED and a retry hint
-  (ServiceError.retry_after, estimated from the measured batch time).
-- A request whose deadline (`timeout`, else `default_timeout_microseconds`) passes while queued is dropped
+- A lane holds `max_queue_size` queued requests at most; one more is refused with RESOURCE_EXHAUSTED and a
+  retry hint (ServiceError.retry_after, estimated from the measured batch time and the work ahead of it).
+- A request waiting longer than its lane's queue timeout before its first batch is refused
+  (RESOURCE_EXHAUSTED, action `reject`) or kept, moved to the back of the lowest lane (action `delay`).
+- A request whose own deadline (`timeout`, else `default_timeout_microseconds`) passes while queued is dropped
   without being computed and fails with DEADLINE_EXCEEDED. A cancelled caller (the task is cancelled or the
   stream closed) frees its place in the queue at once.
-- Metrics (services/common/metrics.py): queue depth (items), batch sizes, queue wait, rejections by reason.
+- Metrics (services/common/metrics.py): queue depth in items, in all (`ifgan_batch_queue_depth`, the
+  autoscaling signal) and per lane; batch sizes; queue wait and rejections by reason, per lane.
 """
 
 from __future__ import annotations
@@ -46,10 +58,129 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Hashable, Sequence
 
 from . import metrics
-from .errors import deadline_exceeded, resource_exhausted, unavailable
+from .errors import deadline_exceeded, invalid_argument, resource_exhausted, unavailable
 from .settings import setting
 
 log = logging.getLogger(__name__)
+
+#: Priority lanes, highest first.
+LANES = ("interactive", "bulk")
+#: gRPC metadata naming a request's lane (`ifgan-priority: bulk`); a service calling another carries it on.
+LANE_METADATA = "ifgan-priority"
+#: What a lane's queue timeout does to a request still waiting for its first batch (Triton's timeout_action).
+TIMEOUT_ACTIONS = ("reject", "delay")
+#: Seconds after the last interactive arrival during which a prefetched bulk-only batch is formed late (see
+#: the module docstring); with no interactive traffic bulk batches are formed ahead as soon as they are full.
+INTERACTIVE_RECENT_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuePolicy:
+    """One lane's queue policy (Triton's ModelQueuePolicy).
+
+    Attributes:
+        max_queue_size: Most requests waiting in the lane; 0 = the batcher's max_queue_size.
+        timeout_microseconds: Longest wait before a request's first batch; 0 = none (its own deadline applies).
+        timeout_action: "reject" (refused with RESOURCE_EXHAUSTED) or "delay" (kept, moved to the back of the
+            lowest lane).
+    """
+
+    max_queue_size: int = 0
+    timeout_microseconds: int = 0
+    timeout_action: str = "reject"
+
+    def __post_init__(self):
+        if self.max_queue_size < 0 or self.timeout_microseconds < 0:
+            raise ValueError("a lane's max_queue_size and queue timeout must be 0 or more")
+        if self.timeout_action not in TIMEOUT_ACTIONS:
+            raise ValueError(f"timeout_action {self.timeout_action!r}; accepted: {', '.join(TIMEOUT_ACTIONS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneConfig:
+    """Priority lanes of a queue (the dynamic batcher's, or the inversion service's continuous batching).
+
+    Attributes:
+        enabled: False: one FIFO queue; every request's lane is ignored.
+        default_lane: Lane of requests that name none.
+        policies: One QueuePolicy per lane of LANES, in that order.
+        bulk_min_share: Least share of batches the bulk lane leads while both lanes wait (0 = strict priority).
+    """
+
+    enabled: bool = True
+    default_lane: str = LANES[0]
+    policies: tuple[QueuePolicy, ...] = (QueuePolicy(), QueuePolicy())
+    bulk_min_share: float = 0.1
+
+    def __post_init__(self):
+        if self.default_lane not in LANES:
+            raise ValueError(f"default_lane {self.default_lane!r}; accepted: {', '.join(LANES)}")
+        if len(self.policies) != len(LANES):
+            raise ValueError(f"one queue policy per lane ({', '.join(LANES)}), got {len(self.policies)}")
+        if not 0 <= self.bulk_min_share <= 1:
+            raise ValueError(f"bulk_min_share must be within 0..1, got {self.bulk_min_share}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The queues' names (metrics label `lane`): the lanes, or one "all" with lanes off."""
+        return LANES if self.enabled else ("all",)
+
+    def index(self, lane: str | None) -> int:
+        """The queue of a lane name (None or "" = the default lane); always 0 with lanes off."""
+        if not self.enabled:
+            return 0
+        name = lane or self.default_lane
+        if name not in LANES:
+            raise invalid_argument(LANE_METADATA, f"{name!r} is not a lane; accepted: {', '.join(LANES)}")
+        return LANES.index(name)
+
+    def policy(self, index: int) -> QueuePolicy:
+        return self.policies[index] if self.enabled else QueuePolicy()
+
+
+def request_lane(context, default: str = "") -> str:
+    """The lane a gRPC call names in its `ifgan-priority` metadata, else `default` ("" = the service's).
+
+    Raises:
+        ServiceError: INVALID_ARGUMENT when the metadata names no lane.
+    """
+    for key, value in (context.invocation_metadata() or ()) if context is not None else ():
+        if key == LANE_METADATA:
+            lane = value.strip().lower()
+            if lane not in LANES:
+                raise invalid_argument(f"{LANE_METADATA} metadata", f"{value[:64]!r} is not a lane; accepted: "
+                                                                   f"{', '.join(LANES)} (or none: the RPC's default)")
+            return lane
+    return default
+
+
+class LaneScheduler:
+    """Which lane leads the next batch: the highest with work, except that a lower lane that has waited through
+    round(1 / min_share) - 1 batches led by others leads the next one (its guaranteed share).
+
+    Args:
+        lanes: Number of lanes, highest first.
+        min_share: Least share of batches a waiting lower lane leads (0 = strict priority).
+    """
+
+    def __init__(self, lanes: int, min_share: float):
+        self.period = max(1, round(1 / min_share)) if min_share > 0 else 0
+        self.passed = [0] * lanes  # batches led by a higher lane while this one waited
+
+    def order(self, waiting: Sequence[bool]) -> list[int]:
+        """Lanes in the order a batch is filled from: the leading lane, then the others highest first."""
+        lead = next((i for i, w in enumerate(waiting) if w), 0)
+        if self.period:
+            for i in range(len(waiting) - 1, lead, -1):  # the lowest lane that is owed a turn
+                if waiting[i] and self.passed[i] >= self.period - 1:
+                    lead = i
+                    break
+        return [lead] + [i for i in range(len(waiting)) if i != lead]
+
+    def led(self, lead: int, waiting: Sequence[bool]) -> None:
+        """Records that `lead` led a batch while `waiting` lanes had work."""
+        for i, w in enumerate(waiting):
+            self.passed[i] = self.passed[i] + 1 if w and i > lead else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +190,15 @@ class BatchingConfig:
     Attributes:
         max_batch_size: Most items run in one batch (1 disables batching).
         max_queue_delay_microseconds: Longest time a queued item waits for company under load.
-        max_queue_size: Most requests waiting in the queue; more are refused (RESOURCE_EXHAUSTED).
+        max_queue_size: Most requests waiting in a lane's queue (unless its policy says); more are refused
+            (RESOURCE_EXHAUSTED).
         preferred_batch_sizes: Optional batch sizes to form when possible (e.g. sizes captured as CUDA graphs).
         default_timeout_microseconds: Deadline of requests that carry none (0 = no deadline).
         instances: Batches that may run at once (worker threads; Triton's instance_group count).
         prefetch_batches: Batches formed ahead and waiting at the workers, so a worker starts the next
             batch the moment it finishes one instead of waiting for the event loop (which is then busy
             answering the batch just done). 0 forms each batch only when a worker is free.
+        lanes: Priority lanes and their queue policies.
     """
 
     max_batch_size: int = 64
@@ -75,6 +208,7 @@ class BatchingConfig:
     default_timeout_microseconds: int = 0
     instances: int = 1
     prefetch_batches: int = 1
+    lanes: LaneConfig = LaneConfig()
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.instances < 1:
@@ -92,8 +226,9 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
 
     Every batching service declares its batcher with this group, so the flags (--max-batch-size, ...), the
     environment variables (IFGAN_MAX_BATCH_SIZE, ...), the spelling and the units (Triton's) are the same
-    everywhere. Without `max_queue_delay_microseconds` the group has only max_batch_size and max_queue_size:
-    the continuous batching of the inversion service forms no batches to wait for.
+    everywhere, the priority lanes' included (--priority-lanes, --interactive-max-queue-size, ...). Without
+    `max_queue_delay_microseconds` the group has only the queue and lane settings: the continuous batching of
+    the inversion service forms no batches to wait for.
 
     Usage::
 
@@ -118,8 +253,25 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
     @dataclasses.dataclass
     class QueueSettings:
         max_batch_size: int = setting(batch_default, size_help)
-        max_queue_size: int = setting(queue_default, "requests that may wait; more are refused with "
-                                                      "RESOURCE_EXHAUSTED and a retry hint")
+        max_queue_size: int = setting(queue_default, "requests that may wait in each lane's queue; more are "
+                                                      "refused with RESOURCE_EXHAUSTED and a retry hint")
+        priority_lanes: bool = setting(True, f"priority lanes ({', '.join(LANES)}, chosen by the "
+                                             f"'{LANE_METADATA}' metadata): batches are filled from the higher "
+                                             f"lane first; --no-priority-lanes: one FIFO queue")
+        default_lane: str = setting(LANES[0], "lane of requests whose metadata names none")
+        interactive_max_queue_size: int = setting(0, "requests that may wait in the interactive lane "
+                                                     "(0 = --max-queue-size)")
+        bulk_max_queue_size: int = setting(0, "requests that may wait in the bulk lane (0 = --max-queue-size)")
+        interactive_queue_timeout_microseconds: int = setting(0, "longest wait of an interactive request for its "
+                                                                 "first batch (0 = only its own deadline)")
+        bulk_queue_timeout_microseconds: int = setting(0, "longest wait of a bulk request for its first batch "
+                                                          "(0 = only its own deadline)")
+        interactive_timeout_action: str = setting("reject", "past the interactive queue timeout: reject "
+                                                            "(RESOURCE_EXHAUSTED) or delay (kept, moved to the back of the bulk lane)")
+        bulk_timeout_action: str = setting("reject", "past the bulk queue timeout: reject (RESOURCE_EXHAUSTED) or "
+                                                     "delay (kept, moved to the back of the bulk lane)")
+        bulk_min_share: float = setting(0.1, "least share of batches the bulk lane leads while interactive "
+                                             "requests wait too (bounds starvation; 0 = strict priority)")
 
         def validate(self) -> None:
             super().validate()  # type: ignore[misc] - the ServerSettings this group is mixed into
@@ -127,6 +279,14 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                 raise ValueError(f"max_batch_size must be within {least}..4096, got {self.max_batch_size}")
             if self.max_queue_size < 1:
                 raise ValueError(f"max_queue_size must be at least 1, got {self.max_queue_size}")
+            self.lane_config()  # the lane settings raise ValueError naming what is wrong
+
+        def lane_config(self) -> LaneConfig:
+            """The LaneConfig of these settings."""
+            policies = tuple(QueuePolicy(getattr(self, f"{lane}_max_queue_size"),
+                                         getattr(self, f"{lane}_queue_timeout_microseconds"),
+                                         getattr(self, f"{lane}_timeout_action")) for lane in LANES)
+            return LaneConfig(self.priority_lanes, self.default_lane, policies, self.bulk_min_share)
 
     if max_queue_delay_microseconds is None:
         return QueueSettings
@@ -166,7 +326,8 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                           max_queue_delay_microseconds=self.max_queue_delay_microseconds,
                           max_queue_size=self.max_queue_size, preferred_batch_sizes=self.preferred_sizes(),
                           default_timeout_microseconds=self.default_timeout_microseconds,
-                          instances=self.instances, prefetch_batches=self.prefetch_batches)
+                          instances=self.instances, prefetch_batches=self.prefetch_batches,
+                          lanes=self.lane_config())
             values.update(overrides)
             return BatchingConfig(**values)
 
@@ -178,9 +339,10 @@ _NO_KEY = object()
 
 
 class _Request:
-    __slots__ = ("items", "key", "deadline", "enqueued", "scheduled", "consumed", "outbox", "done", "waited")
+    __slots__ = ("items", "key", "deadline", "enqueued", "scheduled", "consumed", "outbox", "done", "waited",
+                 "lane", "queue", "queue_timer")
 
-    def __init__(self, items: Sequence[Any], key: Hashable, deadline: float | None, now: float):
+    def __init__(self, items: Sequence[Any], key: Hashable, deadline: float | None, now: float, lane: int):
         self.items = items
         self.key = key
         self.deadline = deadline
@@ -190,6 +352,9 @@ class _Request:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.done = False
         self.waited = False  # queue wait observed
+        self.lane = lane  # the lane it asked for (metrics)
+        self.queue = lane  # the queue it waits in (the lowest one once delayed by its queue timeout)
+        self.queue_timer: asyncio.TimerHandle | None = None  # its lane's queue timeout, until its first batch
 
     @property
     def remaining(self) -> int:
@@ -212,24 +377,32 @@ class DynamicBatcher:
                  *, service: str = "server", queue: str = "default", max_ahead: int | None = None):
         self.run_batch = run_batch
         self.config = config or BatchingConfig()
+        self.lanes = self.config.lanes
         self.labels = (service, queue)
         self.max_ahead = max_ahead or 4 * self.config.max_batch_size
-        self._queue: collections.deque[_Request] = collections.deque()
+        names = self.lanes.names
+        self._queues: list[collections.deque[_Request]] = [collections.deque() for _ in names]
+        self._limits = [self.lanes.policy(i).max_queue_size or self.config.max_queue_size for i in range(len(names))]
+        self._turns = LaneScheduler(len(names), self.lanes.bulk_min_share)
         self._wakeup = asyncio.Event()
         self._free: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._busy = 0  # batches handed to the workers and not finished
         self._expected = 1  # requests in the last batch: how many follow-ups to gather under load
         self._last_done = 0.0
+        self._last_top = -math.inf  # loop time of the last request of the highest lane
         self._item_seconds = 0.0  # EMA of compute seconds per item, for retry hints
         self._closed = False
-        self._purge_at = math.inf  # earliest deadline in the queue: purging is skipped before it
+        self._purge_at = math.inf  # earliest deadline in the queues: purging is skipped before it
         self._busy_until = 0.0  # estimated loop time when the batches handed to the workers are done
-        # Metric children resolved once (labels() costs more than the update); queue depth is read at scrape time.
+        # Metric children resolved once (labels() costs more than the update); queue depths are read at scrape time.
         metrics.QUEUE_DEPTH.labels(*self.labels).set_function(self._scraped_depth)
+        for i, name in enumerate(names):
+            metrics.LANE_QUEUE_DEPTH.labels(*self.labels, name).set_function(lambda i=i: self._scraped_depth(i))
         self._batch_size = metrics.BATCH_SIZE.labels(*self.labels)
-        self._queue_wait = metrics.QUEUE_WAIT.labels(*self.labels)
+        self._queue_wait = [metrics.QUEUE_WAIT.labels(*self.labels, name) for name in names]
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -242,9 +415,10 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Refuses queued requests (UNAVAILABLE), waits for running batches, stops the worker threads."""
         self._closed = True
-        while self._queue:
-            self._fail(self._queue.popleft(), unavailable("the server is shutting down; retry on another replica"),
-                       "closed")
+        for queue in self._queues:
+            while queue:
+                self._fail(queue.popleft(), unavailable("the server is shutting down; retry on another replica"),
+                           "closed")
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -257,36 +431,48 @@ class DynamicBatcher:
     # --- public calls ------------------------------------------------------------------------------
     @property
     def queued_requests(self) -> int:
-        return len(self._queue)
+        return sum(len(q) for q in self._queues)
 
     @property
     def queued_items(self) -> int:
-        return sum(r.remaining for r in self._queue)
+        return sum(r.remaining for q in self._queues for r in q)
 
-    def _scraped_depth(self) -> float:
+    def queued(self, lane: str) -> int:
+        """Requests waiting in `lane`'s queue."""
+        return len(self._queues[self.lanes.index(lane)])
+
+    def _scraped_depth(self, lane: int | None = None) -> float:
+        queues = self._queues if lane is None else self._queues[lane:lane + 1]
         try:  # called from the metrics HTTP thread while the loop may be changing the queue
-            return float(self.queued_items)
+            return float(sum(r.remaining for q in queues for r in q))
         except RuntimeError:
-            return float(self.queued_requests)
+            return float(sum(len(q) for q in queues))
 
-    async def submit(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None) -> list:
+    def _rejected(self, lane: int, reason: str):
+        return metrics.REJECTED.labels(*self.labels, self.lanes.names[lane], reason)
+
+    async def submit(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None,
+                     lane: str | None = None) -> list:
         """Runs `items` and returns their results in order (see `stream` for errors)."""
         out: list = []
-        async with contextlib.aclosing(self.stream(items, key=key, timeout=timeout)) as chunks:
+        async with contextlib.aclosing(self.stream(items, key=key, timeout=timeout, lane=lane)) as chunks:
             async for _, results in chunks:
                 out.extend(results)
         return out
 
-    async def stream(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None
-                     ) -> AsyncIterator[tuple[int, list]]:
+    async def stream(self, items: Sequence[Any], *, key: Hashable = None, timeout: float | None = None,
+                     lane: str | None = None) -> AsyncIterator[tuple[int, list]]:
         """Yields (offset, results) slices of `items`' results in order, as their batches finish.
 
+        Args:
+            lane: Priority lane (one of LANES; None = the configured default lane).
+
         Raises:
-            ServiceError: RESOURCE_EXHAUSTED (queue full, with retry_after), DEADLINE_EXCEEDED (deadline
-                passed in the queue or while waiting), UNAVAILABLE (batcher closed), or whatever run_batch
-                raised (as the exception itself).
+            ServiceError: RESOURCE_EXHAUSTED (lane queue full, or its queue timeout passed; with retry_after),
+                DEADLINE_EXCEEDED (deadline passed in the queue or while waiting), UNAVAILABLE (batcher closed),
+                INVALID_ARGUMENT (no such lane), or whatever run_batch raised (as the exception itself).
         """
-        request = self._enqueue(items, key, timeout)
+        request = self._enqueue(items, key, timeout, lane)
         loop = asyncio.get_running_loop()
         waiting: dict[int, list] = {}
         offset = 0
@@ -297,7 +483,7 @@ class DynamicBatcher:
             while offset < len(items):
                 message = await request.outbox.get()
                 if message is _DEADLINE:
-                    metrics.REJECTED.labels(*self.labels, "deadline").inc()
+                    self._rejected(request.lane, "deadline").inc()
                     raise deadline_exceeded(f"deadline passed after {offset} of {len(items)} results; "
                                             f"give a longer deadline or fewer items")
                 if isinstance(message, BaseException):
@@ -315,87 +501,127 @@ class DynamicBatcher:
         finally:
             if timer is not None:
                 timer.cancel()
+            if request.queue_timer is not None:
+                request.queue_timer.cancel()
             if not request.done:
                 self._cancel(request)
 
     # --- queueing ----------------------------------------------------------------------------------
-    def _enqueue(self, items: Sequence[Any], key: Hashable, timeout: float | None) -> _Request:
+    def _enqueue(self, items: Sequence[Any], key: Hashable, timeout: float | None, lane: str | None) -> _Request:
         if self._task is None or self._closed:
             raise unavailable("the batcher is not running (server starting or shutting down)")
         if len(items) == 0:
             raise ValueError("a request needs at least one item")
+        index = self.lanes.index(lane)
         loop = asyncio.get_running_loop()
         now = loop.time()
         if timeout is None and self.config.default_timeout_microseconds > 0:
             timeout = self.config.default_timeout_microseconds / 1e6
         if timeout is not None and timeout <= 0:
-            metrics.REJECTED.labels(*self.labels, "deadline").inc()
+            self._rejected(index, "deadline").inc()
             raise deadline_exceeded("the deadline had already passed when the request arrived")
-        if self.queued_requests >= self.config.max_queue_size:
-            metrics.REJECTED.labels(*self.labels, "queue_full").inc()
-            retry = self.retry_after()
-            raise resource_exhausted(f"the batch queue is full ({self.queued_requests} requests waiting, limit "
-                                     f"{self.config.max_queue_size}); retry after about {retry:.2f} s", retry)
-        request = _Request(items, key, None if timeout is None else now + timeout, now)
+        queue, limit = self._queues[index], self._limits[index]
+        if len(queue) >= limit:
+            self._rejected(index, "queue_full").inc()
+            retry = self.retry_after(index)
+            lane_name = self.lanes.names[index]
+            raise resource_exhausted(f"the {lane_name} batch queue is full ({len(queue)} requests waiting, limit "
+                                     f"{limit}); retry after about {retry:.2f} s", retry)
+        request = _Request(items, key, None if timeout is None else now + timeout, now, index)
+        policy = self.lanes.policy(index)
+        if policy.timeout_microseconds:
+            request.queue_timer = loop.call_at(now + policy.timeout_microseconds / 1e6, self._queue_timeout, request)
         if request.deadline is not None:
             self._purge_at = min(self._purge_at, request.deadline)
-        self._queue.append(request)
+        if index == 0:
+            self._last_top = now
+        queue.append(request)
         self._wakeup.set()
         return request
 
-    def retry_after(self) -> float:
-        """Seconds until the current queue has likely drained (at least 50 ms)."""
-        return max(0.05, round(self.queued_items * (self._item_seconds or 0.005), 3))
+    def retry_after(self, lane: int | None = None) -> float:
+        """Seconds until the work queued ahead of a request of `lane` (default: all) has likely drained
+        (at least 50 ms)."""
+        queues = self._queues if lane is None else self._queues[:lane + 1]
+        items = sum(r.remaining for q in queues for r in q)
+        return max(0.05, round(items * (self._item_seconds or 0.005), 3))
 
     def _cancel(self, request: _Request) -> None:
         request.done = True
         with contextlib.suppress(ValueError):
-            self._queue.remove(request)
-            metrics.REJECTED.labels(*self.labels, "cancelled").inc()
+            self._queues[request.queue].remove(request)
+            self._rejected(request.lane, "cancelled").inc()
 
     def _fail(self, request: _Request, error: BaseException, reason: str) -> None:
         request.done = True
+        if request.queue_timer is not None:
+            request.queue_timer.cancel()
         request.outbox.put_nowait(error)
-        metrics.REJECTED.labels(*self.labels, reason).inc()
+        self._rejected(request.lane, reason).inc()
+
+    def _queue_timeout(self, request: _Request) -> None:
+        """Its lane's queue timeout passed before its first batch: refuse it, or move it to the lowest lane's back."""
+        request.queue_timer = None
+        if request.done or request.scheduled:
+            return
+        policy = self.lanes.policy(request.lane)
+        with contextlib.suppress(ValueError):
+            self._queues[request.queue].remove(request)
+        if policy.timeout_action == "reject":
+            retry = self.retry_after(request.lane)
+            self._fail(request, resource_exhausted(
+                f"waited {policy.timeout_microseconds / 1000:g} ms in the {self.lanes.names[request.lane]} queue "
+                f"(its queue timeout) without being scheduled; retry after about {retry:.2f} s", retry),
+                "queue_timeout")
+            return
+        request.queue = len(self._queues) - 1
+        self._queues[request.queue].append(request)
+        self._rejected(request.lane, "delayed").inc()
+        self._wakeup.set()
 
     def _purge(self, now: float) -> None:
         """Drops requests whose deadline passed while queued (never computed); free until the earliest one."""
         if now < self._purge_at:
             return
-        kept: collections.deque[_Request] = collections.deque()
         next_deadline = math.inf
-        for r in self._queue:
-            if r.done:
-                continue
-            if r.deadline is not None and now >= r.deadline:
-                self._fail(r, deadline_exceeded(f"deadline passed while queued ({r.scheduled} of {len(r.items)} "
-                                                f"items had started); the rest was not computed"), "deadline")
-                continue
-            if r.deadline is not None:
-                next_deadline = min(next_deadline, r.deadline)
-            kept.append(r)
-        self._queue = kept
+        for index, queue in enumerate(self._queues):
+            kept: collections.deque[_Request] = collections.deque()
+            for r in queue:
+                if r.done:
+                    continue
+                if r.deadline is not None and now >= r.deadline:
+                    self._fail(r, deadline_exceeded(f"deadline passed while queued ({r.scheduled} of {len(r.items)} "
+                                                    f"items had started); the rest was not computed"), "deadline")
+                    continue
+                if r.deadline is not None:
+                    next_deadline = min(next_deadline, r.deadline)
+                kept.append(r)
+            self._queues[index] = kept
         self._purge_at = next_deadline
 
-    def _candidates(self) -> tuple[list[_Request], int, float, float]:
-        """One pass over the queue: the oldest eligible request's key group, its items, oldest arrival and
-        earliest deadline (requests held back for a slow reader are skipped)."""
+    def _first_eligible(self, queue: collections.deque[_Request]) -> _Request | None:
+        # Requests held back for a slow reader (max_ahead) are skipped.
+        return next((r for r in queue if r.scheduled - r.consumed < self.max_ahead), None)
+
+    def _candidates(self) -> tuple[list[_Request], int, float, list[bool], list[int]]:
+        """The next batch's candidates: the leading lane's oldest eligible request's key group, filled from the
+        lanes in turn; its items, oldest arrival, which lanes wait and the lane order."""
+        firsts = [self._first_eligible(q) for q in self._queues]
+        waiting = [r is not None for r in firsts]
+        if not any(waiting):
+            return [], 0, math.inf, waiting, []
+        order = self._turns.order(waiting)
+        key = firsts[order[0]].key
         group: list[_Request] = []
-        pending, oldest, deadline = 0, math.inf, math.inf
-        key = _NO_KEY
-        for r in self._queue:
-            if r.scheduled - r.consumed >= self.max_ahead:
-                continue
-            if key is _NO_KEY:
-                key = r.key
-            elif r.key != key:
-                continue
-            group.append(r)
-            pending += len(r.items) - r.scheduled
-            oldest = min(oldest, r.enqueued)
-            if r.deadline is not None:
-                deadline = min(deadline, r.deadline)
-        return group, pending, oldest, deadline
+        pending, oldest = 0, math.inf
+        for lane in order:
+            for r in self._queues[lane]:
+                if r.key != key or r.scheduled - r.consumed >= self.max_ahead:
+                    continue
+                group.append(r)
+                pending += len(r.items) - r.scheduled
+                oldest = min(oldest, r.enqueued)
+        return group, pending, oldest, waiting, order
 
     # --- scheduling --------------------------------------------------------------------------------
     async def _schedule(self) -> None:
@@ -407,6 +633,10 @@ class DynamicBatcher:
             except BaseException:
                 self._free.release()
                 raise
+            # Counted before the task first runs, so the next batch formed at once sees this one as running.
+            self._busy += 1
+            size = sum(b - a for _, a, b in batch)
+            self._busy_until = max(loop.time(), self._busy_until) + size * self._item_seconds / self.config.instances
             task = asyncio.create_task(self._execute(batch, loop))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -416,15 +646,23 @@ class DynamicBatcher:
         delay = self.config.max_queue_delay_microseconds / 1e6
         if delay <= 0 or self.config.max_batch_size == 1:
             return None
-        if len(self._running) >= self.config.instances:
+        if self._busy >= self.config.instances:
             # Every worker is busy, so this batch is prefetched: it can gather company until about when a
             # worker frees up (estimated from the measured time per item), not only for the queue delay.
             return max(oldest + delay, self._busy_until - delay)
-        if self._running:  # another instance is busy: gather company for a while
+        if self._busy:  # another instance is busy: gather company for a while
             return oldest + delay
         if requests >= min(self._expected, self.config.max_batch_size):
             return None  # idle device, and everyone expected is here (a lone client never waits)
         return self._last_done + delay  # idle, but the last batch's clients are still coming back
+
+    def _held_for_top_lane(self, waiting: list[bool], now: float) -> float | None:
+        """Until when a prefetched batch is left unformed while the highest lane has nothing queued, so that a
+        request of it arriving meanwhile leads the batch instead of waiting behind it; None = form it now."""
+        if (not self.lanes.enabled or waiting[0] or self._busy < self.config.instances
+                or now - self._last_top > INTERACTIVE_RECENT_SECONDS):
+            return None
+        return self._busy_until - max(self.config.max_queue_delay_microseconds / 1e6, 0.001)
 
     async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> list[tuple[_Request, int, int]]:
         cfg = self.config
@@ -432,20 +670,24 @@ class DynamicBatcher:
         while True:
             now = loop.time()
             self._purge(now)
-            group, pending, oldest, deadline = self._candidates()
+            group, pending, oldest, waiting, order = self._candidates()
             if not group:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if pending >= full:  # a full (or largest preferred) batch never waits
+            held = self._held_for_top_lane(waiting, now)
+            if pending >= full and held is None:  # a full (or largest preferred) batch never waits
                 break
-            until = self._wait_until(len(group), oldest)
+            until = self._wait_until(len(group), oldest) if pending < full else None
+            if held is not None:
+                until = held if until is None else max(until, held)
             if until is None or now >= until:
                 break
-            until = min(until, deadline)
+            until = min(until, self._purge_at)
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), max(0.0, until - now))
+        self._turns.led(order[0], waiting)
         size = min(pending, cfg.max_batch_size)
         fitting = [s for s in cfg.preferred_batch_sizes if s <= size]
         if fitting:
@@ -458,23 +700,24 @@ class DynamicBatcher:
             n = min(r.remaining, size - taken)
             batch.append((r, r.scheduled, r.scheduled + n))
             r.scheduled += n
+            if r.queue_timer is not None:  # the queue timeout covers the wait for the first batch only
+                r.queue_timer.cancel()
+                r.queue_timer = None
             taken += n
             if not r.waited:
                 r.waited = True
-                self._queue_wait.observe(now - r.enqueued)
-        for r, _, _ in batch:  # served requests leave the queue; partly served ones go to its back
-            self._queue.remove(r)
+                self._queue_wait[r.lane].observe(now - r.enqueued)
+        for r, _, _ in batch:  # served requests leave the queue; partly served ones go to the back of theirs
+            queue = self._queues[r.queue]
+            queue.remove(r)
             if r.remaining:
-                self._queue.append(r)
+                queue.append(r)
         return batch
 
     async def _execute(self, batch: list[tuple[_Request, int, int]], loop: asyncio.AbstractEventLoop) -> None:
         items = list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in batch))
         key = batch[0][0].key
         self._batch_size.observe(len(items))
-        now = loop.time()
-        estimate = len(items) * (self._item_seconds or 0.0) / self.config.instances
-        self._busy_until = max(now, self._busy_until) + estimate
         timing = {"seconds": 0.0, "items": 0}  # of the computation alone, set by the worker
 
         def work() -> tuple[list[tuple[_Request, int, int]], Sequence[Any]]:
@@ -502,7 +745,7 @@ class DynamicBatcher:
             for r, _, _ in batch:
                 if not r.done:
                     with contextlib.suppress(ValueError):
-                        self._queue.remove(r)
+                        self._queues[r.queue].remove(r)
                     self._fail(r, e, "error")
             return
         finally:
@@ -511,6 +754,7 @@ class DynamicBatcher:
                 self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
             self._expected = len(batch) if len(batch) > 1 else 1
             self._last_done = loop.time()
+            self._busy -= 1
             self._free.release()
             self._wakeup.set()
         offset = 0

@@ -18,7 +18,7 @@ from interfacegan import codec
 from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.common import images, tensors
-from services.common.batching import DynamicBatcher, batch_settings
+from services.common.batching import DynamicBatcher, batch_settings, request_lane
 from services.common.errors import failed_precondition, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
 
@@ -310,8 +310,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         elif not math.isfinite(request.truncation_psi) or not 0 <= request.truncation_psi <= 1:
             raise invalid_argument("truncation_psi", f"{request.truncation_psi} is outside (0, 1]")
         items = list(codes)
-        timeout = context.time_remaining()
-        async with contextlib.aclosing(batcher.stream(items, key=(space, psi, layers), timeout=timeout)) as chunks:
+        timeout, lane = context.time_remaining(), request_lane(context)
+        async with contextlib.aclosing(batcher.stream(items, key=(space, psi, layers), timeout=timeout,
+                                                      lane=lane)) as chunks:
             async for offset, pixels in chunks:
                 encoded = await self._encode(pixels, fmt)
                 for start, part in self._split(encoded):

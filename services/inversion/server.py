@@ -18,7 +18,7 @@ from interfacegan import codec
 from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
 from services.common import assets, images
-from services.common.batching import batch_settings
+from services.common.batching import batch_settings, request_lane
 from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
 from services.common.settings import ServerSettings, setting
 
@@ -99,7 +99,8 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             self.registry.register_json(self.settings.models_json)
         await asyncio.to_thread(self._model, self.settings.default_model)
         self.faces = FaceFinder(assets.path_of("shape_predictor_5_face_landmarks.dat", self.settings.models_dir))
-        self.worker = RefineWorker(self.settings.max_batch_size, self.settings.max_queue_size)
+        self.worker = RefineWorker(self.settings.max_batch_size, self.settings.max_queue_size,
+                                   lanes=self.settings.lane_config())
 
     async def close(self) -> None:
         if self.worker is not None:
@@ -278,7 +279,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         if remaining is not None:
             # Leave time to encode and send the answer: stop refining at 85% of the remaining time.
             row.deadline = time.monotonic() + 0.85 * remaining - 0.05
-        if not self.worker.submit(Job(inv, space, row, on_done)):
+        if not self.worker.submit(Job(inv, space, row, on_done), request_lane(context)):
             active, queued = self.worker.load()
             raise resource_exhausted(f"{queued} refinements are queued (limit {self.settings.max_queue_size}) and "
                                      f"{active} running; retry later", retry_after=1.0)

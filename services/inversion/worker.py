@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 from services.common import metrics
+from services.common.batching import LaneConfig, LaneScheduler
 
 from .refine import STOP_CANCELLED, STOP_DEADLINE, Inverter, _Row
 
@@ -23,42 +24,60 @@ class Job:
         self.space = space
         self.row = row
         self.on_done = on_done
+        self.submitted = 0.0  # time.monotonic() when queued
 
 
 class RefineWorker:
     """A thread that steps every running job; new jobs join the batch at the next step.
 
     Jobs of the same (model, space) are stepped together, at most `max_batch_size` rows at a time; the rest
-    wait in a queue of at most `max_queue_size` jobs (`submit` returns False when it is full).
+    wait in their priority lane's queue (`submit` returns False when it is full). Free rows go to the
+    interactive lane first; the bulk lane keeps its guaranteed share of admissions (LaneConfig.bulk_min_share).
+    The lanes' queue timeouts do not apply here: a queued refinement stops at its own deadline, with the
+    encoder's guess, and a running one cannot be made to wait.
     """
 
-    def __init__(self, max_batch_size: int = 32, max_queue_size: int = 64, service: str = "inversion"):
+    def __init__(self, max_batch_size: int = 32, max_queue_size: int = 64, service: str = "inversion",
+                 lanes: LaneConfig | None = None):
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
-        self._pending: collections.deque[Job] = collections.deque()
+        self.lanes = lanes or LaneConfig()
+        names = self.lanes.names
+        self._pending: list[collections.deque[Job]] = [collections.deque() for _ in names]
+        self.limits = [self.lanes.policy(i).max_queue_size or max_queue_size for i in range(len(names))]
+        self._turns = LaneScheduler(len(names), self.lanes.bulk_min_share)
         self._active: list[Job] = []
         self._cv = threading.Condition()
         self._stop = False
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(service, "refine")
+        self._lane_gauges = [metrics.LANE_QUEUE_DEPTH.labels(service, "refine", n) for n in names]
+        self._waits = [metrics.QUEUE_WAIT.labels(service, "refine", n) for n in names]
+        self._rejected = [metrics.REJECTED.labels(service, "refine", n, "queue_full") for n in names]
         self._batch_hist = metrics.BATCH_SIZE.labels(service, "refine")
-        self._rejected = metrics.REJECTED.labels(service, "refine", "queue_full")
         self._thread = threading.Thread(target=self._run, name="refine-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> bool:
+    def submit(self, job: Job, lane: str | None = None) -> bool:
+        """Queues `job` in `lane` (None = the default lane); False when that lane's queue is full.
+
+        Raises:
+            ServiceError: INVALID_ARGUMENT when `lane` is not a lane.
+        """
+        index = self.lanes.index(lane)
         with self._cv:
-            if len(self._pending) >= self.max_queue_size:
-                self._rejected.inc()
+            if len(self._pending[index]) >= self.limits[index]:
+                self._rejected[index].inc()
                 return False
-            self._pending.append(job)
-            self._queue_gauge.set(len(self._pending))
+            job.submitted = time.monotonic()
+            self._pending[index].append(job)
+            self._gauges()
             self._cv.notify()
         return True
 
     def load(self) -> tuple[int, int]:
         """(running rows, queued jobs)."""
         with self._cv:
-            return len(self._active), len(self._pending)
+            return len(self._active), sum(len(q) for q in self._pending)
 
     def close(self) -> None:
         with self._cv:
@@ -66,13 +85,26 @@ class RefineWorker:
             self._cv.notify()
         self._thread.join(timeout=10)
 
+    def _gauges(self) -> None:
+        for gauge, queue in zip(self._lane_gauges, self._pending):
+            gauge.set(len(queue))
+        self._queue_gauge.set(sum(len(q) for q in self._pending))
+
     def _admit(self) -> None:
         with self._cv:
-            while not self._active and not self._pending and not self._stop:
+            while not self._active and not any(self._pending) and not self._stop:
                 self._cv.wait()
-            while self._pending and len(self._active) < self.max_batch_size:
-                self._active.append(self._pending.popleft())
-            self._queue_gauge.set(len(self._pending))
+            now = time.monotonic()
+            while len(self._active) < self.max_batch_size:
+                waiting = [bool(q) for q in self._pending]
+                if not any(waiting):
+                    break
+                lead = self._turns.order(waiting)[0]
+                self._turns.led(lead, waiting)
+                job = self._pending[lead].popleft()
+                self._waits[lead].observe(now - job.submitted)
+                self._active.append(job)
+            self._gauges()
 
     def _finish(self, job: Job) -> None:
         try:
@@ -84,7 +116,7 @@ class RefineWorker:
         while True:
             self._admit()
             if self._stop:
-                for job in self._active + list(self._pending):
+                for job in self._active + [j for q in self._pending for j in q]:
                     job.row.stopped = STOP_CANCELLED
                     self._finish(job)
                 return

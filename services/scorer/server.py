@@ -14,7 +14,7 @@ import numpy as np
 
 from interfacegan.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 from services.common import images as imagecodec
-from services.common.batching import DynamicBatcher, batch_settings
+from services.common.batching import DynamicBatcher, batch_settings, request_lane
 from services.common.errors import invalid_argument, unavailable
 from services.common.settings import ServerSettings, setting
 
@@ -123,7 +123,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
         decoded = await asyncio.to_thread(self._decode_all, request)
         timeout = context.time_remaining()
         key = self.engine.groups_of(attributes)
-        async with contextlib.aclosing(self.batcher.stream(decoded, key=key, timeout=timeout)) as chunks:
+        async with contextlib.aclosing(self.batcher.stream(decoded, key=key, timeout=timeout,
+                                                           lane=request_lane(context))) as chunks:
             async for offset, rows in chunks:
                 yield scorer_pb2.ScoreResponse(offset=offset, results=[
                     self._image_scores(values, face_score, attributes, columns) for values, face_score in rows])

@@ -1,9 +1,11 @@
-"""DynamicBatcher unit tests: no wait when idle, batching under load, deadlines, cancel, full queue, split order."""
+"""DynamicBatcher unit tests: no wait when idle, batching under load, deadlines, cancel, full queue, split order,
+priority lanes (order, queue policies, starvation bound, per-lane metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 
@@ -12,7 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common import metrics
-from services.common.batching import BatchingConfig, DynamicBatcher
+from services.common.batching import (LANE_METADATA, BatchingConfig, DynamicBatcher, LaneConfig, LaneScheduler,
+                                      QueuePolicy, batch_settings, request_lane)
 from services.common.errors import ServiceError
 
 
@@ -366,3 +369,215 @@ def test_a_prefetched_slice_whose_deadline_passes_at_the_worker_is_not_computed(
             await batcher.close()
 
     run(main())
+
+
+# --- priority lanes ----------------------------------------------------------------------------------------------
+
+def lanes(interactive: QueuePolicy = QueuePolicy(), bulk: QueuePolicy = QueuePolicy(), **kw) -> LaneConfig:
+    return LaneConfig(policies=(interactive, bulk), **kw)
+
+
+def sample(name: str, batcher: DynamicBatcher, **labels) -> float | None:
+    return REGISTRY.get_sample_value(name, {"service": batcher.labels[0], "queue": batcher.labels[1], **labels})
+
+
+def test_a_batch_is_filled_from_the_higher_lane_first():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=3, max_queue_delay_microseconds=0)
+        blocker = await hold(device, batcher)
+        bulk = [asyncio.create_task(batcher.submit([i], lane="bulk")) for i in range(4)]
+        await asyncio.sleep(0.01)
+        interactive = [asyncio.create_task(batcher.submit([100 + i], lane="interactive")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        await asyncio.gather(blocker, *bulk, *interactive)
+        # The later interactive requests lead; bulk fills the rest of the batch, oldest first.
+        assert device.batches[1:] == [[100, 101, 0], [1, 2, 3]]
+        await batcher.close()
+    run(main())
+
+
+def test_lanes_off_is_one_fifo_queue():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=3, max_queue_delay_microseconds=0,
+                                lanes=LaneConfig(enabled=False))
+        blocker = await hold(device, batcher)
+        tasks = [asyncio.create_task(batcher.submit([i], lane="bulk")) for i in range(4)]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.create_task(batcher.submit([100 + i], lane="interactive")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        assert device.batches[1:] == [[0, 1, 2], [3, 100, 101]]
+        assert sample("ifgan_batch_lane_queue_depth", batcher, lane="all") == 0
+        await batcher.close()
+    run(main())
+
+
+def test_each_lane_has_its_own_queue_limit_and_the_total_depth_is_the_sum():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=4, max_queue_size=10,
+                                lanes=lanes(QueuePolicy(max_queue_size=1), QueuePolicy(max_queue_size=2)))
+        blocker = await hold(device, batcher)
+        queued = [asyncio.create_task(batcher.submit([i, i], lane="bulk")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServiceError) as err:
+            await batcher.submit([9], lane="bulk")
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "bulk" in err.value.message
+        assert err.value.retry_after > 0
+        queued.append(asyncio.create_task(batcher.submit([5], lane="interactive")))  # its own limit, not bulk's
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServiceError, match="interactive batch queue is full"):
+            await batcher.submit([6], lane="interactive")
+        assert sample("ifgan_batch_lane_queue_depth", batcher, lane="bulk") == 4
+        assert sample("ifgan_batch_lane_queue_depth", batcher, lane="interactive") == 1
+        assert sample("ifgan_batch_queue_depth", batcher) == 5  # the autoscaling signal: every lane
+        assert sample("ifgan_batch_rejected_total", batcher, lane="bulk", reason="queue_full") == 1
+        assert sample("ifgan_batch_rejected_total", batcher, lane="interactive", reason="queue_full") == 1
+        device.gate.set()
+        await asyncio.gather(blocker, *queued)
+        assert sample("ifgan_batch_queue_seconds_count", batcher, lane="bulk") == 2
+        assert sample("ifgan_batch_queue_seconds_count", batcher, lane="interactive") == 2  # with the blocker
+        await batcher.close()
+    run(main())
+
+
+def test_queue_timeout_rejects_and_the_own_deadline_still_applies():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=1, max_queue_delay_microseconds=0,
+                                lanes=lanes(bulk=QueuePolicy(timeout_microseconds=30_000, timeout_action="reject")))
+        blocker = await hold(device, batcher)
+        with pytest.raises(ServiceError) as err:  # past its queue timeout: refused, never computed
+            await batcher.submit([1], lane="bulk")
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue timeout" in err.value.message
+        assert err.value.retry_after > 0
+        assert sample("ifgan_batch_rejected_total", batcher, lane="bulk", reason="queue_timeout") == 1
+        with pytest.raises(ServiceError) as err:  # its own deadline, shorter than the queue timeout
+            await batcher.submit([2], lane="bulk", timeout=0.01)
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert sample("ifgan_batch_rejected_total", batcher, lane="bulk", reason="deadline") == 1
+        device.gate.set()
+        await blocker
+        assert await batcher.submit([3], lane="bulk") == [(None, 30)]  # scheduled at once: no timeout
+        assert device.seen == {-1, 3}
+        await batcher.close()
+    run(main())
+
+
+def test_queue_timeout_delay_keeps_the_request_behind_the_bulk_lane():
+    async def main():
+        device = Device()
+        batcher = await started(device, max_batch_size=1, max_queue_delay_microseconds=0,
+                                lanes=lanes(QueuePolicy(timeout_microseconds=30_000, timeout_action="delay")))
+        blocker = await hold(device, batcher)
+        bulk = asyncio.create_task(batcher.submit([4], lane="bulk"))
+        delayed = asyncio.create_task(batcher.submit([3], lane="interactive"))
+        await asyncio.sleep(0.08)  # past its queue timeout: moved to the back of the bulk lane, still waiting
+        assert sample("ifgan_batch_rejected_total", batcher, lane="interactive", reason="delayed") == 1
+        fresh = asyncio.create_task(batcher.submit([5], lane="interactive"))
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        assert await delayed == [(None, 30)]
+        await asyncio.gather(blocker, bulk, fresh)
+        assert device.batches[1:] == [[5], [4], [3]]
+        await batcher.close()
+    run(main())
+
+
+def test_bulk_keeps_its_guaranteed_share_under_interactive_load():
+    async def order(share: float) -> list[str]:
+        device = Device()
+        batcher = await started(device, max_batch_size=1, max_queue_delay_microseconds=0,
+                                lanes=lanes(bulk_min_share=share))
+        blocker = await hold(device, batcher)
+        tasks = [asyncio.create_task(batcher.submit([1000 + i], key="b", lane="bulk")) for i in range(3)]
+        tasks += [asyncio.create_task(batcher.submit([i], key="i", lane="interactive")) for i in range(9)]
+        await asyncio.sleep(0.01)
+        device.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await batcher.close()
+        return "".join(k for k in device.keys[1:])
+
+    assert run(order(0.25)) == "iiibiiibiiib"  # one batch in every four led by bulk while both wait
+    assert run(order(0.0)) == "iiiiiiiiibbb"  # strict priority when asked
+
+
+def test_lane_scheduler_counts_only_batches_where_the_lower_lane_waited():
+    turns = LaneScheduler(2, 0.5)
+    assert turns.order([True, False]) == [0, 1]
+    turns.led(0, [True, False])  # bulk had nothing: no debt
+    assert turns.order([True, True]) == [0, 1]
+    turns.led(0, [True, True])
+    assert turns.order([True, True]) == [1, 0]  # its turn
+    turns.led(1, [True, True])
+    assert turns.order([True, True]) == [0, 1]
+
+
+def test_interactive_arrival_is_not_queued_behind_a_prefetched_bulk_batch():
+    """While interactive traffic is seen, a full bulk batch is formed ahead only when the worker is about to be
+    free, so an interactive request arriving meanwhile runs next instead of after it."""
+
+    async def order(enabled: bool) -> list[list]:
+        device = Device(seconds=0.3)
+        batcher = await started(device, max_batch_size=1, max_queue_delay_microseconds=1000, prefetch_batches=1,
+                                lanes=LaneConfig(enabled=enabled))
+        try:
+            await batcher.submit([0], lane="interactive")  # measures the batch time; interactive seen
+            bulk = [asyncio.create_task(batcher.submit([10 + i], lane="bulk")) for i in range(3)]
+            while len(device.batches) < 2:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.1)
+            await batcher.submit([99], lane="interactive")
+            await asyncio.gather(*bulk)
+            return device.batches[1:]
+        finally:
+            await batcher.close()
+
+    assert run(order(True)) == [[10], [99], [11], [12]]
+    assert run(order(False)) == [[10], [11], [12], [99]]  # the baseline, one FIFO queue: behind every bulk request
+
+
+def test_lane_names_are_checked():
+    async def main():
+        device = Device()
+        batcher = await started(device)
+        with pytest.raises(ServiceError) as err:
+            await batcher.submit([1], lane="urgent")
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "interactive, bulk" in err.value.message
+        await batcher.close()
+    run(main())
+
+    class Context:
+        def __init__(self, *md):
+            self.md = md
+
+        def invocation_metadata(self):
+            return self.md
+
+    assert request_lane(Context((LANE_METADATA, "Bulk"))) == "bulk"
+    assert request_lane(Context(("x-request-id", "r")), "bulk") == "bulk"
+    with pytest.raises(ServiceError, match="accepted: interactive, bulk"):
+        request_lane(Context((LANE_METADATA, "fast")))
+
+
+def test_lane_settings_build_one_lane_config_and_are_validated():
+    from services.common.settings import ServerSettings
+
+    @dataclasses.dataclass
+    class Settings(batch_settings(max_batch_size=8, max_queue_size=16, max_queue_delay_microseconds=100),
+                   ServerSettings):
+        pass
+
+    s = Settings.load(["--bulk-max-queue-size", "4", "--interactive-queue-timeout-microseconds", "500",
+                       "--interactive-timeout-action", "delay", "--bulk-min-share", "0.2", "--default-lane", "bulk"])
+    config = s.batching_config()
+    assert config.lanes == LaneConfig(True, "bulk", (QueuePolicy(0, 500, "delay"), QueuePolicy(4, 0, "reject")), 0.2)
+    assert Settings.load(["--no-priority-lanes"]).batching_config().lanes.enabled is False
+    for bad in (["--bulk-timeout-action", "drop"], ["--default-lane", "urgent"], ["--bulk-min-share", "2"],
+                ["--bulk-max-queue-size", "-1"]):
+        with pytest.raises(ValueError):
+            Settings.load(bad)
