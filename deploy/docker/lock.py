@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 #: Packages of this repository: installed from source by the Dockerfile, never from an index.
 OWN = {"interfacegan-client", "interfacegan-services"}
+#: Requirements the resolver cannot see from this interpreter: pip evaluates environment markers for the
+#: Python that runs it, and the image may run an older 3.11 (Debian bookworm's is 3.11.2). redis's asyncio
+#: client needs async-timeout on CPython < 3.11.3. The image's `pip check` catches any other such case.
+IMAGE_EXTRAS = ("async-timeout>=4.0.3",)
 
 
 def lock_path(variant: str) -> Path:
@@ -46,7 +50,7 @@ def requirements(variant: str) -> list[str]:
             if variant == "cuda" and name == "onnxruntime-gpu":
                 dep = dep.replace("onnxruntime-gpu", "onnxruntime-gpu[cuda,cudnn]", 1)
             found.append(dep)
-    return found
+    return found + list(IMAGE_EXTRAS)
 
 
 def _name(requirement: str) -> str:

@@ -176,7 +176,7 @@ def build(variant: str = "cpu", tag: str | None = None, cache: Path | None = Non
     base = ensure_base(cache, mirror, log)
     wheels = ensure_wheelhouse(cache, variant, log)
     started = time.perf_counter()
-    podman(cache, "build", "--network", "none", "--layers", "-f", str(HERE / "Dockerfile"),
+    podman(cache, "build", "--network", "none", "--layers", "--format", "docker", "-f", str(HERE / "Dockerfile"),
            "--ignorefile", str(HERE / "Dockerfile.dockerignore"),
            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"VARIANT={variant}", "--build-arg", "OFFLINE=1",
            "--build-context", f"wheelhouse={wheels}", "-t", tag, str(ROOT),
