@@ -101,10 +101,10 @@ def scores_of(reply: editor_pb2.EditResponse) -> list[dict]:
     return [{"attribute": s.attribute, "value": s.value, "valid": s.valid} for s in reply.scores]
 
 
-def extras_of(reply: editor_pb2.EditResponse) -> dict:
+def extras_of(reply: editor_pb2.EditResponse, shown: set[str] = SHOWN) -> dict:
     """Fields of a response the page has no place for (e.g. an identity distance), as JSON values."""
     fields = json_format.MessageToDict(reply, preserving_proto_field_name=True)
-    return {k: v for k, v in fields.items() if k not in SHOWN}
+    return {k: v for k, v in fields.items() if k not in shown}
 
 
 def text(value: Any, field: str, *, limit: int = MAX_NAME_CHARS) -> str:
