@@ -1,6 +1,8 @@
-"""The edit math of InterFaceGAN in numpy: distances, edits (absolute/relative, W+ layer ranges), conditional
-projection, interpolation, cosines, seeded Z codes. Pure functions: the editor runs them in-process, the boundary
-service's ConditionBoundary/EditLatents/InterpolateLatents/AnalyzeBoundaries wrap the same ones."""
+"""InterFaceGAN's edit math in pure numpy: distances, edits, W+ layer ranges, conditional projection, interpolation.
+
+The editor runs these in-process on cached normals; the boundary service's ConditionBoundary, EditLatents,
+InterpolateLatents and AnalyzeBoundaries wrap the same functions.
+"""
 
 from __future__ import annotations
 
