@@ -14,13 +14,41 @@ from interfacegan.v1 import common_pb2
 from .errors import ServiceError, invalid_argument
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Longest side over shortest side accepted. Every service frames a face in a square, so an image far thinner
+#: than any photo only makes resizing and padding work out of proportion to what was sent.
+MAX_ASPECT = 16
 ACCEPTED = "PNG or JPEG bytes in Image.encoded, or Image.raw with height, width, channels (1, 3 or 4) and HWC uint8 data"
+
+
+def size_of(image: common_pb2.Image, field: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+            min_side: int = 1) -> tuple[int, int]:
+    """(height, width) the image declares, read from its header without decoding the pixels.
+
+    Lets a service refuse, or admit against its memory budget, what an image will cost before it is decoded.
+    Refuses sizes `decode` would refuse; an image whose header cannot be read counts as 0 x 0 here and is
+    refused by `decode` with the reason.
+    """
+    kind = image.WhichOneof("payload")
+    if kind == "raw":
+        h, w = image.raw.height, image.raw.width
+    elif kind == "encoded" and image.encoded:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                w, h = PILImage.open(io.BytesIO(image.encoded)).size
+        except Exception:  # noqa: BLE001 - decode() says what is wrong with it
+            return 0, 0
+    else:
+        return 0, 0
+    if h and w:
+        _check_size(h, w, field, max_pixels, min_side)
+    return h, w
 
 
 def decode(image: common_pb2.Image, field: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
            min_side: int = 1) -> np.ndarray:
     """Returns an (H, W, 3) uint8 RGB array, upright per its EXIF orientation; refuses what is not a valid,
-    bounded image."""
+    bounded image (pixels, sides, aspect ratio at most MAX_ASPECT)."""
     kind = image.WhichOneof("payload")
     if kind is None:
         raise invalid_argument(field, f"empty image; accepted: {ACCEPTED}")
@@ -71,6 +99,9 @@ def _check_size(h: int, w: int, field: str, max_pixels: int, min_side: int) -> N
         raise invalid_argument(field, f"{w}x{h} = {w * h} pixels exceed the limit of {max_pixels}")
     if min(h, w) < min_side:
         raise invalid_argument(field, f"{w}x{h} is too small; each side must be at least {min_side} pixels")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise invalid_argument(field, f"{w}x{h} has an aspect ratio of {max(h, w) / min(h, w):.0f}:1; accepted: "
+                                      f"the longer side at most {MAX_ASPECT} times the shorter")
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:

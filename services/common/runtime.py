@@ -14,13 +14,14 @@ from typing import Awaitable, Callable, Iterable, Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from . import logs, metrics
-from .errors import ServiceError
+from .errors import ServiceError, resource_exhausted
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
     EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-    def __init__(self, service: str, auth_token: str):
+    def __init__(self, service: str, auth_token: str, max_concurrent_rpcs: int = 0):
         self.service = service
         self.auth_token = auth_token
+        # The concurrent-call limit is kept here rather than by gRPC's core, whose refusals carry no retry
+        # hint and never reach the metrics: calls past it get the batcher's rich RESOURCE_EXHAUSTED.
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.active = 0
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
@@ -83,12 +88,61 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             if not hmac.compare_digest(md.get("authorization", "").encode(), f"Bearer {self.auth_token}".encode()):
                 return _wrap(handler, _deny)
         if exempt:
-            return handler
+            if not self.max_concurrent_rpcs:
+                return handler
+            wrapped = self._wrapped.get(method)
+            if wrapped is None:  # health on this port counts against the limit: readiness fails when saturated
+                wrapped = self._wrapped[method] = _wrap(handler, self._limited, lenient=False)
+            return wrapped
         wrapped = self._wrapped.get(method)
         if wrapped is None:  # one wrapper per method, built on its first call
             wrapped = self._wrapped[method] = _wrap(
                 handler, lambda behavior, streaming: self._observe(behavior, streaming, method))
         return wrapped
+
+    def _refusal(self) -> ServiceError:
+        return resource_exhausted(f"the server is handling {self.active} calls, its limit "
+                                  f"(max_concurrent_rpcs {self.max_concurrent_rpcs}); retry after the hint",
+                                  retry_after=0.5)
+
+    def _limited(self, behavior, streaming: bool):
+        """Exempt methods: only the concurrent-call limit."""
+        if streaming:
+            async def stream(request, context):
+                if self.active >= self.max_concurrent_rpcs:
+                    await context.abort_with_status(self._refusal().to_status())
+                self.active += 1
+                try:
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:  # health's Watch writes with context.write() and returns nothing
+                        await result
+                finally:
+                    self.active -= 1
+            return stream
+
+        async def unary(request, context):
+            if self.active >= self.max_concurrent_rpcs:
+                await context.abort_with_status(self._refusal().to_status())
+            self.active += 1
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                self.active -= 1
+        return unary
+
+    def _admit(self, request) -> bool:
+        """Checks the call limit and the request's bytes; raises ServiceError, or counts the call in."""
+        if self.max_concurrent_rpcs and self.active >= self.max_concurrent_rpcs:
+            raise self._refusal()
+        if isinstance(request, _Undecodable):
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.name} "
+                               f"message ({request.error}); accepted: the message's protobuf encoding")
+        self.active += 1
+        return True
 
     def _observe(self, behavior, streaming: bool, method: str):
         short = method.rsplit("/", 1)[-1]
@@ -113,8 +167,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 logs.request_id_var.set(request_id_of(request))
                 in_flight.inc()
-                code = "OK"
+                code, admitted = "OK", False
                 try:
+                    admitted = self._admit(request)
                     async for item in behavior(request, context):
                         yield item
                 except ServiceError as e:
@@ -131,6 +186,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
                     raise
                 finally:
+                    self.active -= admitted
                     in_flight.dec()
                     finish(code, start)
             return stream
@@ -139,8 +195,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             logs.request_id_var.set(request_id_of(request))
             in_flight.inc()
-            code = "OK"
+            code, admitted = "OK", False
             try:
+                admitted = self._admit(request)
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
             except NotImplementedError:
@@ -160,6 +217,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
                 raise
             finally:
+                self.active -= admitted
                 in_flight.dec()
                 finish(code, start)
         return unary
@@ -214,18 +272,41 @@ def _deny(behavior, streaming: bool):
     return stream if streaming else unary
 
 
-def _wrap(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandler:
+class _Undecodable:
+    """Stands for request bytes that do not parse, so the handler's wrapper answers INVALID_ARGUMENT (gRPC's core
+    answers a failed deserializer with UNKNOWN)."""
+
+    def __init__(self, name: str, error: Exception):
+        self.name, self.error = name, error
+
+
+def _lenient(deserializer):
+    if deserializer is None:
+        return None
+    name = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = name.full_name if name is not None else "request"
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as e:
+            return _Undecodable(name, e)
+    return parse
+
+
+def _wrap(handler: grpc.RpcMethodHandler, wrap: Callable, lenient: bool = True) -> grpc.RpcMethodHandler:
+    parse = _lenient(handler.request_deserializer) if lenient else handler.request_deserializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False),
-                                                   handler.request_deserializer, handler.response_serializer)
+                                                   parse, handler.response_serializer)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True),
-                                                    handler.request_deserializer, handler.response_serializer)
+                                                    parse, handler.response_serializer)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False),
-                                                    handler.request_deserializer, handler.response_serializer)
+                                                    parse, handler.response_serializer)
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True),
-                                                 handler.request_deserializer, handler.response_serializer)
+                                                 parse, handler.response_serializer)
 
 
 def _reflection_v1_descriptor() -> None:
@@ -306,8 +387,10 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
     """
     server = grpc.aio.server(
         options=server_options(settings),
-        interceptors=[_Interceptor(settings.service_name, settings.auth_token)],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        interceptors=[_Interceptor(settings.service_name, settings.auth_token, settings.max_concurrent_rpcs)],
+        # The interceptor enforces the limit with a retry hint; the core's bare refusal is a backstop against
+        # a flood of calls faster than the event loop can refuse them.
+        maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs or None,
     )
     service.register(server)
     health = HealthServicer()

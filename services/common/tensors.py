@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from interfacegan import codec
@@ -31,9 +33,13 @@ def to_numpy(tensor: common_pb2.Tensor, field: str, *, max_elements: int = 64 * 
         raise invalid_argument(f"{field}.shape", "shape is empty; give at least one dimension, e.g. [N, d]")
     if any(s < 0 for s in shape) or (not allow_empty and any(s == 0 for s in shape)):
         raise invalid_argument(f"{field}.shape", f"shape {list(shape)} has a zero or negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
+    # Python integers: a product in int64 wraps (2^32 x 2^32 is 0, (2^63 - 1) x 2 is -2) and let absurd shapes
+    # through to fail later as INTERNAL.
+    count = math.prod(shape)
     if count > max_elements:
-        raise invalid_argument(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
+        raise invalid_argument(f"{field}.shape", f"shape {_shown(shape)} holds {_shown([count])[1:-1]} elements, over "
+                                                 f"the limit of {max_elements}; accepted: at most {max_elements} "
+                                                 f"elements")
     if len(tensor.data) != count * 4:
         raise invalid_argument(f"{field}.data", f"holds {len(tensor.data)} bytes; shape {list(shape)} of float32 "
                                                 f"needs {count * 4} (little-endian, row-major)")
@@ -41,6 +47,11 @@ def to_numpy(tensor: common_pb2.Tensor, field: str, *, max_elements: int = 64 * 
     if not np.isfinite(array).all():
         raise invalid_argument(f"{field}.data", "contains NaN or Inf; every element must be finite")
     return array
+
+
+def _shown(values) -> str:
+    """A shape for a message, each huge number shortened (a 2^200 dimension is 61 digits)."""
+    return "[" + ", ".join(str(v) if v < 10**12 else f"{v:.3g}" for v in values) + "]"
 
 
 def latents_to_numpy(batch: common_pb2.LatentBatch, field: str, *, expected: dict[int, tuple[int, ...]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from pathlib import Path
 
@@ -56,7 +57,8 @@ class FaceFinder:
         h, w = image.shape[:2]
         scale = 1.0
         if min(h, w) < self.min_side:
-            scale = min(4.0, self.min_side / min(h, w))
+            # Enlarged at most to max_side^2 pixels: a thin image is not enlarged 16-fold whole.
+            scale = max(1.0, min(4.0, self.min_side / min(h, w), self.max_side / math.sqrt(h * w)))
         elif max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
         work = image if scale == 1.0 else cv2.resize(
@@ -133,7 +135,7 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, supersample: int
 
 def feather_mask(size: int, center: tuple[float, float], radii: tuple[float, float], feather: float) -> np.ndarray:
     """A (size, size) float32 elliptical mask: 1 inside, falling smoothly to 0 over `feather` crop pixels."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    yy, xx = np.ogrid[0:size, 0:size]  # broadcast rows and columns: no two (size, size) float64 grids
     # Distance outside the ellipse, in pixels along the smaller radius (an approximation good enough for a fade).
     r = np.sqrt(((xx - center[0]) / radii[0]) ** 2 + ((yy - center[1]) / radii[1]) ** 2)
     outside = (r - 1.0) * min(radii)
@@ -159,8 +161,31 @@ def paste_back(photo: np.ndarray, face: np.ndarray, matrix: np.ndarray, mask: np
             [np.asarray(matrix, np.float64).reshape(2, 3), [0, 0, 1]])
         mask = cv2.resize(mask, (face.shape[1], face.shape[0]), interpolation=cv2.INTER_LINEAR)
     inv = invert_affine(matrix)
-    warped = cv2.warpAffine(face, inv, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(mask.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR,
+    out = photo.copy()
+    box = footprint(inv, mask.shape[0], h, w)
+    if box is None:
+        return out
+    x0, y0, x1, y1 = box
+    inv[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(face, inv, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask.astype(np.float32), inv, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[:, :, None]
-    out = photo.astype(np.float32) * (1 - alpha) + warped.astype(np.float32) * alpha
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    region = photo[y0:y1, x0:x1].astype(np.float32) * (1 - alpha) + warped.astype(np.float32) * alpha
+    out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    return out
+
+
+def footprint(inv: np.ndarray, size: int, h: int, w: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), end-exclusive: the part of an h x w photo a size x size crop covers under `inv`
+    (crop -> photo), with a margin for the interpolation kernels; None when it misses the photo.
+
+    Pasting works in this box only: its cost follows the face, not the photo (whole-photo float32 copies
+    took gigabytes for a large photo).
+    """
+    edge = size - 0.5
+    corners = np.array([[-0.5, -0.5, 1], [edge, -0.5, 1], [-0.5, edge, 1], [edge, edge, 1]]) @ inv.T
+    x0, y0 = np.floor(corners.min(axis=0)) - 3
+    x1, y1 = np.ceil(corners.max(axis=0)) + 4
+    x0, y0, x1, y1 = int(max(0, x0)), int(max(0, y0)), int(min(w, x1)), int(min(h, y1))
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .faces import Face, feather_mask, invert_affine
+from .faces import Face, feather_mask, footprint, invert_affine
 
 #: Face selection modes of a request.
 LARGEST, ALL, INDICES = "largest", "all", "indices"
@@ -83,14 +83,23 @@ def paste_change(photo: np.ndarray, edited: np.ndarray, reconstruction: np.ndarr
     """
     h, w = photo.shape[:2]
     inv = invert_affine(matrix)
+    out = photo.copy()
+    full_alpha = np.zeros((h, w), np.float32)
+    box = footprint(inv, mask.shape[0], h, w)  # warps and blends within the face's box, not the whole photo
+    if box is None:
+        return out, full_alpha
+    x0, y0, x1, y1 = box
+    inv[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
     change = edited.astype(np.float32) - reconstruction.astype(np.float32)
-    warped = cv2.warpAffine(change, inv, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
+    warped = cv2.warpAffine(change, inv, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=(0.0, 0.0, 0.0))
-    alpha = cv2.warpAffine(mask.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR,
+    alpha = cv2.warpAffine(mask.astype(np.float32), inv, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     alpha = np.where(alpha > 1e-4, alpha, 0.0).astype(np.float32)  # no stray float dust far from the face
-    out = photo.copy()
+    region = out[y0:y1, x0:x1]
     inside = alpha > 0
-    blended = photo[inside].astype(np.float32) + alpha[inside][:, None] * warped[inside]
-    out[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return out, alpha
+    blended = region[inside].astype(np.float32) + alpha[inside][:, None] * warped[inside]
+    region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    full_alpha[y0:y1, x0:x1] = alpha
+    return out, full_alpha

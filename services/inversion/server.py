@@ -18,6 +18,7 @@ from interfacegan import codec
 from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
 from services.common import assets, images
+from services.common.admission import PixelBudget
 from services.common.batching import batch_settings, request_lane
 from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
 from services.common.settings import ServerSettings, setting
@@ -31,6 +32,10 @@ from .refine import STOP_ENCODER, Inverter, Options, invertible_spaces
 from .worker import Job, RefineWorker
 
 log = logging.getLogger(__name__)
+
+#: Largest aligned crop a Blend accepts (twice the largest generator's side: an upscaled edit may be pasted).
+MAX_CROP_SIZE = 2048
+MAX_FACE_PIXELS = MAX_CROP_SIZE * MAX_CROP_SIZE
 
 
 @dataclasses.dataclass
@@ -50,6 +55,9 @@ class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
     encoder_iterations: int = setting(3, "fixed-point corrections of the encoder's guess (one G and one E pass each)")
     progress_every: int = setting(10, "steps between streamed progress messages")
     max_image_pixels: int = setting(4096 * 4096, "largest photo accepted, in pixels")
+    max_pixels_in_flight: int = setting(64 * 1024 * 1024, "most decoded photo pixels all Invert and Blend calls "
+                                                          "together may hold (bounds the service's memory); calls "
+                                                          "wait for their share, a quarter is kept for small images")
     min_photo_side: int = setting(32, "smallest photo side accepted for face alignment, in pixels")
     detect_upsample: int = setting(1, "dlib detector upsampling passes (1 finds faces down to about 40 px)")
     torch_threads: int = setting(2, "torch CPU threads")
@@ -62,6 +70,8 @@ class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
             raise ValueError("default_steps must be within 1..max_steps_limit")
         if not 0 < self.default_target_psnr <= 100:
             raise ValueError("default_target_psnr must be within (0, 100] dB")
+        if self.max_pixels_in_flight < self.max_image_pixels:
+            raise ValueError("max_pixels_in_flight must be at least max_image_pixels")
 
 
 @dataclasses.dataclass
@@ -86,6 +96,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         self._load_lock = threading.Lock()
         self.faces: FaceFinder | None = None
         self.worker: RefineWorker | None = None
+        self.budget = PixelBudget("inversion", settings.max_pixels_in_flight)
 
     def register(self, server: grpc.aio.Server) -> None:
         inversion_pb2_grpc.add_InversionServiceServicer_to_server(self, server)
@@ -231,7 +242,9 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
         if fmt not in (common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_JPEG, common_pb2.IMAGE_FORMAT_RAW):
             raise invalid_argument("format", f"{fmt} is not an ImageFormat; accepted: PNG, JPEG, RAW")
-        target_pixels, alignment, warnings = await asyncio.to_thread(self._prepare, request, inv)
+        h, w = images.size_of(request.image, "image", max_pixels=self.settings.max_image_pixels)
+        async with self.budget.hold(h * w, timeout=context.time_remaining()):  # the photo, until cropped
+            target_pixels, alignment, warnings = await asyncio.to_thread(self._prepare, request, inv)
         target = inv.targets(target_pixels[None])[0]
         guess = (await asyncio.to_thread(inv.first_guess, target[None], space))[0]
         row = inv.new_row(target, guess, options)
@@ -303,7 +316,10 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
 
     # --- Blend -------------------------------------------------------------------------------------
     async def Blend(self, request, context):
-        return await asyncio.to_thread(self._blend, request)
+        h, w = images.size_of(request.photo, "photo", max_pixels=self.settings.max_image_pixels)
+        fh, fw = images.size_of(request.face, "face", max_pixels=MAX_FACE_PIXELS)
+        async with self.budget.hold(h * w + fh * fw, timeout=context.time_remaining()):
+            return await asyncio.to_thread(self._blend, request)
 
     def _blend(self, request) -> inversion_pb2.BlendResponse:
         s = self.settings
@@ -316,8 +332,9 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         if not 1e-8 < abs(det) < 1e8:
             raise invalid_argument("alignment.matrix", f"is not invertible (determinant {det:g}); accepted: the "
                                                        f"matrix Invert returned")
-        if not 8 <= a.crop_size <= 4096:
-            raise invalid_argument("alignment.crop_size", f"{a.crop_size}; accepted: 8 to 4096")
+        if not 8 <= a.crop_size <= MAX_CROP_SIZE:
+            raise invalid_argument("alignment.crop_size", f"{a.crop_size}; accepted: 8 to {MAX_CROP_SIZE} (the "
+                                                          f"crop_size Invert returned)")
         feather = request.feather or 0.08
         if not math.isfinite(feather) or not 0 <= feather <= 0.5:
             raise invalid_argument("feather", f"{request.feather}; accepted: 0 (default 0.08) to 0.5")
@@ -326,7 +343,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         if not request.HasField("face"):
             raise invalid_argument("face", f"missing; accepted: {images.ACCEPTED}")
         photo = images.decode(request.photo, "photo", max_pixels=s.max_image_pixels)
-        face = images.decode(request.face, "face", max_pixels=4096 * 4096)
+        face = images.decode(request.face, "face", max_pixels=MAX_FACE_PIXELS)
         if face.shape[0] != face.shape[1]:
             raise invalid_argument("face", f"{face.shape[1]}x{face.shape[0]} is not square; accepted: the aligned "
                                            f"crop (crop_size x crop_size, or any square size)")

@@ -14,6 +14,7 @@ import numpy as np
 
 from interfacegan.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 from services.common import images as imagecodec
+from services.common.admission import PixelBudget
 from services.common.batching import DynamicBatcher, batch_settings, request_lane
 from services.common.errors import invalid_argument, unavailable
 from services.common.settings import ServerSettings, setting
@@ -42,6 +43,9 @@ class Settings(batch_settings(max_batch_size=64, max_queue_size=256, max_queue_d
     max_image_pixels: int = setting(2048 * 2048, "largest accepted image, height * width")
     max_request_pixels: int = setting(64 * 1024 * 1024, "most pixels all images of one request may hold once "
                                                         "decoded (bounds memory: PNGs compress very well)")
+    max_pixels_in_flight: int = setting(128 * 1024 * 1024, "most decoded pixels all requests together may hold "
+                                                           "(bounds the service's memory); requests wait for "
+                                                           "their share, a quarter is kept for small requests")
     face_threshold: float = setting(0.5, "face-presence probability (face mesh) from which an image has a face; "
                                          "below it every score is invalid")
     landmark_min_side: int = setting(256, "images whose face box (the centred square) is smaller are upsampled "
@@ -57,6 +61,9 @@ class Settings(batch_settings(max_batch_size=64, max_queue_size=256, max_queue_d
             raise ValueError(f"face_threshold must be within [0, 1), got {self.face_threshold}")
         if min(self.max_request_images, self.max_image_pixels, self.max_request_pixels) < 1:
             raise ValueError("max_request_images, max_image_pixels and max_request_pixels must be at least 1")
+        if self.max_pixels_in_flight < self.max_request_pixels:
+            raise ValueError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least "
+                             f"max_request_pixels ({self.max_request_pixels})")
 
 
 def attribute_info(engine: Engine, name: str) -> scorer_pb2.AttributeInfo:
@@ -80,6 +87,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
         self.engine = Engine(settings.models_dir, plugins, providers, settings.face_threshold,
                              settings.landmark_min_side, settings.mesh_backend)
         self.batcher: DynamicBatcher | None = None
+        self.budget = PixelBudget("scorer", settings.max_pixels_in_flight)
 
     def register(self, server: grpc.aio.Server) -> None:
         scorer_pb2_grpc.add_ScorerServiceServicer_to_server(self, server)
@@ -119,15 +127,17 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
             raise invalid_argument("images", f"{n} images; accepted: 1 to {self.settings.max_request_images} "
                                              f"images per request ({imagecodec.ACCEPTED})")
         columns = [self.engine.columns[a] for a in attributes]
-        # Every image is decoded (off the event loop) before anything is scored: a bad one fails the request.
-        decoded = await asyncio.to_thread(self._decode_all, request)
-        timeout = context.time_remaining()
-        key = self.engine.groups_of(attributes)
-        async with contextlib.aclosing(self.batcher.stream(decoded, key=key, timeout=timeout,
-                                                           lane=request_lane(context))) as chunks:
-            async for offset, rows in chunks:
-                yield scorer_pb2.ScoreResponse(offset=offset, results=[
-                    self._image_scores(values, face_score, attributes, columns) for values, face_score in rows])
+        pixels = self._pixels(request)
+        async with self.budget.hold(pixels, timeout=context.time_remaining()):
+            # Every image is decoded (off the event loop) before anything is scored: a bad one fails the request.
+            decoded = await asyncio.to_thread(self._decode_all, request)
+            timeout = context.time_remaining()
+            key = self.engine.groups_of(attributes)
+            async with contextlib.aclosing(self.batcher.stream(decoded, key=key, timeout=timeout,
+                                                               lane=request_lane(context))) as chunks:
+                async for offset, rows in chunks:
+                    yield scorer_pb2.ScoreResponse(offset=offset, results=[
+                        self._image_scores(values, face_score, attributes, columns) for values, face_score in rows])
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -141,16 +151,22 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
             raise invalid_argument("attributes", f"{names} names an attribute twice; name each at most once")
         return names
 
-    def _decode_all(self, request: scorer_pb2.ScoreRequest) -> list[np.ndarray]:
-        out, total, limit = [], 0, self.settings.max_request_pixels
+    def _pixels(self, request: scorer_pb2.ScoreRequest) -> int:
+        """Pixels the images will hold once decoded, from their headers: refused before any is decoded."""
+        total, limit = 0, self.settings.max_request_pixels
         for i, im in enumerate(request.images):
-            out.append(imagecodec.decode(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels))
-            total += out[-1].shape[0] * out[-1].shape[1]
+            h, w = imagecodec.size_of(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels)
+            total += h * w
             if total > limit:
                 raise invalid_argument("images", f"the images hold more than {limit} pixels in all (reached at "
                                                   f"images[{i}]); accepted: at most {limit} pixels per request, "
                                                   f"send the rest in further requests")
-        return out
+        return total
+
+    def _decode_all(self, request: scorer_pb2.ScoreRequest) -> list[np.ndarray]:
+        # Decoded sizes equal the declared ones _pixels counted (EXIF rotation only swaps the sides).
+        return [imagecodec.decode(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels)
+                for i, im in enumerate(request.images)]
 
     def _image_scores(self, values: np.ndarray, face_score: float, attributes: list[str], columns: list[int]):
         # NaN marks what could not be computed (no face, non-finite output): valid=False, never a made-up value.

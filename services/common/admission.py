@@ -1,0 +1,150 @@
+"""A per-service budget of decoded pixels in flight: admission of image requests, memory returned after bursts."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import time
+from typing import AsyncIterator
+
+from prometheus_client import Counter, Gauge
+
+from .errors import resource_exhausted
+
+
+USED = Gauge("ifgan_pixel_budget_used", "Decoded image pixels held by admitted requests", ["service"])
+CAPACITY = Gauge("ifgan_pixel_budget_capacity", "Decoded image pixels a service may hold at once", ["service"])
+REFUSED = Counter("ifgan_pixel_budget_refused_total", "Requests the pixel budget refused, by reason (queue_full: "
+                  "too many waiting; wait: not admitted within the longest wait or the call's deadline)",
+                  ["service", "reason"])
+
+
+def _libc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_TRIM = _libc_trim()
+
+
+def release_memory() -> None:
+    """Returns freed heap pages to the OS (glibc malloc_trim).
+
+    glibc raises its mmap threshold after large frees, so later multi-megabyte arrays come from the heap
+    and stay resident once freed; without a trim a service kept gigabytes after one burst of large images.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+class PixelBudget:
+    """Decoded pixels a service may hold at once, shared by its image-decoding RPCs.
+
+    A request asks for the pixels it will decode (read from the images' headers, before decoding) and holds
+    them until it is done. Requests of at most `reserve` pixels ("small") may use the whole budget; larger
+    ones only what leaves `reserve` free, so small requests keep flowing while large ones wait. Large
+    requests are admitted in arrival order. A request that is not admitted within `max_wait` seconds (or
+    its deadline), or that finds `max_waiting` requests already waiting, is refused with RESOURCE_EXHAUSTED
+    and a retry hint. A request larger than the large share is admitted alone (its own limits bound it).
+    When the budget drains after large requests, freed memory is returned to the OS.
+
+    Usage::
+
+        budget = PixelBudget("scorer", capacity=128 << 20)
+        async with budget.hold(pixels, timeout=context.time_remaining()):
+            ...decode and work...
+    """
+
+    def __init__(self, service: str, capacity: int, *, reserve: int | None = None, max_wait: float = 30.0,
+                 max_waiting: int = 64):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 pixel, got {capacity}")
+        self.service = service
+        self.capacity = capacity
+        self.reserve = capacity // 4 if reserve is None else reserve
+        if not 0 <= self.reserve < capacity:
+            raise ValueError(f"reserve must be within 0..capacity-1, got {self.reserve}")
+        self.max_wait = max_wait
+        self.max_waiting = max_waiting
+        self.used = 0
+        self._large_used = 0
+        self._queue: collections.deque[object] = collections.deque()  # large waiters, in arrival order
+        self._waiting = 0
+        self._changed = asyncio.Condition()
+        self._hold_seconds = 1.0  # moving average of large holds: the retry hint
+        self._trim_pending = False
+        self._gauge = USED.labels(service)
+        CAPACITY.labels(service).set(capacity)
+
+    def _fits(self, pixels: int, large: bool, token: object = None) -> bool:
+        if not large:
+            return self.used + pixels <= self.capacity
+        if self._queue and self._queue[0] is not token:
+            return False  # large requests go in arrival order
+        return self.used + pixels <= self.capacity - self.reserve
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int, *, timeout: float | None = None) -> AsyncIterator[None]:
+        """Holds `pixels` of the budget for the body of the `async with`.
+
+        Raises:
+            ServiceError: RESOURCE_EXHAUSTED with retry_after when not admitted in time.
+        """
+        large = pixels > self.reserve
+        # One request over the large share counts as the whole share: admitted alone (its own limits bound it).
+        pixels = min(pixels, self.capacity - self.reserve)
+        token = object()
+        wait = self.max_wait if timeout is None else max(0.0, min(self.max_wait, timeout))
+        async with self._changed:
+            if not self._fits(pixels, large):
+                if self._waiting >= self.max_waiting:
+                    raise self._refusal(pixels, "queue_full")
+                if large:
+                    self._queue.append(token)
+                self._waiting += 1
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(pixels, large, token)), wait)
+                except asyncio.TimeoutError:
+                    raise self._refusal(pixels, "wait") from None
+                finally:
+                    self._waiting -= 1
+                    if large:
+                        self._queue.remove(token)
+                        self._changed.notify_all()  # the next large waiter may be first now
+            self.used += pixels
+            if large:
+                self._large_used += pixels
+            self._gauge.set(self.used)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= pixels
+                self._gauge.set(self.used)
+                if large:
+                    self._large_used -= pixels
+                    self._hold_seconds = 0.8 * self._hold_seconds + 0.2 * (time.monotonic() - started)
+                    self._trim_pending = True
+                trim = self._trim_pending and self._large_used == 0
+                if trim:
+                    self._trim_pending = False
+                self._changed.notify_all()
+            if trim:
+                await asyncio.to_thread(release_memory)
+
+    def _refusal(self, pixels: int, reason: str):
+        REFUSED.labels(self.service, reason).inc()
+        retry = round(min(30.0, max(0.1, self._hold_seconds * (1 + len(self._queue)))), 1)
+        return resource_exhausted(
+            f"the service is decoding {self.used} of its {self.capacity} pixels in flight and {self._waiting} "
+            f"image requests wait; this one needs {pixels} pixels; retry after {retry} s, or send smaller or "
+            f"fewer images per request", retry_after=retry)
