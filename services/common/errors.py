@@ -42,7 +42,10 @@ class ServiceError(Exception):
             status.details.add().Pack(d)
         rich = rpc_status.to_status(status)
         if self.retry_after is not None:
-            rich = _StatusWithMetadata(rich, (("retry-after-ms", str(int(self.retry_after * 1000))),))
+            ms = str(int(self.retry_after * 1000))
+            # retry-after-ms for people and other languages; grpc-retry-pushback-ms is what gRPC's own retry
+            # policy obeys, so a caller retrying by service config waits as long as the server asked.
+            rich = _StatusWithMetadata(rich, (("retry-after-ms", ms), ("grpc-retry-pushback-ms", ms)))
         return rich
 
     def __str__(self) -> str:

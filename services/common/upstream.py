@@ -68,7 +68,11 @@ def targets(addresses: str | Sequence[str]) -> list[str]:
     return [f"ipv{versions.pop()}:{','.join(parts)}"]
 
 
-def client_config(settings: ServerSettings | None = None, *, retry: sdk.RetryPolicy | None = sdk.RetryPolicy(),
+#: Services wait out a peer's refusal (RESOURCE_EXHAUSTED carries the server's pushback) as well as a lost replica.
+SERVICE_RETRY = sdk.RetryPolicy(status_codes=("UNAVAILABLE", "RESOURCE_EXHAUSTED"))
+
+
+def client_config(settings: ServerSettings | None = None, *, retry: sdk.RetryPolicy | None = SERVICE_RETRY,
                   max_message_bytes: int | None = None, server_name: str | None = None,
                   tls_ca: str | None = None, tls_cert: str | None = None,
                   tls_key: str | None = None) -> sdk.ChannelConfig:
@@ -147,7 +151,7 @@ class Upstream:
     """
 
     def __init__(self, name: str, addresses: str, stub_cls, settings: ServerSettings | None = None, *,
-                 retry: sdk.RetryPolicy | None = sdk.RetryPolicy()):
+                 retry: sdk.RetryPolicy | None = SERVICE_RETRY):
         self.name = name
         self.addresses = targets(addresses)
         config = client_config(settings, retry=retry)

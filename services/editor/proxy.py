@@ -92,4 +92,4 @@ class ServiceProxy(grpc.GenericRpcHandler):
 def _trailers(e: grpc.aio.AioRpcError) -> tuple:
     # Keep the rich status (grpc-status-details-bin) and hints such as retry-after-ms; drop transport headers.
     return tuple((k, v) for k, v in (e.trailing_metadata() or ())
-                 if k == "grpc-status-details-bin" or not k.startswith("grpc-"))
+                 if k in ("grpc-status-details-bin", "grpc-retry-pushback-ms") or not k.startswith("grpc-"))

@@ -20,7 +20,7 @@ from interfacegan import channel as sdk
 from services.common import editing, images, logs, pipeline, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
-from services.common.upstream import CallContext, Upstream
+from services.common.upstream import SERVICE_RETRY, CallContext, Upstream
 
 from .proxy import ServiceProxy
 
@@ -129,7 +129,7 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         s = self.settings
         return Upstream(name, addresses, stub_cls, s,
                         retry=sdk.RetryPolicy(max_attempts=s.retry_attempts, initial_backoff=s.retry_backoff,
-                                              max_backoff=2.0))
+                                              max_backoff=2.0, status_codes=SERVICE_RETRY.status_codes))
 
     def forget_latest(self) -> None:
         """Drops the newest-version lookups: a boundary write went through this editor."""

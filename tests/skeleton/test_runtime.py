@@ -127,6 +127,7 @@ def test_service_errors_carry_field_and_retry_details():
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert errors.status_details(err.value)["retry_after"] == 0.25
             assert ("retry-after-ms", "250") in tuple(err.value.trailing_metadata())
+            assert ("grpc-retry-pushback-ms", "250") in tuple(err.value.trailing_metadata())
 
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.SampleLatents(generator_pb2.SampleLatentsRequest(), timeout=5)

@@ -33,17 +33,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """gRPC's built-in retry policy for the idempotent methods (status UNAVAILABLE only).
+    """gRPC's built-in retry policy for the idempotent methods.
 
     Attributes:
         max_attempts: Tries per call, 2 .. 5 (gRPC caps it at 5).
         initial_backoff: Seconds before the first retry; later ones grow by `multiplier` up to `max_backoff`.
+        status_codes: Statuses retried. RESOURCE_EXHAUSTED is worth adding where the caller can wait: the servers
+            send `grpc-retry-pushback-ms` with every refusal, and gRPC then waits exactly that long.
     """
 
     max_attempts: int = 4
     initial_backoff: float = 0.2
     max_backoff: float = 3.0
     multiplier: float = 2.0
+    status_codes: tuple[str, ...] = ("UNAVAILABLE",)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def service_config(config: ChannelConfig) -> dict:
                 "initialBackoff": f"{r.initial_backoff:.3f}s",
                 "maxBackoff": f"{r.max_backoff:.3f}s",
                 "backoffMultiplier": r.multiplier,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": list(r.status_codes),
             },
         }]
     return out
