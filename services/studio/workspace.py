@@ -255,9 +255,12 @@ class Workspace:
 
     async def _invert(self, key: tuple, ref: common_pb2.ModelRef, space: str, data: bytes) -> Source:
         started = time.monotonic()
+        # The page edits the photo's code; the editor renders a code with the base generator (a photo's tuned
+        # variant is not addressable by code yet), so the face is inverted untuned: unedited and edited faces
+        # then come from the same generator.
         replies = await self._edit(editor_pb2.EditRequest(
             model=ref, space=SPACES[space], photo=common_pb2.Image(encoded=data), include_original=True,
-            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG))
+            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG, skip_tuning=True))
         reply = replies[0]
         details = {"photo": key[3], "psnr": reply.inversion_psnr, "warnings": list(reply.warnings),
                    "extras": extras_of(reply), "inversion_seconds": round(time.monotonic() - started, 3)}

@@ -261,7 +261,8 @@ function renderFacts(reply, active) {
   const extras = reply.extras || {};
   if (extras.identity_distance !== undefined) {
     const d = Number(extras.identity_distance);
-    facts.push(["identity distance", `${d.toFixed(2)} (${d < 0.6 ? "same person" : "another person"} below 0.6)`]);
+    facts.push(["identity distance", d < 0 ? "not measured" :
+      `${d.toFixed(2)} (${d < 0.6 ? "the same person" : "another person"}: same below 0.6)`]);
   }
   for (const [key, value] of Object.entries(extras)) {
     if (key === "identity_distance") continue;
