@@ -80,6 +80,27 @@ def decode(blob: bytes, max_bytes: int) -> tuple[dict[str, Any], dict[str, np.nd
     return header, out
 
 
+def apply(net: "torch.nn.Module", delta: dict[str, "np.ndarray | torch.Tensor"]) -> "torch.nn.Module":
+    """A copy of `net` with `delta` added to its tensors (the tuned generator of a variant), in eval mode."""
+    import copy
+
+    import torch
+
+    out = copy.deepcopy(net)
+    state = out.state_dict()
+    unknown = sorted(set(delta) - set(state))
+    if unknown:
+        raise VariantError(f"variant tensors {unknown[:4]} are not in the {type(net).__name__} network")
+    with torch.no_grad():
+        for key, value in delta.items():
+            value = torch.as_tensor(value)
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise VariantError(f"variant tensor {key} has shape {list(value.shape)}, the network's has "
+                                   f"{list(state[key].shape)}")
+            state[key].add_(value.to(state[key].device, state[key].dtype))
+    return out.eval()
+
+
 class VariantStore:
     """Variants in Redis, one key each, with a TTL and a size limit (shared by every replica).
 

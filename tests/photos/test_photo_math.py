@@ -15,7 +15,7 @@ from services.inversion import photo
 from services.inversion.faces import FaceFinder, similarity_transform, warp_crop
 from services.inversion.framing import template_for
 from services.inversion.quality import psnr
-from services.inversion.tuning import TuningOptions, apply_delta, to_uint8, tune
+from services.inversion.tuning import TuningOptions, to_uint8, tune
 from services.scorer.identity import SAME_PERSON, IdentityModel, distance
 
 
@@ -101,7 +101,7 @@ def test_pivotal_tuning_reconstructs_a_real_face_and_keeps_the_person(dcgan, fin
     assert set(tuned.delta) >= {"main.6.weight", "main.12.weight"} and "main.3.weight" not in tuned.delta
     assert tuned.psnr[0] > tuned.first_psnr[0] + 8 and tuned.steps == 60
     # The variant network renders what tuning reported.
-    net = apply_delta(dcgan.net, tuned.delta)
+    net = var.apply(dcgan.net, tuned.delta)
     with torch.no_grad():
         again = net.render(pivot)
     assert float(psnr(again, tuned.images)[0]) > 45

@@ -1,0 +1,351 @@
+"""Real-photo benchmark: does the person survive inversion, pivotal tuning, edits and the paste back?
+
+python bench/photos.py [--quick]
+
+Photos: the public-domain portraits of the model cache (scikit-image's astronaut, matplotlib's
+grace_hopper), a group photo composed from them and generated faces at other scales, and robustness
+variants of each portrait (downscaled to 128 px and 96 px, JPEG quality 40, rotated +-10 degrees, mirrored,
+darker). Each photo goes through the code the inversion service runs: face detection with the
+false-detection filter, alignment to the generator's framing, the encoder + Adam inversion, pivotal
+tuning of all faces of the photo together (one variant per photo), then edits along age, gender and smile
+at -3 ... +3 rendered by the tuned variant and pasted back as the change under the feathered mask.
+
+Per face: PSNR and identity distance (dlib's face-recognition ResNet, 64 px aligned crops, 4x upsampled)
+of the reconstruction without and with tuning; per edit: identity distance between the face in the photo
+and in the result (128 px aligned crops of both photos) and the attribute re-scored on the result; CPU
+seconds (this process, all threads) per face for inversion + tuning; pixels outside the masks that
+changed. Boundaries are trained here on `--samples` generated faces scored by the scorer's models.
+
+Targets (the issue's): mean reconstruction identity distance <= 0.25 with tuning; mean reconstruction
+PSNR >= 32 dB; identity distance < 0.6 on >= 90% of edited images at |d| <= 3; the edited attribute moves
+the asked way (score at +3 above the score at -3) on >= 80% of (face, attribute) pairs; <= 3 CPU seconds
+per face; zero changed pixels outside the mask. A trade-off table of tuning steps and tuned layers
+against identity, PSNR, edit strength and CPU is printed and stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import at_least, at_most, load_average, print_targets  # noqa: E402
+from models import load_model  # noqa: E402
+from services.boundary.math import train_boundary  # noqa: E402
+from services.common import assets, variants  # noqa: E402
+from services.inversion import encoder as enc  # noqa: E402
+from services.inversion import photo  # noqa: E402
+from services.inversion.faces import FaceFinder, similarity_transform, warp_crop  # noqa: E402
+from services.inversion.framing import template_for  # noqa: E402
+from services.inversion.quality import psnr  # noqa: E402
+from services.inversion.refine import Inverter, Options  # noqa: E402
+from services.inversion.tuning import TuningOptions, to_uint8, tune  # noqa: E402
+from services.scorer.engine import Engine  # noqa: E402
+from services.scorer.identity import SAME_PERSON, IdentityModel, distance  # noqa: E402
+
+MODEL = "dcgan-digiface-64"
+ATTRIBUTES = ("age", "gender", "smile")
+MIN_SCORE, MIN_SIDE = 0.4, 24  # the service's false-detection filter defaults
+IDENTITY_CROP = 128
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def resize_to(image: np.ndarray, width: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+
+
+def variants(name: str, image: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: image, f"{name}@128": resize_to(image, 128), f"{name}@96": resize_to(image, 96),
+            f"{name}:jpeg40": jpeg(image, 40), f"{name}:rot+10": rotate(image, 10),
+            f"{name}:rot-10": rotate(image, -10), f"{name}:mirror": image[:, ::-1].copy(),
+            f"{name}:dark": (image.astype(np.float32) * 0.55).astype(np.uint8)}
+
+
+def group_photo(portraits: dict[str, np.ndarray], generated: np.ndarray) -> np.ndarray:
+    """A 900x420 canvas: both portraits at two scales and generated faces (upscaled) at others."""
+    canvas = np.full((420, 900, 3), 90, np.uint8)
+    astro = resize_to(portraits["astronaut.png"][30:330, 120:420], 260)
+    hopper = resize_to(portraits["grace_hopper.jpg"][60:420, 110:470], 200)
+    canvas[20:20 + astro.shape[0], 20:20 + astro.shape[1]] = astro
+    canvas[40:40 + hopper.shape[0], 320:320 + hopper.shape[1]] = hopper
+    for k, (size, x, y) in enumerate([(180, 560, 30), (120, 760, 250)]):
+        face = cv2.resize(generated[k], (size, size), interpolation=cv2.INTER_CUBIC)
+        canvas[y:y + size, x:x + size] = face
+    return canvas
+
+
+class Bench:
+    """Loads the models once and runs photos through inversion, tuning, edits and paste."""
+
+    def __init__(self, models_dir, samples: int, steps: int, quick: bool):
+        self.model = load_model(MODEL, "cpu", models_dir=models_dir)
+        encoder, _ = enc.load_for(MODEL, models_dir)
+        self.inverter = Inverter(self.model, encoder)
+        predictor = assets.path_of("shape_predictor_5_face_landmarks.dat", models_dir)
+        self.finder = FaceFinder(predictor)
+        self.identity = IdentityModel(predictor, assets.path_of("dlib_face_recognition_resnet_model_v1.dat",
+                                                                models_dir))
+        self.engine = Engine(models_dir, face_threshold=0.0)
+        self.engine.load()
+        self.steps = steps
+        self.template = template_for(MODEL, 64)
+        self.normals, self.accuracy = self._boundaries(samples)
+
+    def _boundaries(self, samples: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        codes = self.model.sample(samples, seed=424242)
+        faces = np.concatenate([self.model.synthesize(codes[i:i + 256], "z", output="uint8").numpy()
+                                for i in range(0, samples, 256)])
+        scores = self.engine.score(list(faces), list(ATTRIBUTES))
+        normals, accuracy = {}, {}
+        for j, name in enumerate(ATTRIBUTES):
+            fit = train_boundary(codes, scores.values[:, j], scores.valid[:, j], chosen_ratio=0.1)
+            normals[name] = np.asarray(fit.normal, np.float32).ravel()
+            accuracy[name] = round(float(fit.validation_accuracy), 3)
+        return normals, accuracy
+
+    def faces_of(self, image: np.ndarray):
+        found = self.finder.find(image, 1)
+        kept, dropped = photo.plausible(found, MIN_SCORE, MIN_SIDE)
+        return kept, len(dropped)
+
+    def invert(self, image: np.ndarray, faces, options: TuningOptions | None):
+        """Inversion (+ tuning) of the faces of one photo: per-face records and the variant network."""
+        matrices = [similarity_transform(f.landmarks, self.template) for f in faces]
+        crops = np.stack([warp_crop(image, m, 64) for m in matrices])
+        started = time.process_time()
+        results = self.inverter.invert(crops, "z", Options(max_steps=80, target_psnr=38.0))
+        pivots = torch.from_numpy(np.stack([r.code for r in results])).float()
+        untuned = np.stack([r.reconstruction for r in results])
+        net, tuned_images, tuning_steps = self.model.net, untuned, 0
+        if options is not None and options.steps > 0:
+            targets = self.inverter.targets(crops)
+            tuned = tune(self.model.net, pivots, targets, options)
+            net, tuned_images = variants.apply(self.model.net, tuned.delta), to_uint8(tuned.images)
+            tuning_steps = tuned.steps
+        cpu = time.process_time() - started
+        ids = self.identity.embed(list(crops) + list(untuned) + list(tuned_images))
+        n = len(faces)
+        rows = []
+        for i in range(n):
+            rows.append({"box": [round(v) for v in faces[i].box], "score": round(faces[i].score, 2),
+                         "psnr_untuned": _psnr(untuned[i], crops[i]), "psnr_tuned": _psnr(tuned_images[i], crops[i]),
+                         "id_untuned": round(float(distance(ids[i], ids[n + i])), 4),
+                         "id_tuned": round(float(distance(ids[i], ids[2 * n + i])), 4)})
+        return {"rows": rows, "cpu_per_face": cpu / n, "net": net, "pivots": pivots, "matrices": matrices,
+                "tuned_images": tuned_images, "tuning_steps": tuning_steps}
+
+    def edit(self, image: np.ndarray, inverted, distances: list[float]):
+        """Every attribute at every distance on all faces; identity and re-scored attribute per face."""
+        net, pivots, matrices = inverted["net"], inverted["pivots"], inverted["matrices"]
+        mask = photo.face_mask(64, 0.08)
+        big = [_scaled(m, IDENTITY_CROP / 64) for m in matrices]
+        source = [warp_crop(image, m, IDENTITY_CROP) for m in big]
+        with torch.no_grad():
+            recon = to_uint8(net.render(pivots))
+        results, changed_outside, outside_total = [], 0, 0
+        for name in ATTRIBUTES:
+            normal = torch.from_numpy(self.normals[name])
+            for d in distances:
+                with torch.no_grad():
+                    edited = to_uint8(net.render(pivots + d * normal))
+                out, union = image, np.zeros(image.shape[:2], np.float32)
+                for i, m in enumerate(matrices):
+                    out, alpha = photo.paste_change(out, edited[i], recon[i], m, mask)
+                    union = np.maximum(union, alpha)
+                outside = union == 0
+                changed_outside += int((out[outside] != image[outside]).any(axis=-1).sum())
+                outside_total += int(outside.sum())
+                crops = [warp_crop(out, m, IDENTITY_CROP) for m in big]
+                results.append({"attribute": name, "d": d, "crops": crops})
+        # Batched scoring: every result crop and the sources at once.
+        all_crops = [c for r in results for c in r["crops"]]
+        emb = self.identity.embed(source + all_crops)
+        scores = self.engine.score(all_crops, list(ATTRIBUTES)).values
+        n, k = len(source), 0
+        rows = []
+        for r in results:
+            j = ATTRIBUTES.index(r["attribute"])
+            for i in range(n):
+                rows.append({"face": i, "attribute": r["attribute"], "d": r["d"],
+                             "identity": round(float(distance(emb[i], emb[n + k])), 4),
+                             "score": round(float(scores[k, j]), 4)})
+                k += 1
+        return rows, changed_outside, outside_total
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return round(float(psnr(ta, tb)[0]), 3)
+
+
+def _scaled(matrix: np.ndarray, k: float) -> np.ndarray:
+    """The alignment of a crop k times larger (pixel-centre convention)."""
+    up = np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2], [0, 0, 1]])
+    return (up @ np.vstack([matrix, [0, 0, 1]]))[:2]
+
+
+def direction_rate(edit_rows: list[dict], photo_names: list[str]) -> tuple[float, int]:
+    """Share of (photo, face, attribute) whose score at the largest positive distance beats the most negative."""
+    hits, total = 0, 0
+    by_key: dict[tuple, dict[float, float]] = {}
+    for r in edit_rows:
+        by_key.setdefault((r["photo"], r["face"], r["attribute"]), {})[r["d"]] = r["score"]
+    for scores in by_key.values():
+        lo, hi = scores[min(scores)], scores[max(scores)]
+        if np.isfinite(lo) and np.isfinite(hi):
+            total += 1
+            hits += hi > lo
+    return (hits / total if total else 0.0), total
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=TuningOptions.steps, help="pivotal tuning steps (service default)")
+    p.add_argument("--tune-from", type=int, default=TuningOptions.tune_from, help="first tuned DCGAN layer")
+    p.add_argument("--samples", type=int, default=4000, help="generated faces the boundaries are trained on")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (CPU seconds are counted over all)")
+    p.add_argument("--models-dir", default=None, help="model cache folder")
+    p.add_argument("--quick", action="store_true", help="one portrait, no variants, no group photo, 20 tuning "
+                                                        "steps, +-3 only, 600 boundary samples, 2 trade-off rows")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "photos.json", help="result JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    steps = 20 if args.quick else args.steps
+    bench = Bench(args.models_dir, 600 if args.quick else args.samples, steps, args.quick)
+    print(f"boundaries: validation accuracy {bench.accuracy}", flush=True)
+    portraits = {n: np.asarray(Image.open(assets.path_of(n, args.models_dir)).convert("RGB"))
+                 for n in ("astronaut.png", "grace_hopper.jpg")}
+    if args.quick:
+        photos = {"grace_hopper.jpg": portraits["grace_hopper.jpg"]}
+    else:
+        photos = {}
+        for name, image in portraits.items():
+            photos.update(variants(name, image))
+        generated = bench.model.synthesize(bench.model.sample(2, seed=7), "z", output="uint8").numpy()
+        photos["group"] = group_photo(portraits, generated)
+    distances = [-3.0, 3.0] if args.quick else [-3.0, -2.0, -1.0, 1.0, 2.0, 3.0]
+    options = TuningOptions(steps=steps, tune_from=args.tune_from)
+
+    face_rows, edit_rows, photo_rows = [], [], []
+    changed_outside = outside_total = 0
+    cpu_per_face = []
+    for name, image in photos.items():
+        faces, dropped = bench.faces_of(image)
+        entry = {"photo": name, "size": list(image.shape[:2]), "faces": len(faces), "dropped": dropped}
+        photo_rows.append(entry)
+        if not faces:
+            print(f"{name:28s} no face found ({image.shape[1]}x{image.shape[0]})", flush=True)
+            continue
+        inverted = bench.invert(image, faces, options)
+        cpu_per_face += [inverted["cpu_per_face"]] * len(faces)
+        for i, row in enumerate(inverted["rows"]):
+            face_rows.append({"photo": name, "face": i, **row, "cpu_s": round(inverted["cpu_per_face"], 3)})
+        rows, changed, outside = bench.edit(image, inverted, distances)
+        changed_outside += changed
+        outside_total += outside
+        edit_rows += [{"photo": name, **r} for r in rows]
+        for i, row in enumerate(inverted["rows"]):
+            ids = [r["identity"] for r in rows if r["face"] == i]
+            print(f"{name:28s} face {i} {row['psnr_untuned']:6.2f} -> {row['psnr_tuned']:6.2f} dB  identity "
+                  f"{row['id_untuned']:.3f} -> {row['id_tuned']:.3f}  edits: identity max {max(ids):.3f}  "
+                  f"cpu {inverted['cpu_per_face']:.2f} s/face (dropped detections {dropped})", flush=True)
+
+    # The trade-off table: tuned layers and steps against identity, PSNR, edit strength and CPU.
+    base = {k: v for k, v in photos.items() if ":" not in k and "@" not in k and k != "group"}
+    configs = [(args.tune_from, 0), (args.tune_from, steps)] if args.quick else \
+        [(6, 0), (6, 25), (6, 50), (6, 100), (6, 150), (9, 100), (3, 100), (0, 100)]
+    tradeoff = []
+    for tune_from, n_steps in configs:
+        ids, psnrs, cpus, strength = [], [], [], {a: [] for a in ATTRIBUTES}
+        for name, image in base.items():
+            faces, _ = bench.faces_of(image)
+            inv = bench.invert(image, faces, TuningOptions(steps=n_steps, tune_from=tune_from) if n_steps else None)
+            ids += [r["id_tuned"] for r in inv["rows"]]
+            psnrs += [r["psnr_tuned"] for r in inv["rows"]]
+            cpus.append(inv["cpu_per_face"])
+            rows, _, _ = bench.edit(image, inv, [-3.0, 3.0])
+            for a in ATTRIBUTES:
+                for i in range(len(faces)):
+                    s = {r["d"]: r["score"] for r in rows if r["attribute"] == a and r["face"] == i}
+                    strength[a].append(s[3.0] - s[-3.0])
+            edit_ids = [r["identity"] for r in rows]
+        tradeoff.append({"tune_from": tune_from, "steps": n_steps, "psnr": round(float(np.mean(psnrs)), 2),
+                         "identity": round(float(np.mean(ids)), 3),
+                         "edit_identity_max": round(float(np.max(edit_ids)), 3),
+                         **{f"{a}_change": round(float(np.nanmean(strength[a])), 3) for a in ATTRIBUTES},
+                         "cpu_s_per_face": round(float(np.mean(cpus)), 2)})
+
+    edit_ids = np.array([r["identity"] for r in edit_rows])
+    rate, pairs = direction_rate(edit_rows, list(photos))
+    mean_id = float(np.mean([r["id_tuned"] for r in face_rows]))
+    mean_psnr = float(np.mean([r["psnr_tuned"] for r in face_rows]))
+    targets = {
+        "mean_reconstruction_identity_tuned": at_most(mean_id, 0.25),
+        "mean_reconstruction_psnr_tuned_db": at_least(mean_psnr, 32.0),
+        "edited_same_person_rate": at_least(float(np.mean(edit_ids < SAME_PERSON)), 0.9),
+        "attribute_moves_asked_way_rate": at_least(rate, 0.8),
+        "cpu_seconds_per_face": at_most(float(np.mean(cpu_per_face)), 3.0),
+        "changed_pixels_outside_mask": at_most(changed_outside, 0),
+    }
+    summary = {
+        "faces": len(face_rows), "photos": len(photos),
+        "photos_without_face": [r["photo"] for r in photo_rows if not r["faces"]],
+        "psnr_untuned": round(float(np.mean([r["psnr_untuned"] for r in face_rows])), 2),
+        "psnr_tuned": round(mean_psnr, 2),
+        "identity_untuned": round(float(np.mean([r["id_untuned"] for r in face_rows])), 3),
+        "identity_tuned": round(mean_id, 3),
+        "identity_tuned_max": round(float(np.max([r["id_tuned"] for r in face_rows])), 3),
+        "edited_images": int(len(edit_ids)), "edited_identity_mean": round(float(edit_ids.mean()), 3),
+        "edited_same_person_rate": round(float(np.mean(edit_ids < SAME_PERSON)), 3),
+        "attribute_pairs": pairs, "attribute_moves_asked_way_rate": round(rate, 3),
+        "cpu_seconds_per_face": round(float(np.mean(cpu_per_face)), 3),
+        "pixels_outside_mask": outside_total, "changed_pixels_outside_mask": changed_outside,
+    }
+    print("\nsummary:")
+    for k, v in summary.items():
+        print(f"  {k:32s} {v}")
+    print("\ntrade-off (mean over the two portraits; *_change: score at +3 minus at -3):")
+    head = ["tune_from", "steps", "psnr", "identity", "edit_identity_max", "age_change", "gender_change",
+            "smile_change", "cpu_s_per_face"]
+    print("  " + " ".join(f"{h:>17s}" for h in head))
+    for row in tradeoff:
+        print("  " + " ".join(f"{row[h]:>17}" for h in head))
+    print("targets:")
+    print_targets(targets)
+    result = {"benchmark": "photos", "quick": args.quick, "model": MODEL, "tuning": vars(options) | {},
+              "threads": args.threads, "load_average": load_average(), "boundary_accuracy": bench.accuracy,
+              "wall_seconds": round(time.monotonic() - t0, 1), "summary": summary, "tradeoff": tradeoff,
+              "photos": photo_rows, "faces": face_rows, "edits": edit_rows, "targets": targets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
