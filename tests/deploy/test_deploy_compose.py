@@ -97,7 +97,7 @@ def test_services_are_wired_like_the_local_cluster(support):
         assert env["IFGAN_PORT"] == str(DEFAULT_PORTS[name])
         assert env["IFGAN_METRICS_PORT"] == str(DEFAULT_METRICS_PORTS[name])
         assert env["IFGAN_HOST"] == "0.0.0.0" and env["IFGAN_AUTH_TOKEN"] == TOKEN["IFGAN_AUTH_TOKEN"]
-        assert service["healthcheck"]["test"] == ["CMD", "ifgan-healthprobe"]
+        assert service["healthcheck"]["test"] in ("ifgan-healthprobe", ["CMD-SHELL", "ifgan-healthprobe"])
         assert service["read_only"] and service["cap_drop"] == ["ALL"]
         shutdown = float(env["IFGAN_DRAIN_SECONDS"]) + float(env["IFGAN_GRACE_SECONDS"])
         assert shutdown + 5 <= float(service["stop_grace_period"].removesuffix("s")), name
