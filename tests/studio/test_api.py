@@ -208,3 +208,60 @@ def test_health_info_and_metrics(studio, guarded):
     text = urllib.request.urlopen(f"http://127.0.0.1:{guarded['metrics_port']}/metrics", timeout=5).read().decode()
     assert 'ifgan_requests_total{code="200",method="GET /api/catalog",service="studio"}' in text
     assert 'ifgan_requests_total{code="401",method="GET /api/catalog",service="studio"}' in text
+
+
+def self_signed(folder) -> tuple[str, str]:
+    """A throw-away certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "studio-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_with_a_certificate_and_the_cluster_token_the_page_is_https_and_asks_for_it(studio, launch_service, tmp_path):
+    import ssl
+
+    from services.cluster import HealthCredentials
+
+    cert, key = self_signed(tmp_path)
+    proc = launch_service("studio", "--tls-cert", cert, "--tls-key", key, "--auth-token", "cluster-token",
+                          "--http-port", "0", env={"IFGAN_EDITOR_ADDRESS": studio["editor"]}, wait=False)
+    proc.wait_serving(credentials=HealthCredentials(cert))
+    with grpc.secure_channel(proc.address, grpc.ssl_channel_credentials(open(cert, "rb").read())) as channel:
+        stub = studio_pb2_grpc.StudioServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:  # the cluster's token guards the gRPC side too
+            stub.GetStudioInfo(studio_pb2.GetStudioInfoRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = stub.GetStudioInfo(studio_pb2.GetStudioInfoRequest(), timeout=10,
+                                  metadata=(("authorization", "Bearer cluster-token"),))
+    assert info.url.startswith("https://127.0.0.1:") and info.token_required
+    tls = ssl.create_default_context(cafile=cert)
+    with urllib.request.urlopen(info.url + "healthz", context=tls, timeout=10) as response:
+        assert response.status == 200
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(info.url + "api/catalog", context=tls, timeout=10)
+    assert denied.value.code == 401
+    request = urllib.request.Request(info.url + "api/catalog", headers={"Authorization": "Bearer cluster-token"})
+    with urllib.request.urlopen(request, context=tls, timeout=30) as response:
+        assert response.status == 200  # the studio called the editor (plaintext here: no --tls-ca) with its token
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext page on the same port
+        urllib.request.urlopen(info.url.replace("https", "http") + "healthz", timeout=10)
