@@ -21,7 +21,7 @@ from services.common.errors import ServiceError, invalid_argument, not_found, un
 from services.common.settings import ServerSettings, setting
 from services.common.upstream import CallContext
 
-from . import analysis, convert, npyfiles, render, training
+from . import analysis, bundled, convert, npyfiles, render, training
 from .sampler import Sampler
 from .jobs import Job, JobManager, JobRecords
 from .store import SPACE_KEYS, BoundaryNotFound, BoundaryStore, StoredBoundary, check_name
@@ -62,6 +62,9 @@ class Settings(ServerSettings):
     max_edit_codes: int = setting(4096, "largest number of codes per EditLatents / InterpolateLatents request")
     max_edits: int = setting(64, "largest number of edits per EditLatents request")
     max_rescore_samples: int = setting(10_000, "largest rescore_samples of AnalyzeBoundaries")
+    bundled_boundaries: bool = setting(True, "at start, store the boundaries shipped with the project (gender, age, "
+                                             "yaw, smile and the age-held gender of the default model) where the "
+                                             "store has none of that name yet, so a fresh cluster edits at once")
 
     service_name = "boundary"
 
@@ -133,6 +136,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
                 log.warning("Redis runs without AOF (appendonly=%s): a restart can lose boundaries; start it with "
                             "--appendonly yes --appendfsync always", persistence.get("appendonly"))
             log.info("store ready", extra={"redis": self.settings.redis_url, **persistence})
+            if self.settings.bundled_boundaries:
+                await bundled.install(self.store)
         except redis.exceptions.RedisError as e:
             log.warning("Redis at %s unreachable at start (%s); store RPCs answer UNAVAILABLE until it is up",
                         self.settings.redis_url, e)

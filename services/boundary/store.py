@@ -33,6 +33,7 @@ SPACE_BY_KEY = {v: k for k, v in SPACE_KEYS.items()}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _PUT = """
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {2, redis.call('GET', KEYS[1])} end
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {0, existing} end
@@ -138,14 +139,16 @@ class BoundaryStore:
     def _key(self, bid: str, suffix: str) -> str:
         return f"{self.prefix}boundary:{bid}:{suffix}"
 
-    async def put(self, meta: dict, normal: np.ndarray, *, request_id: str = "",
-                  request_ttl: int = 7 * 86400) -> tuple[StoredBoundary, bool]:
+    async def put(self, meta: dict, normal: np.ndarray, *, request_id: str = "", request_ttl: int = 7 * 86400,
+                  if_empty: bool = False) -> tuple[StoredBoundary, bool]:
         """Stores a new version atomically.
 
         Args:
             meta: BoundaryInfo fields; must hold model, attribute, space.
             normal: (d,) or (1, d) finite, non-zero.
             request_id: idempotency key; a repeated id returns the version the first call stored.
+            if_empty: store only when the boundary has no version yet (checked inside the write script, so a
+                version written meanwhile by anyone else is never shadowed); else return the newest.
         Returns:
             (the stored boundary, True if this call created it).
         """
@@ -158,7 +161,10 @@ class BoundaryStore:
         request_key = f"{self.prefix}request:{request_id}" if request_id else ""
         created, value = await self._put(
             keys=[self._key(bid, "latest"), f"{self.prefix}boundaries", request_key],
-            args=[bid, json.dumps(meta, sort_keys=True), normal.tobytes(), self._key(bid, "v:"), request_ttl])
+            args=[bid, json.dumps(meta, sort_keys=True), normal.tobytes(), self._key(bid, "v:"), request_ttl,
+                  "1" if if_empty else "0"])
+        if created == 2:
+            return await self.get(meta["model"], int(meta["space"]), meta["attribute"], int(value)), False
         if not created:
             ref_id, _, version = value.decode().rpartition("@")
             model, space, attribute = ref_id.split("/", 2)

@@ -22,6 +22,7 @@ from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
 from services.common.upstream import SERVICE_RETRY, CallContext, Upstream
 
+from .calibrate import Calibration, CalibratedEdits, check_target
 from .proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class Direction:
-    """A stored boundary an edit follows: its versioned ref and its unit normal (d,)."""
+    """A stored boundary an edit follows: its versioned ref, its unit normal (d,), and for a derived one its parents."""
 
     ref: common_pb2.BoundaryRef
     normal: np.ndarray
+    parents: tuple = ()
 
 
 def _key(ref: common_pb2.BoundaryRef) -> tuple:
@@ -108,7 +110,7 @@ class Item:
     boundary: common_pb2.BoundaryRef | None
 
 
-class EditorService(editor_pb2_grpc.EditorServiceServicer):
+class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
     """EditorService (Edit, GetCatalog), and a relay of BoundaryService for clients that only reach the editor."""
 
     def __init__(self, settings: Settings):
@@ -185,6 +187,10 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
             if not e.attribute:
                 raise invalid_argument(f"{field}.attribute", "empty; name an attribute with a stored boundary "
                                                              "(GetCatalog lists them), e.g. 'age'")
+            if e.WhichOneof("target"):
+                check_target(e, field)
+                steps.append(1)
+                continue
             try:
                 _, _, n, _ = editing.check_edit(e.start, e.end, e.steps, absolute=False)
             except editing.EditError as err:
@@ -303,29 +309,42 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         rid = "editor-condition:" + hashlib.sha256(repr(key).encode()).hexdigest()[:32]
         derived = await self.boundary.unary("ConditionBoundary", boundary_pb2.ConditionBoundaryRequest(
             request_id=rid, target=target.ref, conditions=[c.ref for c in conditions]), call)
-        direction = Direction(derived.info.ref, tensors.to_numpy(derived.normal, "boundary normal").reshape(-1))
+        direction = Direction(derived.info.ref, tensors.to_numpy(derived.normal, "boundary normal").reshape(-1),
+                              (target.ref, *(c.ref for c in conditions)))
         self._remember(self._conditioned, key, direction, self.settings.condition_cache_size)
         return direction
 
-    def _edit_codes(self, request: editor_pb2.EditRequest, source: Source, directions: list[Direction],
-                    steps: list[int]) -> list[Item]:
-        """The edited codes, computed here (services/common/editing.py) on the cached normals."""
+    def _layer_ranges(self, request: editor_pb2.EditRequest, source: Source,
+                      directions: list[Direction]) -> list[tuple[int, int] | None]:
+        """Checks every edit against the source's code; returns each edit's W+ layer range (None for Z / W)."""
         num_layers = source.code.shape[1] if source.code.ndim == 3 else None
-        table, absolute, layers = [], [], []
+        ranges = []
         for i, (e, d) in enumerate(zip(request.edits, directions)):
             field = f"edits[{i}]"
             if d.normal.size != source.code.shape[-1]:
                 raise invalid_argument(f"{field}.attribute", f"boundary {d.ref.attribute!r} has dimension "
                                                              f"{d.normal.size}, the codes {source.code.shape[-1]}")
-            is_absolute = e.mode == boundary_pb2.DISTANCE_MODE_ABSOLUTE
             try:
-                start, end, n, layer_range = editing.check_edit(
-                    e.start, e.end, e.steps, absolute=is_absolute, layer_start=e.layer_start,
+                *_, layer_range = editing.check_edit(
+                    e.start if not e.WhichOneof("target") else 0.0, e.end, e.steps,
+                    absolute=e.mode == boundary_pb2.DISTANCE_MODE_ABSOLUTE, layer_start=e.layer_start,
                     layer_end=e.layer_end, num_layers=num_layers)
             except editing.EditError as err:
                 raise invalid_argument(f"{field}.{err.field}", str(err)) from None
-            table.append((start, end, n))
-            absolute.append(is_absolute)
+            ranges.append(layer_range)
+        return ranges
+
+    def _edit_codes(self, request: editor_pb2.EditRequest, source: Source, directions: list[Direction],
+                    steps: list[int], ranges: list, found: list[Calibration | None]) -> list[Item]:
+        """The edited codes, computed here (services/common/editing.py) on the cached normals; a target edit's
+        one distance is the one its search found."""
+        table, absolute, layers = [], [], []
+        for e, c, layer_range in zip(request.edits, found, ranges):
+            if c is not None and c.distance is not None:
+                table.append((c.distance, c.distance, 1))
+            else:
+                table.append(editing.check_edit(e.start, e.end, e.steps, absolute=False)[:3])
+            absolute.append(e.mode == boundary_pb2.DISTANCE_MODE_ABSOLUTE)
             if layer_range is not None:
                 layers.append(layer_range)
         dist = editing.distance_table(table)
@@ -335,7 +354,7 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
                 for e, n in enumerate(steps) for s in range(n)]
 
     async def _render(self, items: list[Item], chunk: int, model: common_pb2.ModelRef, source: Source,
-                      request: editor_pb2.EditRequest, call: CallContext) -> list[tuple]:
+                      request: editor_pb2.EditRequest, call: CallContext, rescore: bool) -> list[tuple]:
         """Synthesizes one chunk, re-scores and blends it; returns (image, face, scores) per item."""
         codes = np.stack([it.code for it in items])
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
@@ -347,7 +366,7 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
                                                             f"{len(items)} codes; retry")
 
         async def score():
-            if not request.rescore:
+            if not rescore:
                 return [None] * len(items)
             replies = await self.scorer.collect("Score", scorer_pb2.ScoreRequest(
                 request_id=f"{call.request_id}/{chunk}", images=faces), call)
@@ -393,18 +412,25 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
         info = await self._model(request.model, call)
         model = common_pb2.ModelRef(name=info.name, version=info.version)
         source = await self._source(request, info, call)
-        directions = await asyncio.gather(*(self._boundary(i, e, info.name, source.space, call)
-                                            for i, e in enumerate(request.edits)))
+        directions = list(await asyncio.gather(*(self._boundary(i, e, info.name, source.space, call)
+                                                 for i, e in enumerate(request.edits))))
+        ranges = self._layer_ranges(request, source, directions)
+        # Target edits and hold=auto measure the face along the edit first (the scorer in the loop).
+        found = list(await asyncio.gather(*(self._calibrate(i, e, d, model, source, r, call) for i, (e, d, r)
+                                            in enumerate(zip(request.edits, directions, ranges)))))
+        directions = [c.direction if c is not None else d for c, d in zip(found, directions)]
 
         items: list[Item] = []
         if request.include_original:
             items.append(Item(-1, 0, 0.0, source.code[0], None))
         if request.edits:
-            items.extend(self._edit_codes(request, source, list(directions), steps))
+            items.extend(self._edit_codes(request, source, directions, steps, ranges, found))
 
+        rescore = request.rescore or any(c is not None for c in found)
         size = self.settings.chunk_size
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
-        factories = [lambda c=c, k=k: self._render(c, k, model, source, request, call) for k, c in enumerate(chunks)]
+        factories = [lambda c=c, k=k: self._render(c, k, model, source, request, call, rescore)
+                     for k, c in enumerate(chunks)]
         sent, total = 0, len(items)
         async for chunk, rendered in _zip_ordered(chunks, pipeline.ordered(factories, self.settings.parallel_chunks)):
             for item, (image, face, scores) in zip(chunk, rendered):
@@ -422,9 +448,45 @@ class EditorService(editor_pb2_grpc.EditorServiceServicer):
                     response.face.CopyFrom(face)
                 if sent == 1:
                     response.warnings.extend(source.warnings)
+                if item.edit >= 0:
+                    self._report(response, request, item, directions[item.edit], found[item.edit],
+                                 ranges[item.edit], model, source)
                 yield response
         log.info("edited", extra={"images": total, "edits": len(request.edits), "source": request.WhichOneof("source"),
                                   "seconds": round(time.monotonic() - started, 3)})
+
+    def _report(self, response: editor_pb2.EditResponse, request: editor_pb2.EditRequest, item: Item,
+                direction: Direction, found: Calibration | None, layers: tuple[int, int] | None,
+                model: common_pb2.ModelRef, source: Source) -> None:
+        """Fills a frame's target outcome (measured on this very image), hold drifts and receipt."""
+        edit = request.edits[item.edit]
+        if found is not None and found.target is not None:
+            response.target.CopyFrom(found.target)
+            row = {s.attribute: s.value for s in response.scores if s.valid}
+            after = row.get(response.target.attribute)
+            if after is not None:
+                response.target.after = after
+                response.target.met = abs(after - response.target.goal) <= response.target.tolerance
+        if found is not None:
+            response.holds.extend(found.holds)
+        held = list(dict.fromkeys([*edit.hold, *(found.held if found is not None else ())]))
+        mode = edit.mode or boundary_pb2.DISTANCE_MODE_RELATIVE
+        lo, hi = layers or (0, 0)
+        replay = editor_pb2.EditRequest(
+            model=model, space=source.space, rescore=request.rescore, format=request.format,
+            edits=[editor_pb2.AttributeEdit(attribute=direction.ref.attribute,
+                                            boundary_version=direction.ref.version, mode=mode, start=item.distance,
+                                            end=item.distance, steps=1, layer_start=lo, layer_end=hi)])
+        kind = request.WhichOneof("source")
+        if kind == "seed":
+            replay.seed = request.seed
+        elif kind == "code":
+            replay.code.CopyFrom(request.code)
+        response.receipt.CopyFrom(editor_pb2.EditReceipt(
+            model=model, variant=response.variant, space=source.space, boundary=direction.ref,
+            parents=list(direction.parents), held=held, mode=mode, distance=item.distance, layer_start=lo,
+            layer_end=hi, scores=response.scores,
+            identity_distance=response.identity_distance if response.identity_distance else -1.0, replay=replay))
 
     async def GetCatalog(self, request: editor_pb2.GetCatalogRequest, context: grpc.aio.ServicerContext):
         call = self._call("", context)

@@ -35,3 +35,27 @@ def distances(start: float, end: float, steps: int) -> np.ndarray:
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be within 1 .. {MAX_STEPS}, got {steps}")
     return np.linspace(start, end, steps, dtype=np.float64)
+
+
+# -- target edits (AttributeEdit.delta / to) and automatic holding ------------------------------------------
+
+#: How close a target edit must come to count as reached, per unit of the scorer's AttributeInfo.
+TOLERANCE = {"years": 2.0, "degrees": 3.0, "probability": 0.05, "ratio": 0.05}
+#: hold=auto holds another attribute when the edit moves it by more than this, per unit.
+HOLD_THRESHOLD = {"years": 3.0, "degrees": 5.0, "probability": 0.15, "ratio": 0.05}
+#: Largest |distance| a target search tries when the request says 0.
+TARGET_MAX_DISTANCE = 8.0
+#: Search rounds when the request says 0, and the most it may ask for.
+TARGET_ROUNDS = 5
+MAX_TARGET_ROUNDS = 8
+#: Unit suffixes of the edit grammar ("age:+10y", "yaw:+15deg") -> the scorer's unit names.
+UNIT_SUFFIXES = {"y": "years", "yr": "years", "yrs": "years", "years": "years", "deg": "degrees",
+                 "degrees": "degrees", "°": "degrees", "p": "probability", "prob": "probability",
+                 "probability": "probability", "r": "ratio", "ratio": "ratio"}
+
+
+def per_unit(table: dict[str, float], unit: str, low: float, high: float) -> float:
+    """A table's value for `unit`; for other units 5% of the attribute's range (0.05 when it is unbounded)."""
+    if unit in table:
+        return table[unit]
+    return 0.05 * (high - low) if np.isfinite(high - low) and high > low else 0.05

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import uuid
 from pathlib import Path
 from typing import Iterable, Literal, Sequence, Union
@@ -21,6 +22,24 @@ Output = Literal["numpy", "pil"]
 Source = Union[int, np.ndarray, str, Path, bytes, PILImage.Image]
 
 MODES = {"relative": boundary_pb2.DISTANCE_MODE_RELATIVE, "absolute": boundary_pb2.DISTANCE_MODE_ABSOLUTE}
+#: The edit grammar, shown by `ifgan edit --help` and in parse errors.
+GRAMMAR = ("ATTR[:START:END[:STEPS]] | ATTR:DISTANCE | ATTR:+CHANGE UNIT | ATTR:to=VALUE, then options "
+           "[:hold=A+B|auto][:tol=T][:max=D][:rounds=N][:mode=absolute][:version=N][:layers=FIRST-END]. "
+           "Units (y years, deg degrees, p probability, r ratio) make a target edit: the editor finds the "
+           "distance with the scorer, e.g. age:+10y, age:to=70, yaw:to=20, smile:to=0.8, gender:to=0.9:hold=auto; "
+           "plain numbers are distances, e.g. age:-3:3:7, gender:-2:2:5:hold=age, smile:1.5")
+_WITH_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([^\d\s.+-][^\s]*)?\s*$", re.I)
+
+
+def _number(text: str) -> tuple[float, str]:
+    """'+10y' -> (10.0, 'years'); '0.8' -> (0.8, ''). Raises ValueError for other text or unknown units."""
+    m = _WITH_UNIT.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a number")
+    suffix = (m.group(2) or "").lower()
+    if suffix and suffix not in defaults.UNIT_SUFFIXES:
+        raise ValueError(f"unknown unit {m.group(2)!r} (accepted: {', '.join(sorted(set(defaults.UNIT_SUFFIXES)))})")
+    return float(m.group(1)), defaults.UNIT_SUFFIXES.get(suffix, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +54,12 @@ class EditSpec:
         hold: Attributes kept fixed (the boundary is projected off theirs: a conditional boundary).
         version: Boundary version; 0 = newest.
         layers: W+ only: (first, end) layers to edit.
+        delta / to: A target edit (at most one): change the attribute by `delta`, or bring it to `to`, in its own
+            unit; the server searches the distance with the scorer and returns one image (steps 1).
+        tolerance: Target edits: how close counts (0: the unit's default, interfacegan.defaults.TOLERANCE).
+        unit: Target edits: the unit the value is in (checked by the server), e.g. "years"; "" = unchecked.
+        max_distance / rounds: Target edits: the search's distance limit and rounds (0: server defaults).
+        hold_auto: Hold every other attribute the edit moves by more than its unit's threshold on this face.
     """
 
     attribute: str
@@ -45,6 +70,13 @@ class EditSpec:
     hold: tuple[str, ...] = ()
     version: int = 0
     layers: tuple[int, int] | None = None
+    delta: float | None = None
+    to: float | None = None
+    tolerance: float = 0.0
+    unit: str = ""
+    max_distance: float = 0.0
+    rounds: int = 0
+    hold_auto: bool = False
 
     def __post_init__(self):
         if not self.attribute:
@@ -56,11 +88,37 @@ class EditSpec:
         if not (math.isfinite(self.start) and math.isfinite(self.end)):
             raise ValueError("start and end must be finite numbers")
         object.__setattr__(self, "hold", tuple(self.hold))
+        if self.delta is not None and self.to is not None:
+            raise ValueError("give delta or to, not both")
+        if self.is_target:
+            if not math.isfinite(self.target_value):
+                raise ValueError("a target value must be a finite number")
+            object.__setattr__(self, "steps", 1)
+            object.__setattr__(self, "start", 0.0)
+            object.__setattr__(self, "end", 0.0)
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0 and self.max_distance >= 0
+                and 0 <= self.rounds <= defaults.MAX_TARGET_ROUNDS):
+            raise ValueError(f"tolerance and max_distance must be >= 0 and rounds within 0 .. "
+                             f"{defaults.MAX_TARGET_ROUNDS}")
+
+    @property
+    def is_target(self) -> bool:
+        """A target edit (delta or to) rather than distances."""
+        return self.delta is not None or self.to is not None
+
+    @property
+    def target_value(self) -> float:
+        return self.delta if self.delta is not None else self.to
 
     @property
     def label(self) -> str:
-        """Short name for files and captions, e.g. 'gender' or 'gender|age'."""
-        return "|".join((self.attribute, *self.hold))
+        """Short name for files and captions, e.g. 'gender', 'gender|age', 'age+10' or 'gender@0.9|auto'."""
+        head = self.attribute
+        if self.delta is not None:
+            head += f"{self.delta:+g}"
+        elif self.to is not None:
+            head += f"@{self.to:g}"
+        return "|".join((head, *self.hold, *(("auto",) if self.hold_auto else ())))
 
     @property
     def distances(self) -> np.ndarray:
@@ -68,10 +126,12 @@ class EditSpec:
 
     @classmethod
     def parse(cls, text: str) -> "EditSpec":
-        """Parses `ATTR[:START:END[:STEPS]][:key=value...]` or `ATTR:DISTANCE`.
+        """Parses the edit grammar (GRAMMAR): distances, or a target in the attribute's unit.
 
-        Keys: hold=age+yaw, mode=absolute|relative, version=N, layers=FIRST-END.
-        Examples: "age" (-3..3, 10 steps), "age:2", "gender:-3:3:5:hold=age", "smile:-2:2:9:mode=absolute".
+        Keys: hold=age+yaw (or auto), to=VALUE, delta=CHANGE, tol=T, max=D, rounds=N, unit=years,
+        mode=absolute|relative, version=N, layers=FIRST-END.
+        Examples: "age" (-3..3, 10 steps), "age:2", "gender:-3:3:5:hold=age", "smile:-2:2:9:mode=absolute",
+        "age:+10y", "age:to=70", "yaw:to=20", "smile:to=0.8", "gender:to=0.9:hold=auto".
         """
         head, *rest = text.strip().split(":")
         numbers, options = [], {}
@@ -83,7 +143,9 @@ class EditSpec:
                 numbers.append(part)
         kwargs: dict = {}
         try:
-            if len(numbers) == 1:
+            if len(numbers) == 1 and _number(numbers[0])[1]:
+                kwargs["delta"], kwargs["unit"] = _number(numbers[0])
+            elif len(numbers) == 1:
                 kwargs.update(start=float(numbers[0]), end=float(numbers[0]), steps=1)
             elif len(numbers) in (2, 3):
                 kwargs.update(start=float(numbers[0]), end=float(numbers[1]))
@@ -93,7 +155,21 @@ class EditSpec:
                 raise ValueError("too many numbers")
             for key, value in options.items():
                 if key == "hold":
-                    kwargs["hold"] = tuple(h for h in value.replace(",", "+").split("+") if h)
+                    names = [h for h in value.replace(",", "+").split("+") if h]
+                    kwargs["hold_auto"] = "auto" in names
+                    kwargs["hold"] = tuple(h for h in names if h != "auto")
+                elif key in ("to", "delta"):
+                    kwargs[key], unit = _number(value)
+                    if unit:
+                        kwargs["unit"] = unit
+                elif key in ("tol", "tolerance"):
+                    kwargs["tolerance"] = _number(value)[0]
+                elif key == "max":
+                    kwargs["max_distance"] = float(value)
+                elif key == "rounds":
+                    kwargs["rounds"] = int(value)
+                elif key == "unit":
+                    kwargs["unit"] = defaults.UNIT_SUFFIXES.get(value.lower(), value)
                 elif key == "mode":
                     kwargs["mode"] = value.lower()
                 elif key == "version":
@@ -105,14 +181,22 @@ class EditSpec:
                     raise ValueError(f"unknown key {key!r}")
             return cls(head.strip(), **kwargs)
         except ValueError as e:
-            raise ValueError(f"edit {text!r}: {e}; expected ATTR[:START:END[:STEPS]][:hold=A+B][:mode=absolute]"
-                             f"[:version=N][:layers=FIRST-END], e.g. age:-3:3:7 or gender:-2:2:5:hold=age") from None
+            raise ValueError(f"edit {text!r}: {e}; expected {GRAMMAR}") from None
 
     def to_proto(self) -> editor_pb2.AttributeEdit:
         lo, hi = self.layers or (0, 0)
-        return editor_pb2.AttributeEdit(attribute=self.attribute, boundary_version=self.version, mode=MODES[self.mode],
-                                        start=self.start, end=self.end, steps=self.steps, hold=list(self.hold),
-                                        layer_start=lo, layer_end=hi)
+        edit = editor_pb2.AttributeEdit(attribute=self.attribute, boundary_version=self.version, hold=list(self.hold),
+                                        layer_start=lo, layer_end=hi, hold_auto=self.hold_auto)
+        if self.is_target:
+            if self.delta is not None:
+                edit.delta = self.delta
+            else:
+                edit.to = self.to
+            edit.tolerance, edit.unit, edit.max_distance, edit.max_rounds = (self.tolerance, self.unit,
+                                                                             self.max_distance, self.rounds)
+        else:
+            edit.mode, edit.start, edit.end, edit.steps = MODES[self.mode], self.start, self.end, self.steps
+        return edit
 
 
 EditLike = Union[EditSpec, str]
@@ -185,6 +269,21 @@ class EditFrame:
     done: int
     total: int
     message: editor_pb2.EditResponse = dataclasses.field(repr=False)
+
+    @property
+    def target(self) -> editor_pb2.TargetOutcome | None:
+        """Target edits: distance used, value before/after, goal, tolerance, met, rounds (else None)."""
+        return self.message.target if self.message.HasField("target") else None
+
+    @property
+    def receipt(self) -> editor_pb2.EditReceipt | None:
+        """What produced the image; `receipt.replay` is a request that renders it again."""
+        return self.message.receipt if self.message.HasField("receipt") else None
+
+    @property
+    def holds(self) -> list[editor_pb2.HoldDrift]:
+        """hold=auto: each attribute measured, its drift before and after holding, and whether it was held."""
+        return list(self.message.holds)
 
     @classmethod
     def of(cls, m: editor_pb2.EditResponse, output: Output = "numpy") -> "EditFrame":
