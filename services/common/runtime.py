@@ -141,6 +141,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         if isinstance(request, _Undecodable):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.name} "
                                f"message ({request.error}); accepted: the message's protobuf encoding")
+        if hasattr(request, "DESCRIPTOR"):
+            check_request_id(getattr(request, "request_id", ""), "request_id")
         self.active += 1
         return True
 
@@ -160,7 +162,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             latency.observe(time.perf_counter() - start)
 
         def request_id_of(request) -> str:
-            return getattr(request, "request_id", "") if hasattr(request, "DESCRIPTOR") else ""
+            rid = getattr(request, "request_id", "") if hasattr(request, "DESCRIPTOR") else ""
+            return rid if _REQUEST_ID.fullmatch(rid) else ""  # an invalid id is refused, and never logged
 
         if streaming:
             async def stream(request, context):
@@ -221,6 +224,22 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 in_flight.dec()
                 finish(code, start)
         return unary
+
+
+#: Longest request id accepted. Ids name idempotency records (Redis keys kept for days) and go into every log line.
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID = re.compile(r"[!-~]{1,%d}" % MAX_REQUEST_ID_CHARS)
+
+
+def check_request_id(value: str, field: str) -> str:
+    """Refuses a request id that is not 1..128 printable ASCII characters without spaces (empty: none given)."""
+    if value and not _REQUEST_ID.fullmatch(value):
+        shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{field}: {shown} ({len(value)} characters) is not a request id; accepted: 1 to "
+                           f"{MAX_REQUEST_ID_CHARS} printable ASCII characters without spaces or control "
+                           f"characters (e.g. a UUID), or empty", field=field)
+    return value
 
 
 #: Longest error message sent, in UTF-8 bytes. Messages echo what the caller sent; the status travels in trailing metadata,

@@ -1,0 +1,296 @@
+"""Work and memory bounded by what was sent, exact statuses for absurd input, against real services.
+
+Classes of input an outside tester used (issue: bounded memory per request and per service):
+- thin images: every decode path refuses aspect ratios past MAX_ASPECT with INVALID_ARGUMENT, and the
+  thinnest accepted images cost memory in proportion to their pixels (the scorer enlarged a 262144 x 16
+  PNG of 12 KB whole: 3.3 GB);
+- a burst of large valid images: a service's decoded pixels in flight stay within its budget, small
+  requests keep being answered, refusals carry a retry hint, and the memory is returned afterwards;
+- tensor shapes whose element count overflows 64 bits, undecodable protobuf: INVALID_ARGUMENT;
+- past the concurrent-call limit: RESOURCE_EXHAUSTED with a RetryInfo, counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
+                             generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
+                             scorer_pb2_grpc)
+from services.cluster import check_health, free_port
+from services.common import errors
+from services.common.images import MAX_ASPECT
+
+C = grpc.StatusCode
+Z = common_pb2.LATENT_SPACE_Z
+FACES = Path(__file__).resolve().parents[1] / "fixtures" / "scorer"
+OPTIONS = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20)]
+
+
+def png(array: np.ndarray) -> common_pb2.Image:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=9)
+    return common_pb2.Image(encoded=buf.getvalue())
+
+
+def solid(h: int, w: int) -> common_pb2.Image:
+    return png(np.full((h, w, 3), 128, np.uint8))
+
+
+def face(i: int = 0, side: int = 64) -> common_pb2.Image:
+    image = Image.open(FACES / f"dcgan_{i:03d}.png").convert("RGB")
+    return png(np.asarray(image.resize((side, side), Image.BICUBIC) if side != 64 else image))
+
+
+def memory_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def refused(fn) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    return err.value
+
+
+# -- thin images ------------------------------------------------------------------------------------------------
+
+#: (w, h) past the aspect limit, each within the services' pixel limits: 12 KB and 4 MB of pixels.
+THIN = [(262144, 16), (16, 262144), (4_000_000, 1), (MAX_ASPECT * 64 + 1, 64)]
+
+
+@pytest.mark.parametrize("w,h", THIN, ids=[f"{w}x{h}" for w, h in THIN])
+def test_thin_images_are_refused_by_every_decode_path(cluster, w, h):
+    image = solid(h, w) if w * h <= 8_000_000 else common_pb2.Image(
+        raw=common_pb2.RawImage(height=h, width=w, channels=1, data=bytes(w * h)))
+    alignment = inversion_pb2.FaceAlignment(matrix=[1, 0, 0, 0, 1, 0], crop_size=64)
+    addresses = {name: proc.address for name, proc in cluster.services.items()}
+    with grpc.insecure_channel(addresses["scorer"], options=OPTIONS) as s, \
+            grpc.insecure_channel(addresses["inversion"], options=OPTIONS) as i, \
+            grpc.insecure_channel(addresses["editor"], options=OPTIONS) as e:
+        scorer = scorer_pb2_grpc.ScorerServiceStub(s)
+        inversion = inversion_pb2_grpc.InversionServiceStub(i)
+        editor = editor_pb2_grpc.EditorServiceStub(e)
+        calls = {
+            "Score": lambda: list(scorer.Score(scorer_pb2.ScoreRequest(images=[image]), timeout=60)),
+            "Invert aligned": lambda: list(inversion.Invert(inversion_pb2.InvertRequest(
+                image=image, align_face=True), timeout=60)),
+            "Invert framed": lambda: list(inversion.Invert(inversion_pb2.InvertRequest(image=image), timeout=60)),
+            "Blend photo": lambda: inversion.Blend(inversion_pb2.BlendRequest(
+                photo=image, face=face(), alignment=alignment), timeout=60),
+            "Edit photo": lambda: list(editor.Edit(editor_pb2.EditRequest(photo=image, edits=[
+                editor_pb2.AttributeEdit(attribute="age", end=1, steps=1)]), timeout=60)),
+        }
+        for name, fn in calls.items():
+            err = refused(fn)
+            assert err.code() == C.INVALID_ARGUMENT, (name, err.code(), err.details())
+            assert re.search(rf"aspect ratio.*accepted: the longer side at most {MAX_ASPECT} times", err.details()), \
+                (name, err.details())
+    for name in ("scorer", "inversion", "editor"):
+        assert check_health(addresses[name]) == "SERVING"
+
+
+def test_the_thinnest_accepted_images_cost_memory_in_proportion(launch_service):
+    """16:1 images at the pixel limit, and with a 16 px short side (enlarged for landmarks), on a fresh scorer:
+    its peak memory grows by less than 250 MiB (the whole-image enlargement took gigabytes)."""
+    scorer = launch_service("scorer")
+    with grpc.insecure_channel(scorer.address, options=OPTIONS) as channel:
+        stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+        list(stub.Score(scorer_pb2.ScoreRequest(images=[face()]), timeout=120))  # models warm
+        before = memory_mb(scorer.pid, "VmRSS")
+        for h, w in ((512, 8192), (8192, 512), (16, 256), (256, 16)):
+            (reply,) = list(stub.Score(scorer_pb2.ScoreRequest(images=[solid(h, w)]), timeout=120))
+            assert len(reply.results) == 1 and not reply.results[0].face_found  # a grey bar holds no face
+        assert memory_mb(scorer.pid, "VmHWM") - before < 250
+
+
+# -- a budget of decoded pixels per service ---------------------------------------------------------------------
+
+def test_a_burst_of_large_images_stays_within_the_scorer_budget_and_small_requests_flow(launch_service):
+    """12 concurrent Score calls of 8 images of 1024 x 1024 (8 Mpx each) against a budget of 16 Mpx in flight:
+    the large calls are admitted a few at a time (the others wait or are refused with a retry hint), every
+    small call made meanwhile is answered, and the memory is returned after the burst."""
+    scorer = launch_service("scorer", "--max-request-pixels", str(8 << 20), "--max-pixels-in-flight", str(16 << 20))
+    large = scorer_pb2.ScoreRequest(images=[face(i, 1024) for i in range(8)])
+    small = scorer_pb2.ScoreRequest(images=[face(20)])
+    outcomes, small_outcomes, stop = [], [], threading.Event()
+    with grpc.insecure_channel(scorer.address, options=OPTIONS) as channel:
+        stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+        list(stub.Score(large, timeout=300))  # every path warm
+        list(stub.Score(small, timeout=60))
+        time.sleep(1)
+        before = memory_mb(scorer.pid, "VmRSS")
+        peak = [before]
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], memory_mb(scorer.pid, "VmRSS"))
+                time.sleep(0.05)
+
+        def small_loop():
+            while not stop.is_set():
+                try:
+                    (reply,) = list(stub.Score(small, timeout=120))
+                    small_outcomes.append("OK" if len(reply.results) == 1 and reply.results[0].face_found else
+                                          "wrong reply")
+                except grpc.RpcError as e:
+                    small_outcomes.append(e.code().name)
+                time.sleep(0.1)
+
+        def one(_):
+            try:
+                n = sum(len(r.results) for r in stub.Score(large, timeout=600))
+                return "OK" if n == 8 else f"{n} results", None
+            except grpc.RpcError as e:
+                return e.code().name, errors.status_details(e).get("retry_after")
+
+        threads = [threading.Thread(target=sample), threading.Thread(target=small_loop)]
+        for t in threads:
+            t.start()
+        try:
+            with ThreadPoolExecutor(12) as pool:
+                results = list(pool.map(one, range(12)))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        time.sleep(2)
+        after = memory_mb(scorer.pid, "VmRSS")
+        assert check_health(scorer.address) == "SERVING"
+    assert {code for code, _ in results} <= {"OK", "RESOURCE_EXHAUSTED"}, results
+    assert sum(code == "OK" for code, _ in results) >= 2
+    assert all(hint and hint > 0 for code, hint in results if code == "RESOURCE_EXHAUSTED"), results
+    assert small_outcomes and set(small_outcomes) == {"OK"}, small_outcomes
+    # Decoded, 12 x 8 Mpx would be 288 MiB of pixels at once (plus working copies); the budget holds 16 Mpx.
+    assert peak[0] - before < 400, (before, peak[0])
+    assert after - before < 150, (before, after)
+
+
+def test_a_large_photo_is_blended_in_the_face_region_only(cluster):
+    """A Blend into a 4096 x 4096 photo works on the face's box: the photo outside it comes back unchanged."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:4096, 0:4096]
+    photo = np.repeat((((xx // 8 + yy // 8) % 2) * 200 + 20).astype(np.uint8)[:, :, None], 3, axis=2)  # small PNG
+    face_pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    matrix = [0.5, 0, -1000, 0, 0.5, -1000]  # the crop covers photo pixels 2000..2128
+    with grpc.insecure_channel(cluster.services["inversion"].address, options=OPTIONS) as channel:
+        stub = inversion_pb2_grpc.InversionServiceStub(channel)
+        reply = stub.Blend(inversion_pb2.BlendRequest(
+            photo=png(photo), face=png(face_pixels), alignment=inversion_pb2.FaceAlignment(matrix=matrix, crop_size=64),
+            format=common_pb2.IMAGE_FORMAT_PNG), timeout=120)
+        out = np.asarray(Image.open(io.BytesIO(reply.image.encoded)).convert("RGB"))
+        changed = np.argwhere((out != photo).any(axis=2))
+        assert len(changed) > 1000
+        assert changed.min() >= 1990 and changed.max() <= 2140
+        err = refused(lambda: stub.Blend(inversion_pb2.BlendRequest(
+            photo=png(photo[:64, :64]), face=png(face_pixels),
+            alignment=inversion_pb2.FaceAlignment(matrix=[1, 0, 0, 0, 1, 0], crop_size=4096)), timeout=60))
+        assert err.code() == C.INVALID_ARGUMENT and "accepted: 8 to 2048" in err.details()
+
+
+# -- exact statuses ---------------------------------------------------------------------------------------------
+
+OVERFLOWING = [[2**32, 2**32], [3, 6148914691236517206], [2**63 - 1, 2], [2**62, 4, 4]]
+
+
+def _overflow_calls(cluster, shape, data: bytes):
+    bad = common_pb2.Tensor(shape=shape, data=data)
+    batch = common_pb2.LatentBatch(space=Z, codes=bad)
+    good = common_pb2.LatentBatch(space=Z, codes=common_pb2.Tensor(shape=[1, 100], data=bytes(400)))
+    vector = boundary_pb2.Edit(vector=bad, end=1, steps=1)
+    addresses = {name: proc.address for name, proc in cluster.services.items()}
+    return {
+        "Synthesize": ("generator", lambda ch: list(generator_pb2_grpc.GeneratorServiceStub(ch).Synthesize(
+            generator_pb2.SynthesizeRequest(codes=batch), timeout=30))),
+        "EditLatents codes": ("boundary", lambda ch: boundary_pb2_grpc.BoundaryServiceStub(ch).EditLatents(
+            boundary_pb2.EditLatentsRequest(codes=batch, edits=[boundary_pb2.Edit(
+                vector=good.codes, end=1, steps=1)]), timeout=30)),
+        "EditLatents vector": ("boundary", lambda ch: boundary_pb2_grpc.BoundaryServiceStub(ch).EditLatents(
+            boundary_pb2.EditLatentsRequest(codes=good, edits=[vector]), timeout=30)),
+        "InterpolateLatents": ("boundary", lambda ch: boundary_pb2_grpc.BoundaryServiceStub(ch).InterpolateLatents(
+            boundary_pb2.InterpolateLatentsRequest(start=batch, end=batch, steps=2), timeout=30)),
+        "Edit": ("editor", lambda ch: list(editor_pb2_grpc.EditorServiceStub(ch).Edit(editor_pb2.EditRequest(
+            code=batch, edits=[editor_pb2.AttributeEdit(attribute="age", end=1, steps=1)]), timeout=30))),
+    }, addresses
+
+
+@pytest.mark.parametrize("shape", OVERFLOWING, ids=["x".join(map(str, s)) for s in OVERFLOWING])
+def test_tensor_shapes_whose_element_count_overflows_are_invalid_arguments(cluster, shape):
+    # The data matching the count wrapped to 64 bits (0 or 2 elements for some shapes) got INTERNAL, other data
+    # a message saying such a shape "needs 0" or "needs -8" bytes.
+    wrapped = (int(np.prod(shape, dtype=np.int64)) * 4) % 2**64
+    for data in {b"", bytes(16), bytes(wrapped) if wrapped < 1024 else b""}:
+        calls, addresses = _overflow_calls(cluster, shape, data)
+        for name, (service, fn) in calls.items():
+            with grpc.insecure_channel(addresses[service]) as channel:
+                err = refused(lambda: fn(channel))
+            assert err.code() == C.INVALID_ARGUMENT, (name, len(data), err.code(), err.details())
+            assert "limit" in err.details() and "accepted" in err.details(), (name, err.details())
+            assert not re.search(r"needs -?\d", err.details()), (name, err.details())
+
+
+METHODS = [("generator", "/interfacegan.v1.GeneratorService/Synthesize", True),
+           ("scorer", "/interfacegan.v1.ScorerService/Score", True),
+           ("boundary", "/interfacegan.v1.BoundaryService/GetBoundary", False),
+           ("inversion", "/interfacegan.v1.InversionService/Blend", False),
+           ("editor", "/interfacegan.v1.EditorService/Edit", True)]
+
+
+@pytest.mark.parametrize("service,method,streaming", METHODS, ids=[m[0] for m in METHODS])
+def test_undecodable_protobuf_is_an_invalid_argument(cluster, service, method, streaming):
+    address = cluster.services[service].address
+    with grpc.insecure_channel(address) as channel:
+        for garbage in (b"\xff\xff\xff\xff", b"\x0a\x80\x80\x80\x80\x10", b"\x08"):
+            if streaming:
+                err = refused(lambda: list(channel.unary_stream(method)(garbage, timeout=30)))
+            else:
+                err = refused(lambda: channel.unary_unary(method)(garbage, timeout=30))
+            assert err.code() == C.INVALID_ARGUMENT, (method, garbage, err.code(), err.details())
+            assert "not a valid interfacegan.v1." in err.details() and "accepted" in err.details()
+    assert check_health(address) == "SERVING"
+
+
+def test_calls_past_the_concurrent_call_limit_get_a_retry_hint_and_are_counted(launch_service):
+    metrics_port = free_port()
+    generator = launch_service("generator", "--max-concurrent-rpcs", "2", "--metrics-port", str(metrics_port))
+    with grpc.insecure_channel(generator.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        # Two Watch streams stay open: the server is at its limit until they are cancelled.
+        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(2)]
+        for w in watches:
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        for _ in range(3):
+            err = refused(lambda: stub.ListModels(generator_pb2.ListModelsRequest(), timeout=10))
+            assert err.code() == C.RESOURCE_EXHAUSTED, err.details()
+            assert errors.status_details(err).get("retry_after", 0) > 0, err.details()
+            assert "max_concurrent_rpcs 2" in err.details()
+        for w in watches:
+            w.cancel()
+        for _ in range(100):
+            try:
+                stub.ListModels(generator_pb2.ListModelsRequest(), timeout=10)
+                break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not take calls again after the streams ended")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    counted = re.search(r'ifgan_requests_total\{code="RESOURCE_EXHAUSTED",method="ListModels",service="generator"\} '
+                        r'(\d+)', text) or re.search(r'ifgan_requests_total\{service="generator",method="ListModels",'
+                                                     r'code="RESOURCE_EXHAUSTED"\} (\d+)', text)
+    assert counted and float(counted.group(1)) >= 3, text[-2000:]
