@@ -26,9 +26,10 @@ Semantics:
   off (`priority_lanes=False`) there is one FIFO queue with `max_queue_size`, as before lanes existed.
 - While a batch runs, the next one is formed and handed to the worker ahead (`prefetch_batches`), so the
   device goes from batch to batch without waiting for a busy event loop; that batch keeps gathering
-  company until about when a worker frees up. A prefetched batch holding only bulk work is formed that late
-  even when full, while interactive requests have been seen lately, so an interactive arrival waits for the
-  running batch only, not for a bulk batch formed ahead of it.
+  company until about when a worker frees up. An interactive arrival takes back the prefetched batches of bulk
+  work that no worker has started (their slices return to the front of the bulk queue), so it waits for the
+  running batch only. Where a batch's time grows with its size (a CPU), `bulk_max_batch_size` caps the bulk
+  items per batch while interactive requests are seen, which bounds that wait too.
 - A lone client on an idle device never waits: when no batch is running the queue is dispatched at once.
   The batcher waits (at most `max_queue_delay_microseconds`) only when there is evidence of concurrent load:
   another instance is running a batch, or the last batch served several requests whose clients are expected
@@ -54,6 +55,7 @@ import itertools
 import logging
 import math
 import time
+import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Hashable, Sequence
 
@@ -69,8 +71,7 @@ LANES = ("interactive", "bulk")
 LANE_METADATA = "ifgan-priority"
 #: What a lane's queue timeout does to a request still waiting for its first batch (Triton's timeout_action).
 TIMEOUT_ACTIONS = ("reject", "delay")
-#: Seconds after the last interactive arrival during which a prefetched bulk-only batch is formed late (see
-#: the module docstring); with no interactive traffic bulk batches are formed ahead as soon as they are full.
+#: Seconds after the last interactive arrival during which bulk batches are capped (LaneConfig.bulk_max_batch_size).
 INTERACTIVE_RECENT_SECONDS = 5.0
 
 
@@ -105,12 +106,16 @@ class LaneConfig:
         default_lane: Lane of requests that name none.
         policies: One QueuePolicy per lane of LANES, in that order.
         bulk_min_share: Least share of batches the bulk lane leads while both lanes wait (0 = strict priority).
+        bulk_max_batch_size: Most bulk items in one batch while interactive requests are seen (0 = no limit
+            beyond max_batch_size). Where a batch's time grows with its size (a CPU), smaller bulk batches bound
+            how long an interactive request waits for the running batch and for its own, at some throughput.
     """
 
     enabled: bool = True
     default_lane: str = LANES[0]
     policies: tuple[QueuePolicy, ...] = (QueuePolicy(), QueuePolicy())
     bulk_min_share: float = 0.1
+    bulk_max_batch_size: int = 0
 
     def __post_init__(self):
         if self.default_lane not in LANES:
@@ -119,6 +124,8 @@ class LaneConfig:
             raise ValueError(f"one queue policy per lane ({', '.join(LANES)}), got {len(self.policies)}")
         if not 0 <= self.bulk_min_share <= 1:
             raise ValueError(f"bulk_min_share must be within 0..1, got {self.bulk_min_share}")
+        if self.bulk_max_batch_size < 0:
+            raise ValueError(f"bulk_max_batch_size must be 0 or more, got {self.bulk_max_batch_size}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -221,7 +228,8 @@ class BatchingConfig:
 
 def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_microseconds: int | None = None,
                    instances: int = 1, prefetch_batches: int = 1, max_batch_size_help: str = "",
-                   zero_batch_size_means: str = "", instances_help: str = "") -> type:
+                   zero_batch_size_means: str = "", instances_help: str = "",
+                   zero_bulk_batch_size_means: str = "max_batch_size") -> type:
     """The batcher's settings group with one service's defaults, to mix into that service's Settings.
 
     Every batching service declares its batcher with this group, so the flags (--max-batch-size, ...), the
@@ -241,6 +249,8 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
     Args:
         zero_batch_size_means: When given, max_batch_size 0 is accepted and means this (e.g. a device-dependent
             size the service picks; it then passes max_batch_size to `batching_config`).
+        zero_bulk_batch_size_means: What bulk_max_batch_size 0 means (a service picking a device-dependent
+            limit says so, and passes `lanes` to `batching_config`).
     """
     # Class bodies do not see the enclosing function's names they assign themselves: copy the defaults.
     batch_default, queue_default, delay_default = max_batch_size, max_queue_size, max_queue_delay_microseconds
@@ -272,6 +282,9 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                                                      "delay (kept, moved to the back of the bulk lane)")
         bulk_min_share: float = setting(0.1, "least share of batches the bulk lane leads while interactive "
                                              "requests wait too (bounds starvation; 0 = strict priority)")
+        bulk_max_batch_size: int = setting(0, "most bulk items in one batch while interactive requests are seen "
+                                              "(bounds their wait where batch time grows with size, as on a CPU; "
+                                              f"0 = {zero_bulk_batch_size_means})")
 
         def validate(self) -> None:
             super().validate()  # type: ignore[misc] - the ServerSettings this group is mixed into
@@ -286,7 +299,8 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
             policies = tuple(QueuePolicy(getattr(self, f"{lane}_max_queue_size"),
                                          getattr(self, f"{lane}_queue_timeout_microseconds"),
                                          getattr(self, f"{lane}_timeout_action")) for lane in LANES)
-            return LaneConfig(self.priority_lanes, self.default_lane, policies, self.bulk_min_share)
+            return LaneConfig(self.priority_lanes, self.default_lane, policies, self.bulk_min_share,
+                              self.bulk_max_batch_size)
 
     if max_queue_delay_microseconds is None:
         return QueueSettings
@@ -361,6 +375,18 @@ class _Request:
         return len(self.items) - self.scheduled
 
 
+class _Batch:
+    """Slices (request, start, end) handed to a worker, and the worker's job."""
+
+    __slots__ = ("slices", "top", "job", "withdrawn")
+
+    def __init__(self, slices: list[tuple[_Request, int, int]]):
+        self.slices = slices
+        self.top = any(r.queue == 0 for r, _, _ in slices)  # holds work of the highest lane
+        self.job: concurrent.futures.Future | None = None
+        self.withdrawn = False  # taken back before a worker started it (see _withdraw_prefetched)
+
+
 class DynamicBatcher:
     """Queues requests of items and runs them through `run_batch` in dynamic batches.
 
@@ -390,6 +416,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._busy = 0  # batches handed to the workers and not finished
+        self._formed: collections.deque[_Batch] = collections.deque()  # those batches, oldest first
         self._expected = 1  # requests in the last batch: how many follow-ups to gather under load
         self._last_done = 0.0
         self._last_top = -math.inf  # loop time of the last request of the highest lane
@@ -533,9 +560,10 @@ class DynamicBatcher:
             request.queue_timer = loop.call_at(now + policy.timeout_microseconds / 1e6, self._queue_timeout, request)
         if request.deadline is not None:
             self._purge_at = min(self._purge_at, request.deadline)
-        if index == 0:
-            self._last_top = now
         queue.append(request)
+        if index == 0 and self.lanes.enabled:
+            self._last_top = now
+            self._withdraw_prefetched()
         self._wakeup.set()
         return request
 
@@ -558,6 +586,25 @@ class DynamicBatcher:
             request.queue_timer.cancel()
         request.outbox.put_nowait(error)
         self._rejected(request.lane, reason).inc()
+
+    def _withdraw_prefetched(self) -> None:
+        """Takes back the newest batches of lower lanes that wait at the workers unstarted (prefetched), so the
+        highest-lane request that just arrived leads the next batch instead of waiting behind them; their
+        slices return to the front of their queues."""
+        while self._formed:
+            batch = self._formed[-1]
+            # Only a batch holding each of its requests' latest slice can be undone by rewinding the requests.
+            if batch.top or any(r.scheduled != b for r, _, b in batch.slices) or not batch.job.cancel():
+                return
+            batch.withdrawn = True
+            self._formed.pop()
+            for r, a, _ in reversed(batch.slices):
+                queue = self._queues[r.queue]
+                if not r.remaining and not r.done:  # it had left the queue: fully scheduled
+                    queue.appendleft(r)
+                r.scheduled = a
+                if r.deadline is not None:
+                    self._purge_at = min(self._purge_at, r.deadline)
 
     def _queue_timeout(self, request: _Request) -> None:
         """Its lane's queue timeout passed before its first batch: refuse it, or move it to the lowest lane's back."""
@@ -603,25 +650,29 @@ class DynamicBatcher:
         # Requests held back for a slow reader (max_ahead) are skipped.
         return next((r for r in queue if r.scheduled - r.consumed < self.max_ahead), None)
 
-    def _candidates(self) -> tuple[list[_Request], int, float, list[bool], list[int]]:
+    def _candidates(self) -> tuple[list[_Request], tuple[int, int], float, list[bool], list[int]]:
         """The next batch's candidates: the leading lane's oldest eligible request's key group, filled from the
-        lanes in turn; its items, oldest arrival, which lanes wait and the lane order."""
+        lanes in turn; its items (of the highest lane, of the others), oldest arrival, which lanes wait and the
+        lane order."""
         firsts = [self._first_eligible(q) for q in self._queues]
         waiting = [r is not None for r in firsts]
         if not any(waiting):
-            return [], 0, math.inf, waiting, []
+            return [], (0, 0), math.inf, waiting, []
         order = self._turns.order(waiting)
         key = firsts[order[0]].key
         group: list[_Request] = []
-        pending, oldest = 0, math.inf
+        top, low, oldest = 0, 0, math.inf
         for lane in order:
             for r in self._queues[lane]:
                 if r.key != key or r.scheduled - r.consumed >= self.max_ahead:
                     continue
                 group.append(r)
-                pending += len(r.items) - r.scheduled
+                if lane == 0:
+                    top += r.remaining
+                else:
+                    low += r.remaining
                 oldest = min(oldest, r.enqueued)
-        return group, pending, oldest, waiting, order
+        return group, (top, low), oldest, waiting, order
 
     # --- scheduling --------------------------------------------------------------------------------
     async def _schedule(self) -> None:
@@ -633,11 +684,14 @@ class DynamicBatcher:
             except BaseException:
                 self._free.release()
                 raise
-            # Counted before the task first runs, so the next batch formed at once sees this one as running.
+            # Handed to a worker and counted now, so the next batch formed at once sees this one as running.
             self._busy += 1
-            size = sum(b - a for _, a, b in batch)
+            size = sum(b - a for _, a, b in batch.slices)
             self._busy_until = max(loop.time(), self._busy_until) + size * self._item_seconds / self.config.instances
-            task = asyncio.create_task(self._execute(batch, loop))
+            timing = {"seconds": 0.0, "items": 0}  # of the computation alone, set by the worker
+            batch.job = self._executor.submit(self._work, batch, timing)
+            self._formed.append(batch)
+            task = asyncio.create_task(self._execute(batch, timing, loop))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -656,31 +710,30 @@ class DynamicBatcher:
             return None  # idle device, and everyone expected is here (a lone client never waits)
         return self._last_done + delay  # idle, but the last batch's clients are still coming back
 
-    def _held_for_top_lane(self, waiting: list[bool], now: float) -> float | None:
-        """Until when a prefetched batch is left unformed while the highest lane has nothing queued, so that a
-        request of it arriving meanwhile leads the batch instead of waiting behind it; None = form it now."""
-        if (not self.lanes.enabled or waiting[0] or self._busy < self.config.instances
-                or now - self._last_top > INTERACTIVE_RECENT_SECONDS):
-            return None
-        return self._busy_until - max(self.config.max_queue_delay_microseconds / 1e6, 0.001)
+    def _lower_lanes_cap(self, now: float) -> int:
+        """Most items of the lower lanes in the next batch: bulk_max_batch_size while interactive requests are
+        seen, else max_batch_size."""
+        cap = self.lanes.bulk_max_batch_size
+        if not self.lanes.enabled or not cap or now - self._last_top > INTERACTIVE_RECENT_SECONDS:
+            return self.config.max_batch_size
+        return cap
 
-    async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> list[tuple[_Request, int, int]]:
+    async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> _Batch:
         cfg = self.config
-        full = min(cfg.max_batch_size, max(cfg.preferred_batch_sizes, default=cfg.max_batch_size))
+        largest = min(cfg.max_batch_size, max(cfg.preferred_batch_sizes, default=cfg.max_batch_size))
         while True:
             now = loop.time()
             self._purge(now)
-            group, pending, oldest, waiting, order = self._candidates()
+            group, (top, low), oldest, waiting, order = self._candidates()
             if not group:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            held = self._held_for_top_lane(waiting, now)
-            if pending >= full and held is None:  # a full (or largest preferred) batch never waits
+            cap = self._lower_lanes_cap(now)
+            pending, full = top + min(low, cap), min(largest, top + cap)
+            if pending >= full:  # a full (or largest preferred) batch never waits
                 break
-            until = self._wait_until(len(group), oldest) if pending < full else None
-            if held is not None:
-                until = held if until is None else max(until, held)
+            until = self._wait_until(len(group), oldest)
             if until is None or now >= until:
                 break
             until = min(until, self._purge_at)
@@ -693,11 +746,16 @@ class DynamicBatcher:
         if fitting:
             size = max(fitting)
         batch: list[tuple[_Request, int, int]] = []
-        taken = 0
+        taken = low_taken = 0
         for r in group:
             if taken == size:
                 break
             n = min(r.remaining, size - taken)
+            if r.queue:
+                n = min(n, cap - low_taken)
+                if n <= 0:
+                    continue
+                low_taken += n
             batch.append((r, r.scheduled, r.scheduled + n))
             r.scheduled += n
             if r.queue_timer is not None:  # the queue timeout covers the wait for the first batch only
@@ -712,48 +770,50 @@ class DynamicBatcher:
             queue.remove(r)
             if r.remaining:
                 queue.append(r)
-        return batch
+        return _Batch(batch)
 
-    async def _execute(self, batch: list[tuple[_Request, int, int]], loop: asyncio.AbstractEventLoop) -> None:
-        items = list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in batch))
-        key = batch[0][0].key
-        self._batch_size.observe(len(items))
-        timing = {"seconds": 0.0, "items": 0}  # of the computation alone, set by the worker
-
-        def work() -> tuple[list[tuple[_Request, int, int]], Sequence[Any]]:
-            # Runs on the worker thread. A prefetched batch may have waited here: slices whose caller left or
-            # whose deadline passed meanwhile are not computed (asyncio's loop.time() is time.monotonic()).
-            now = time.monotonic()
-            live = [(r, a, b) for r, a, b in batch if not r.done and (r.deadline is None or now < r.deadline)]
-            if not live:
-                return live, []
-            todo = items if len(live) == len(batch) else \
-                list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in live))
-            started = time.perf_counter()
-            try:
-                results = self.run_batch(todo, key)
-            finally:
-                timing["seconds"], timing["items"] = time.perf_counter() - started, len(todo)
-            if len(results) != len(todo):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(todo)} items")
-            return live, results
-
+    def _work(self, batch: _Batch, timing: dict) -> tuple[list[tuple[_Request, int, int]], Sequence[Any]]:
+        """Runs on a worker thread. A prefetched batch may have waited: slices whose caller left or whose deadline
+        passed meanwhile are not computed (asyncio's loop.time() is time.monotonic())."""
+        now = time.monotonic()
+        live = [(r, a, b) for r, a, b in batch.slices if not r.done and (r.deadline is None or now < r.deadline)]
+        if not live:
+            return live, []
+        todo = list(itertools.chain.from_iterable(r.items[a:b] for r, a, b in live))
+        started = time.perf_counter()
         try:
-            live, results = await loop.run_in_executor(self._executor, work)
+            results = self.run_batch(todo, batch.slices[0][0].key)
+        finally:
+            timing["seconds"], timing["items"] = time.perf_counter() - started, len(todo)
+        if len(results) != len(todo):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(todo)} items")
+        return live, results
+
+    async def _execute(self, batch: _Batch, timing: dict, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            live, results = await asyncio.wrap_future(batch.job)
+        except asyncio.CancelledError:
+            if not batch.withdrawn:
+                raise
+            return  # taken back unstarted; its requests are queued again (see the finally below)
         except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
-            log.warning("batch of %d items failed: %s", len(items), e)
-            for r, _, _ in batch:
+            log.warning("batch of %d items failed: %s", sum(b - a for _, a, b in batch.slices), e)
+            for r, _, _ in batch.slices:
                 if not r.done:
                     with contextlib.suppress(ValueError):
                         self._queues[r.queue].remove(r)
                     self._fail(r, e, "error")
             return
         finally:
+            with contextlib.suppress(ValueError):
+                self._formed.remove(batch)
             if timing["items"]:
+                self._batch_size.observe(timing["items"])
                 per_item = timing["seconds"] / timing["items"]
                 self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
-            self._expected = len(batch) if len(batch) > 1 else 1
-            self._last_done = loop.time()
+            if not batch.withdrawn:
+                self._expected = len(batch.slices) if len(batch.slices) > 1 else 1
+                self._last_done = loop.time()
             self._busy -= 1
             self._free.release()
             self._wakeup.set()

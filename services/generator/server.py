@@ -39,7 +39,9 @@ class Settings(batch_settings(max_batch_size=0, max_queue_size=512, max_queue_de
                               instances=1, prefetch_batches=1, max_batch_size_help="most codes run in one batch",
                               zero_batch_size_means="auto: 16 on CPU (the measured DCGAN optimum: bigger batches "
                                                     "fall out of cache), 256 on CUDA",
-                              instances_help="batches that may run at once per model (worker threads)"),
+                              instances_help="batches that may run at once per model (worker threads)",
+                              zero_bulk_batch_size_means="auto: half of max_batch_size on CPU, where a batch's time "
+                                                         "grows with its size; no limit on CUDA"),
                ServerSettings):
     """Generator service settings."""
 
@@ -104,8 +106,11 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         self.dtype = backends.resolve_dtype(settings.precision, self.device)
         self.backend = backends.resolve_backend(settings.backend, self.device)
         max_batch = settings.max_batch_size or (256 if self.device.type == "cuda" else 16)
+        lanes = settings.lane_config()
+        if not lanes.bulk_max_batch_size and self.device.type != "cuda":
+            lanes = dataclasses.replace(lanes, bulk_max_batch_size=max(1, max_batch // 2))
         if settings.batching:
-            self.batching = settings.batching_config(max_batch_size=max_batch)
+            self.batching = settings.batching_config(max_batch_size=max_batch, lanes=lanes)
         else:
             self.batching = settings.batching_config(max_batch_size=1, max_queue_delay_microseconds=0,
                                                      preferred_batch_sizes=())

@@ -181,3 +181,18 @@ def test_catalog_discovery_journal_and_atomic_writes(tmp_path):
     atomic_write(target, b"2")
     assert target.read_bytes() == b"2" and [p.name for p in target.parent.iterdir()] == ["x.bin"]
     assert safe_name("gender|age|yaw") == "gender-hold-age+yaw" and safe_name("../x y") == "x_y"
+
+
+def test_priority_lane_metadata_agrees_with_the_servers():
+    from interfacegan import Client, _requests as rq
+    from services.common.batching import LANE_METADATA, LANES
+
+    assert (rq.PRIORITY_METADATA, rq.PRIORITIES) == (LANE_METADATA, LANES)
+    assert rq.metadata("t", "r1", "bulk") == (("authorization", "Bearer t"), (LANE_METADATA, "bulk"),
+                                             ("x-request-id", "r1"))
+    assert rq.metadata(None, "", "") == ()
+    with pytest.raises(ValueError, match="accepted: interactive, bulk"):
+        Client("127.0.0.1:1", priority="urgent")
+    with Client("127.0.0.1:1", priority="bulk") as client:
+        assert dict(client._md("r"))[LANE_METADATA] == "bulk"
+        assert dict(client._md("r", "interactive"))[LANE_METADATA] == "interactive"  # a call's own lane wins

@@ -581,3 +581,30 @@ def test_lane_settings_build_one_lane_config_and_are_validated():
                 ["--bulk-max-queue-size", "-1"]):
         with pytest.raises(ValueError):
             Settings.load(bad)
+
+
+def test_bulk_batches_are_capped_only_while_interactive_requests_are_seen():
+    async def sizes(interactive_first: bool) -> list[list]:
+        device = Device()
+        batcher = await started(device, max_batch_size=8, max_queue_delay_microseconds=0,
+                                lanes=LaneConfig(bulk_max_batch_size=2))
+        blocker = await hold(device, batcher) if interactive_first else None
+        if blocker is None:  # the device is held by a bulk request: no interactive request seen yet
+            device.gate.clear()
+            device.entered.clear()
+            blocker = asyncio.create_task(batcher.submit([-1], lane="bulk"))
+            while not device.entered.is_set():
+                await asyncio.sleep(0.002)
+        tasks = [asyncio.create_task(batcher.submit([i, i + 1, i + 2], lane="bulk")) for i in (10, 20)]
+        await asyncio.sleep(0.01)
+        if interactive_first:
+            tasks.append(asyncio.create_task(batcher.submit([1], lane="interactive")))
+            await asyncio.sleep(0.01)
+        device.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await batcher.close()
+        return device.batches[1:]
+
+    # Interactive traffic seen: at most 2 bulk items per batch, the interactive item leading.
+    assert run(sizes(True)) == [[1, 10, 11], [20, 21], [12, 22]]  # a partly served request goes to the back
+    assert run(sizes(False)) == [[10, 11, 12, 20, 21, 22]]  # none seen: full bulk batches

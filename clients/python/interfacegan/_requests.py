@@ -77,6 +77,20 @@ def parse_ref(text: str, *, model: str, space: str | int | None = "Z") -> common
     return boundary_ref(name, model=model, space=space, version=int(version or 0))
 
 
-def metadata(token: str | None, request_id: str = "") -> tuple[tuple[str, str], ...]:
+#: Request metadata naming a call's priority lane; the servers carry it on to the services they call.
+PRIORITY_METADATA = "ifgan-priority"
+#: Priority lanes: interactive (low latency, served first) and bulk (throughput, a guaranteed share).
+PRIORITIES = ("interactive", "bulk")
+
+
+def check_priority(priority: str | None) -> str:
+    """`priority` if it names a lane ("" or None = each RPC's default lane); ValueError otherwise."""
+    if priority and priority not in PRIORITIES:
+        raise ValueError(f"priority {priority!r}; accepted: {', '.join(PRIORITIES)} or empty (each RPC's default)")
+    return priority or ""
+
+
+def metadata(token: str | None, request_id: str = "", priority: str = "") -> tuple[tuple[str, str], ...]:
     out = (("authorization", f"Bearer {token}"),) if token else ()
+    out += (((PRIORITY_METADATA, priority),) if priority else ())
     return out + ((("x-request-id", request_id),) if request_id else ())

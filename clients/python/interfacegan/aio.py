@@ -30,7 +30,8 @@ class AsyncClient:
 
     def __init__(self, address: str = "127.0.0.1:50051", *, token: str | None = None, tls: bool = False,
                  root_certificates: bytes | str | Path | None = None, config: ch.ChannelConfig | None = None,
-                 boundary_address: str | None = None, timeout: float = 300.0, default_model: str = ""):
+                 boundary_address: str | None = None, timeout: float = 300.0, default_model: str = "",
+                 priority: str = ""):
         self.config = config or ch.ChannelConfig(tls=tls, root_certificates=root_certificates)
         self.address = address
         self.token = token
@@ -40,6 +41,7 @@ class AsyncClient:
         self.editor = editor_pb2_grpc.EditorServiceStub(self._channel)
         self.boundary = boundary_pb2_grpc.BoundaryServiceStub(self._boundary_channel or self._channel)
         self._default_model = default_model
+        self.priority = rq.check_priority(priority)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -56,8 +58,8 @@ class AsyncClient:
         import asyncio
         await asyncio.wait_for(self._channel.channel_ready(), timeout)
 
-    def _md(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
-        return rq.metadata(self.token, request_id)
+    def _md(self, request_id: str = "", priority: str | None = None) -> tuple[tuple[str, str], ...]:
+        return rq.metadata(self.token, request_id, self.priority if priority is None else rq.check_priority(priority))
 
     async def _unary(self, method: str, call, request, timeout: float | None = None, request_id: str = ""):
         try:
@@ -65,9 +67,10 @@ class AsyncClient:
         except grpc.RpcError as e:
             raise ApiError.of(e, method, request_id) from None
 
-    async def _stream(self, method: str, call, request, timeout: float | None, request_id: str = ""):
+    async def _stream(self, method: str, call, request, timeout: float | None, request_id: str = "",
+                      priority: str | None = None):
         try:
-            async for reply in call(request, timeout=timeout, metadata=self._md(request_id)):
+            async for reply in call(request, timeout=timeout, metadata=self._md(request_id, priority)):
                 yield reply
         except grpc.RpcError as e:
             raise ApiError.of(e, method, request_id) from None
@@ -76,13 +79,13 @@ class AsyncClient:
 
     async def edit(self, source: Source | None = None, edits: Iterable[EditLike] | EditLike = (), *,
                    seed: int | None = None, code: np.ndarray | None = None, photo=None, output: Output = "numpy",
-                   timeout: float | None = None, request_id: str | None = None,
+                   timeout: float | None = None, request_id: str | None = None, priority: str | None = None,
                    on_frame: Callable[[EditFrame], None] | None = None, **options) -> EditResult:
         """Edits one face; see `Client.edit`."""
         specs = edit_specs(edits)
         frames = []
         async for frame in self.edit_stream(source, specs, seed=seed, code=code, photo=photo, output=output,
-                                            timeout=timeout, request_id=request_id, **options):
+                                            timeout=timeout, request_id=request_id, priority=priority, **options):
             if on_frame is not None:
                 on_frame(frame)
             frames.append(frame)
@@ -91,11 +94,11 @@ class AsyncClient:
     async def edit_stream(self, source: Source | None = None, edits: Iterable[EditLike] | EditLike = (), *,
                           seed: int | None = None, code: np.ndarray | None = None, photo=None,
                           output: Output = "numpy", timeout: float | None = None, request_id: str | None = None,
-                          **options) -> AsyncIterator[EditFrame]:
+                          priority: str | None = None, **options) -> AsyncIterator[EditFrame]:
         """Yields each frame as the server streams it."""
         request = build_edit_request(_one_source(source, seed, code, photo), edits, request_id=request_id, **options)
         async for message in self._stream("Edit", self.editor.Edit, request, timeout or self.timeout,
-                                          request.request_id):
+                                          request.request_id, priority):
             yield EditFrame.of(message, output)
 
     async def catalog(self, timeout: float | None = None) -> editor_pb2.Catalog:

@@ -42,8 +42,7 @@ from .progress import ProgressBar
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 #: Failures worth another try when the run is resumed; others (no face, not an image) would fail again.
 TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN", "CANCELLED"}
-#: Priority lane of every catalog request: bulk work yields to interactive edits. The editor API has no lane
-#: field yet; `_request_options` is the one place where the catalog would pass it.
+#: Priority lane of every catalog request (the `ifgan-priority` metadata): bulk work yields to interactive edits.
 LANE = "bulk"
 #: Version of the output layout (keys of the photo folders); a folder made with another one is not resumed.
 LAYOUT = 2
@@ -363,9 +362,9 @@ def _finished(record: dict | None, photo: Photo, out: Path, retry_failed: bool) 
 
 def _request_options(specs: Sequence[EditSpec], blend: bool, image_format: str, inversion_steps: int,
                      timeout: float | None) -> dict:
-    # The one place that sets the catalog's request options; the lane (LANE) joins them once Edit takes one.
+    # The one place that sets the catalog's request options, its lane (LANE) included.
     return dict(edits=specs, blend=blend, include_original=True, image_format=image_format,
-                inversion_steps=inversion_steps, timeout=timeout, output="numpy")
+                inversion_steps=inversion_steps, timeout=timeout, output="numpy", priority=LANE)
 
 
 def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[EditSpec | str], *,

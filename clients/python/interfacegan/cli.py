@@ -22,14 +22,13 @@ from . import codec
 from ._requests import ApiError
 from .channel import ChannelConfig
 from .client import Client
-from .edits import EditSpec
+from .edits import GRAMMAR, EditSpec
 from .progress import ProgressBar
 
 #: Exit status of `catalog` when photos failed for reasons that may pass (UNAVAILABLE...): run it again.
 EXIT_RETRY = 75
 STATES = {0: "unspecified", 1: "queued", 2: "running", 3: "succeeded", 4: "failed", 5: "cancelled"}
-EDIT_HELP = ("ATTR[:START:END[:STEPS]][:hold=A+B][:mode=absolute][:version=N][:layers=FIRST-END], e.g. age:-3:3:7, "
-             "gender:-2:2:5:hold=age, smile:1.5; repeat for several edits")
+EDIT_HELP = GRAMMAR + "; repeat for several edits"
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -41,7 +40,7 @@ def _client(args) -> Client:
                            server_name=args.server_name or None)
     token = args.token or os.environ.get("IFGAN_TOKEN") or os.environ.get("IFGAN_AUTH_TOKEN") or None
     return Client(args.address, token=token, config=config, timeout=args.timeout,
-                  boundary_address=args.boundary_address or None, default_model=args.model)
+                  boundary_address=args.boundary_address or None, default_model=args.model, priority=args.priority)
 
 
 def _space(info) -> str:
@@ -264,6 +263,16 @@ def cmd_edit(args) -> int:
         for r in rows:
             print(f"{r['edit']:<16} {r['distance']:>+6.2f} " + " ".join(
                 f"{r['scores'][a]:>10.3f}" if r["scores"][a] is not None else f"{'n/a':>10}" for a in attrs))
+    for i, spec in enumerate(specs):
+        for f in result.edit(i):
+            if f.target is not None:
+                t = f.target
+                print(f"{spec.label}: {t.attribute} {t.before:.3g} -> {t.after:.3g} {t.unit} (goal {t.goal:.3g} "
+                      f"± {t.tolerance:g}: {'met' if t.met else 'NOT met, ' + t.message}) at distance "
+                      f"{t.distance:+.3f}, {t.rounds} rounds")
+            for h in f.holds:
+                print(f"{spec.label}: {h.attribute} drift {h.drift:+.3g} {h.unit}"
+                      + (f" -> {h.held_drift:+.3g} held" if h.held else " (not held)"))
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if result.inversion_psnr:
@@ -335,6 +344,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-cert", default=env("IFGAN_CA_CERT", None), help="PEM file of the CA to trust (implies --tls)")
     p.add_argument("--server-name", default="", help="name to check in the server certificate instead of the host")
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of one call, seconds")
+    p.add_argument("--priority", choices=("", "interactive", "bulk"), default="",
+                   help="priority lane of every call (the ifgan-priority metadata); empty: each RPC's default "
+                        "(edit interactive; catalog, training and analysis bulk)")
     p.add_argument("--model", default="", help="generator model; empty = the server's default")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -63,11 +63,14 @@ class Client:
         boundary_address: Talk to a BoundaryService at this address instead of through the editor.
         timeout: Default deadline in seconds of unary calls and of one Edit; streams of training jobs have none.
         default_model: Model used for boundary calls when none is given; the server's default when empty.
+        priority: Priority lane of every call ("interactive" or "bulk", sent as the `ifgan-priority` metadata);
+            empty: each RPC's default (Edit interactive; training and analysis sample in the bulk lane).
     """
 
     def __init__(self, address: str = "127.0.0.1:50051", *, token: str | None = None, tls: bool = False,
                  root_certificates: bytes | str | Path | None = None, config: ch.ChannelConfig | None = None,
-                 boundary_address: str | None = None, timeout: float = 300.0, default_model: str = ""):
+                 boundary_address: str | None = None, timeout: float = 300.0, default_model: str = "",
+                 priority: str = ""):
         self.config = config or ch.ChannelConfig(tls=tls, root_certificates=root_certificates)
         self.address = address
         self.token = token
@@ -77,6 +80,7 @@ class Client:
         self.editor = editor_pb2_grpc.EditorServiceStub(self._channel)
         self.boundary = boundary_pb2_grpc.BoundaryServiceStub(self._boundary_channel or self._channel)
         self._default_model = default_model
+        self.priority = rq.check_priority(priority)
 
     def close(self) -> None:
         self._channel.close()
@@ -93,8 +97,8 @@ class Client:
         """Blocks until the channel is connected (raises grpc.FutureTimeoutError otherwise)."""
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
-    def _md(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
-        return rq.metadata(self.token, request_id)
+    def _md(self, request_id: str = "", priority: str | None = None) -> tuple[tuple[str, str], ...]:
+        return rq.metadata(self.token, request_id, self.priority if priority is None else rq.check_priority(priority))
 
     # -- editing -----------------------------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class Client:
              seed: int | None = None, code: np.ndarray | None = None, photo=None, output: Output = "numpy",
              model: str = "", space: str | None = None, rescore: bool = False, include_original: bool = False,
              blend: bool = False, include_face: bool = False, inversion_steps: int = 0, image_format: str = "png",
-             timeout: float | None = None, request_id: str | None = None,
+             timeout: float | None = None, request_id: str | None = None, priority: str | None = None,
              on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
         """Edits one face and returns every frame.
 
@@ -115,6 +119,7 @@ class Client:
             rescore: Score every attribute on each result (EditFrame.scores).
             include_original: Also return the unedited face (EditResult.original).
             blend: Photos: paste each edited face back into the photo.
+            priority: This call's lane ("interactive" or "bulk"); None: the client's.
             on_frame: Called with each frame as it arrives.
         """
         specs = edit_specs(edits)
@@ -122,7 +127,8 @@ class Client:
         for frame in self.edit_stream(source, specs, seed=seed, code=code, photo=photo, output=output, model=model,
                                       space=space, rescore=rescore, include_original=include_original, blend=blend,
                                       include_face=include_face, inversion_steps=inversion_steps,
-                                      image_format=image_format, timeout=timeout, request_id=request_id):
+                                      image_format=image_format, timeout=timeout, request_id=request_id,
+                                      priority=priority):
             if on_frame is not None:
                 on_frame(frame)
             frames.append(frame)
@@ -130,10 +136,12 @@ class Client:
 
     def edit_stream(self, source: Source | None = None, edits: Iterable[EditLike] | EditLike = (), *,
                     seed: int | None = None, code: np.ndarray | None = None, photo=None, output: Output = "numpy",
-                    timeout: float | None = None, request_id: str | None = None, **options) -> Iterator[EditFrame]:
+                    timeout: float | None = None, request_id: str | None = None, priority: str | None = None,
+                    **options) -> Iterator[EditFrame]:
         """Like `edit`, but yields each frame as the server streams it."""
         request = build_edit_request(_one_source(source, seed, code, photo), edits, request_id=request_id, **options)
-        stream = self.editor.Edit(request, timeout=timeout or self.timeout, metadata=self._md(request.request_id))
+        stream = self.editor.Edit(request, timeout=timeout or self.timeout,
+                                  metadata=self._md(request.request_id, priority))
         return self._frames(stream, output, request.request_id)
 
     @staticmethod
