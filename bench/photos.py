@@ -58,6 +58,7 @@ MODEL = "dcgan-digiface-64"
 ATTRIBUTES = ("age", "gender", "smile")
 MIN_SCORE, MIN_SIDE = 0.4, 24  # the service's false-detection filter defaults
 IDENTITY_CROP = 128
+PIVOT_STEPS = 0  # the inversion service's default refinement for photos it tunes: the encoder's pivot
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -77,7 +78,7 @@ def resize_to(image: np.ndarray, width: int) -> np.ndarray:
     return cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
 
 
-def variants(name: str, image: np.ndarray) -> dict[str, np.ndarray]:
+def robustness_variants(name: str, image: np.ndarray) -> dict[str, np.ndarray]:
     return {name: image, f"{name}@128": resize_to(image, 128), f"{name}@96": resize_to(image, 96),
             f"{name}:jpeg40": jpeg(image, 40), f"{name}:rot+10": rotate(image, 10),
             f"{name}:rot-10": rotate(image, -10), f"{name}:mirror": image[:, ::-1].copy(),
@@ -131,21 +132,29 @@ class Bench:
         kept, dropped = photo.plausible(found, MIN_SCORE, MIN_SIDE)
         return kept, len(dropped)
 
-    def invert(self, image: np.ndarray, faces, options: TuningOptions | None):
-        """Inversion (+ tuning) of the faces of one photo: per-face records and the variant network."""
+    def invert(self, image: np.ndarray, faces, options: TuningOptions | None, refine_steps: int = PIVOT_STEPS):
+        """Inversion (+ tuning) of the faces of one photo: per-face records and the variant network.
+
+        "untuned" is the first-round service: 80 Adam steps on the code, the base generator. "tuned" is the
+        service's photo path, timed: the pivot (encoder + `refine_steps` Adam steps), then pivotal tuning.
+        """
         matrices = [similarity_transform(f.landmarks, self.template) for f in faces]
         crops = np.stack([warp_crop(image, m, 64) for m in matrices])
-        started = time.process_time()
-        results = self.inverter.invert(crops, "z", Options(max_steps=80, target_psnr=38.0))
-        pivots = torch.from_numpy(np.stack([r.code for r in results])).float()
-        untuned = np.stack([r.reconstruction for r in results])
-        net, tuned_images, tuning_steps = self.model.net, untuned, 0
+        baseline = self.inverter.invert(crops, "z", Options(max_steps=80, target_psnr=38.0))
+        untuned = np.stack([r.reconstruction for r in baseline])
+        net, tuned_images, tuning_steps, pivots = self.model.net, untuned, 0, None
+        cpu = float("nan")
         if options is not None and options.steps > 0:
-            targets = self.inverter.targets(crops)
-            tuned = tune(self.model.net, pivots, targets, options)
+            started = time.process_time()
+            results = self.inverter.invert(crops, "z", Options(max_steps=max(1, refine_steps), target_psnr=38.0),
+                                           refine=refine_steps > 0)
+            pivots = torch.from_numpy(np.stack([r.code for r in results])).float()
+            tuned = tune(self.model.net, pivots, self.inverter.targets(crops), options)
+            cpu = time.process_time() - started
             net, tuned_images = variants.apply(self.model.net, tuned.delta), to_uint8(tuned.images)
             tuning_steps = tuned.steps
-        cpu = time.process_time() - started
+        if pivots is None:
+            pivots = torch.from_numpy(np.stack([r.code for r in baseline])).float()
         ids = self.identity.embed(list(crops) + list(untuned) + list(tuned_images))
         n = len(faces)
         rows = []
@@ -226,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=TuningOptions.steps, help="pivotal tuning steps (service default)")
     p.add_argument("--tune-from", type=int, default=TuningOptions.tune_from, help="first tuned DCGAN layer")
+    p.add_argument("--refine-steps", type=int, default=PIVOT_STEPS,
+                   help="Adam steps on the code before tuning (the service's default for tuned photos)")
     p.add_argument("--samples", type=int, default=4000, help="generated faces the boundaries are trained on")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU seconds are counted over all)")
     p.add_argument("--models-dir", default=None, help="model cache folder")
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         photos = {}
         for name, image in portraits.items():
-            photos.update(variants(name, image))
+            photos.update(robustness_variants(name, image))
         generated = bench.model.synthesize(bench.model.sample(2, seed=7), "z", output="uint8").numpy()
         photos["group"] = group_photo(portraits, generated)
     distances = [-3.0, 3.0] if args.quick else [-3.0, -2.0, -1.0, 1.0, 2.0, 3.0]
@@ -261,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         if not faces:
             print(f"{name:28s} no face found ({image.shape[1]}x{image.shape[0]})", flush=True)
             continue
-        inverted = bench.invert(image, faces, options)
+        inverted = bench.invert(image, faces, options, args.refine_steps)
         cpu_per_face += [inverted["cpu_per_face"]] * len(faces)
         for i, row in enumerate(inverted["rows"]):
             face_rows.append({"photo": name, "face": i, **row, "cpu_s": round(inverted["cpu_per_face"], 3)})
@@ -278,16 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     # The trade-off table: tuned layers and steps against identity, PSNR, edit strength and CPU.
     base = {k: v for k, v in photos.items() if ":" not in k and "@" not in k and k != "group"}
     configs = [(args.tune_from, 0), (args.tune_from, steps)] if args.quick else \
-        [(6, 0), (6, 25), (6, 50), (6, 100), (6, 150), (9, 100), (3, 100), (0, 100)]
+        [(6, 0), (6, 25), (6, 50), (6, 100), (6, 150), (6, 200), (9, 150), (3, 150)]
     tradeoff = []
     for tune_from, n_steps in configs:
         ids, psnrs, cpus, strength = [], [], [], {a: [] for a in ATTRIBUTES}
         for name, image in base.items():
             faces, _ = bench.faces_of(image)
-            inv = bench.invert(image, faces, TuningOptions(steps=n_steps, tune_from=tune_from) if n_steps else None)
+            inv = bench.invert(image, faces, TuningOptions(steps=n_steps, tune_from=tune_from) if n_steps else None,
+                               args.refine_steps)
             ids += [r["id_tuned"] for r in inv["rows"]]
             psnrs += [r["psnr_tuned"] for r in inv["rows"]]
-            cpus.append(inv["cpu_per_face"])
+            cpus.append(inv["cpu_per_face"] if n_steps else float("nan"))
             rows, _, _ = bench.edit(image, inv, [-3.0, 3.0])
             for a in ATTRIBUTES:
                 for i in range(len(faces)):
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                          "identity": round(float(np.mean(ids)), 3),
                          "edit_identity_max": round(float(np.max(edit_ids)), 3),
                          **{f"{a}_change": round(float(np.nanmean(strength[a])), 3) for a in ATTRIBUTES},
-                         "cpu_s_per_face": round(float(np.mean(cpus)), 2)})
+                         "cpu_s_per_face": round(float(np.mean(cpus)), 2) if n_steps else None})
 
     edit_ids = np.array([r["identity"] for r in edit_rows])
     rate, pairs = direction_rate(edit_rows, list(photos))
@@ -334,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "smile_change", "cpu_s_per_face"]
     print("  " + " ".join(f"{h:>17s}" for h in head))
     for row in tradeoff:
-        print("  " + " ".join(f"{row[h]:>17}" for h in head))
+        print("  " + " ".join(f"{str(row[h]):>17}" for h in head))
     print("targets:")
     print_targets(targets)
     result = {"benchmark": "photos", "quick": args.quick, "model": MODEL, "tuning": vars(options) | {},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .faces import Face, feather_mask, footprint, invert_affine
+from .faces import Face, feather_mask, footprint, invert_affine, paste_back
 
 #: Face selection modes of a request.
 LARGEST, ALL, INDICES = "largest", "all", "indices"
@@ -103,3 +103,19 @@ def paste_change(photo: np.ndarray, edited: np.ndarray, reconstruction: np.ndarr
     region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     full_alpha[y0:y1, x0:x1] = alpha
     return out, full_alpha
+
+
+def paste_face(photo: np.ndarray, face: np.ndarray, matrix: np.ndarray, mask: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Pastes the whole face (the generator's render) under the mask; returns the photo and the (H, W) alpha."""
+    h, w = photo.shape[:2]
+    out = paste_back(photo, face, matrix, mask)
+    alpha = np.zeros((h, w), np.float32)
+    inv = invert_affine(matrix)
+    box = footprint(inv, mask.shape[0], h, w)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        inv[:, 2] -= (x0, y0)
+        alpha[y0:y1, x0:x1] = cv2.warpAffine(mask.astype(np.float32), inv, (x1 - x0, y1 - y0),
+                                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return out, alpha

@@ -35,7 +35,7 @@ class TuningOptions:
         lr: Peak learning rate (cosine decay over `steps`).
         target_psnr: Stop once every face's reconstruction reaches this PSNR (dB).
         tune_from: DCGAN only: index in `main` of the first tuned layer (0 tunes all; 6 tunes the 16 px block
-            on, measured as the best identity per CPU-second, see bench/photos.py).
+            on: the best identity per CPU-second measured, see bench/photos.py's trade-off table).
         feature_weight: Weight of the image-gradient feature loss next to the pixel MSE.
         locality_weight: Weight of the locality term (MSE to the original generator on random codes).
         locality_codes: Random codes of the locality term.
@@ -44,8 +44,8 @@ class TuningOptions:
         seed: Seed of the locality codes (a variant is reproducible from its settings).
     """
 
-    steps: int = 100
-    lr: float = 3e-3
+    steps: int = 150
+    lr: float = 4e-3
     target_psnr: float = 40.0
     tune_from: int = 6
     feature_weight: float = 1.0

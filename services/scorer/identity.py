@@ -63,3 +63,13 @@ class IdentityModel:
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distances between embeddings (broadcasting over leading axes)."""
     return np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
+
+
+def compare(model: IdentityModel, references: Sequence[np.ndarray], images: Sequence[np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distances, image embeddings, reference embeddings): image i against reference i, or against the one
+    reference when a single one is given. The caller checks the counts."""
+    embedded = model.embed(list(references) + list(images))
+    refs, imgs = embedded[:len(references)], embedded[len(references):]
+    pairs = refs if len(refs) == len(imgs) else np.repeat(refs[:1], len(imgs), axis=0)
+    return distance(imgs, pairs), imgs, refs
