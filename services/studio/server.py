@@ -36,9 +36,10 @@ class Settings(ServerSettings):
     max_upload_megapixels: float = setting(24.0, "largest photo upload, megapixels (width x height / 1e6)")
     call_timeout: float = setting(60.0, "seconds one editor call may take (a photo's inversion is the longest)")
     catalog_seconds: float = setting(5.0, "seconds the editor's catalog is reused before it is asked again")
-    max_sources: int = setting(256, "faces remembered (seeds and uploaded photos' inverted codes), least recent "
-                                    "dropped first")
-    max_codes: int = setting(4096, "codes of slider combinations remembered, so a drag costs one edit")
+    max_sources: int = setting(64, "faces remembered (seeds and uploaded photos: code, unedited render, scores), "
+                                   "least recent dropped first; a 1024 px model's render is about 2 MB")
+    max_codes: int = setting(1024, "codes of slider combinations remembered, so a drag costs one edit (a W+ code "
+                                   "of a 1024 px StyleGAN is 36 KB)")
     slider_range: float = setting(3.0, "sliders span -range .. +range (distance along the boundary's unit normal)")
     max_distance: float = setting(10.0, "largest |distance| a request may ask for")
     max_grid_steps: int = setting(9, "most images in one grid")

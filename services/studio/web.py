@@ -71,8 +71,8 @@ def make_app(workspace: Workspace, settings) -> web.Application:
     async def admit(request: web.Request) -> web.Response | None:
         """None when the request may go on; else the answer: a login page, a 401, or the redirect that sets
         the session cookie after /?token=TOKEN."""
-        if not token or request.path == "/healthz" or authorized(request):
-            return None
+        if not token or request.path == "/healthz" or request.path.startswith("/static/") or authorized(request):
+            return None  # probes and the page's static files need no token (the login page uses the style)
         given = request.query.get("token", "")
         if request.method == "GET" and request.path == "/" and given:
             if not hmac.compare_digest(given.encode(), token.encode()):
@@ -107,13 +107,11 @@ def make_app(workspace: Workspace, settings) -> web.Application:
 
     async def catalog(request: web.Request) -> web.Response:
         q = request.query
-        return reply(await workspace.describe(q.get("model", ""), q.get("space", ""),
-                                                          fresh=q.get("fresh") == "1"))
+        return reply(await workspace.describe(q.get("model", ""), q.get("space", ""), fresh=q.get("fresh") == "1"))
 
     async def source(request: web.Request) -> web.Response:
         body = await json_body(request)
-        seed = body.get("seed")
-        found = await workspace.seed(body.get("model", "") or "", body.get("space", "") or "", seed)
+        found = await workspace.seed(body.get("model", ""), body.get("space", ""), body.get("seed"))
         return reply(found.public())
 
     async def photo(request: web.Request) -> web.Response:

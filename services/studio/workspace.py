@@ -266,6 +266,8 @@ class Workspace:
                    "extras": extras_of(reply), "inversion_seconds": round(time.monotonic() - started, 3)}
         source = Source(key, ref, space, reply.code, data_url(reply.image), scores_of(reply), details)
         self._sources.put(key, source)
+        for stale in [k for k in self._codes if k[0] == key]:  # codes derived from a forgotten inversion
+            del self._codes[stale]
         log.info("photo inverted", extra={"sha256": key[3][:16], "psnr": round(reply.inversion_psnr, 2),
                                           "seconds": details["inversion_seconds"]})
         return source

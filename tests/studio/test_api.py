@@ -70,6 +70,8 @@ def test_a_slider_move_edits_the_face_the_asked_way(studio):
     url = studio["url"]
     status, original, _ = call(url + "api/source", {"seed": 3})
     assert status == 200 and original["source"] == {"seed": 3} and original["space"] == "Z"
+    status, chance, _ = call(url + "api/source", {"seed": None})  # the page's "Random"
+    assert status == 200 and isinstance(chance["seed"], int) and chance["source"] == {"seed": chance["seed"]}
     right = edit(url, {"yaw": 2.5, "smile": 0}, "yaw")
     left = edit(url, {"yaw": -2.5, "smile": 0}, "yaw")
     assert right["distance"] == 2.5 and right["boundary"].startswith("yaw v")
@@ -178,6 +180,8 @@ def test_a_page_token_guards_the_page_and_the_api(guarded):
     status, page, _ = call(url + "?token=%3Cscript%3Ealert(1)%3C/script%3E")
     assert status == 401 and "<script>" not in page["text"]  # nothing given is written into the page
     assert call(url + "healthz")[0] == 200  # probes need no token
+    assert call(url + "static/studio.css")[0] == 200  # nor the login page's style
+    assert call(url + "static/../server.py")[0] == 404
 
     class Keep(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args):
