@@ -18,11 +18,14 @@ reconstruction of the model's resolution, the reported PSNR equal to the PSNR of
 call that fails or answers wrongly counts as an error. Wall time is the client's clock; CPU time is the
 server process's (all threads, from /proc), both divided by the images of the phase.
 
-Targets (thresholds near a run on the 2-core shared machine: 34.7 dB mean, 0.43 s wall and 0.74 CPU s per
-image under many requests, 1.2 s p50 for one request, photos 30.1 dB and up). The PSNR thresholds sit
-about 1 dB under the measurement (a change that costs reconstruction quality shows); the time thresholds
-sit 30% over it, which the load of other processes on the shared machine stays within, while a 1.5x
-slowdown does not; errors must be zero.
+Targets, with thresholds near two runs on the 2-core machine shared with other work (load averages 17 and 27):
+mean PSNR of the many-requests phase >= 33.7 dB (34.74 in both: about 1 dB of slack, so a change that costs
+reconstruction quality shows); the lowest real-photo PSNR >= 13.5 dB (14.51 in both; the default model is
+trained on synthetic renders, so real photos reconstruct far worse than its own images); server CPU seconds
+per image <= 0.9 under many requests (0.74 and 0.76) and <= 2.3 one request at a time (1.81 and 1.94: a lone
+request keeps 2 torch threads busy for a batch of one); wall seconds per image under many requests <= 4.0
+(2.5 and 3.2) and p50 of one request <= 6.5 s (3.5 and 5.4): wall time follows the other work on the
+machine, so these catch a several-fold slowdown only, the CPU figures a 20% one; errors must be zero.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ from bench.harness import (at_least, at_most, load_average, percentile_ms, print
 PHOTOS = ("astronaut.png", "grace_hopper.jpg")
 
 #: Thresholds (see the module help for the measurements they are set against).
-MIN_MEAN_PSNR_DB = 33.5
-MIN_PHOTO_PSNR_DB = 29.0
-MAX_WALL_S_PER_IMAGE_MANY = 0.56
-MAX_CPU_S_PER_IMAGE_MANY = 0.96
-MAX_SINGLE_P50_S = 1.6
+MIN_MEAN_PSNR_DB = 33.7
+MIN_PHOTO_PSNR_DB = 13.5
+MAX_WALL_S_PER_IMAGE_MANY = 4.0
+MAX_CPU_S_PER_IMAGE_MANY = 0.9
+MAX_CPU_S_PER_IMAGE_ONE = 2.3
+MAX_SINGLE_P50_S = 6.5
 
 
 class Checked:
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_photo_psnr_db": at_least(min(photo_psnr) if photo_psnr else 0.0, MIN_PHOTO_PSNR_DB),
         "wall_seconds_per_image_many": at_most(many.wall / many.images, MAX_WALL_S_PER_IMAGE_MANY),
         "server_cpu_seconds_per_image_many": at_most(many.cpu / many.images, MAX_CPU_S_PER_IMAGE_MANY),
+        "server_cpu_seconds_per_image_one_request": at_most(one.cpu / one.images, MAX_CPU_S_PER_IMAGE_ONE),
         "p50_seconds_one_request": at_most((percentile_ms(one.latencies, 50) or 1e9) / 1000, MAX_SINGLE_P50_S),
         "errors": at_most(errors, 0),
     }

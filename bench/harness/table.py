@@ -54,7 +54,8 @@ WHAT = {
 
 def rows(results: Path) -> list[str]:
     out = ["| benchmark | figure (what it compares) | measured | target | met |", "|---|---|---|---|---|"]
-    for name in ORDER:
+    others = sorted(p.stem for p in results.glob("*.json") if p.stem not in ORDER)
+    for name in (*ORDER, *others):
         path = results / f"{name}.json"
         if not path.exists():
             continue
