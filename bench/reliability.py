@@ -16,9 +16,9 @@ Invert (a generated face, 20 steps). Every RPC of the mix has client threads of 
    the schedule made due (calls that fall behind are made late, and those still due at the end are missed),
    and the services' resident memory (VmRSS of /proc/PID/status) after warm-up and at the end;
 4. overload, every service in turn: `--overload-clients` threads with no pause against its capacity-limited
-   replica: what exceeds its limit must be refused at once with RESOURCE_EXHAUSTED (with a RetryInfo
-   where the service has a queue policy: generator, scorer, inversion), every other call must succeed,
-   nothing else (no timeouts, no INTERNAL).
+   replica: what exceeds its limit (the queue of generator, scorer and inversion, the concurrent-call limit
+   of boundary and editor) must be refused at once with RESOURCE_EXHAUSTED and a RetryInfo, every other
+   call must succeed, nothing else (no timeouts, no INTERNAL).
 
 Every reply is checked (the number of images, results, codes or steps asked for, a final inversion message
 with a code); a wrong reply, and any exception in a client, counts as an error and is kept.
@@ -71,8 +71,6 @@ MIX = {"synthesize": "generator", "score": "scorer", "edit_latents": "boundary",
 #: What floods each service's capacity-limited replica.
 OVERLOAD = {"generator": "synthesize_16", "scorer": "score", "boundary": "edit_latents", "inversion": "invert",
             "editor": "edit"}
-#: Services whose refusals come from a queue policy with a retry hint (the others refuse at the RPC limit).
-QUEUE_POLICY = ("generator", "scorer", "inversion")
 LIMITS = {"generator": ["--max-queue-size", "4", "--max-batch-size", "16"],
           "scorer": ["--max-queue-size", "2", "--max-batch-size", "4"],
           "inversion": ["--max-queue-size", "2", "--max-batch-size", "2"],
@@ -386,9 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         targets[f"overload_{name}_refused"] = at_least(refused, 1)
         targets[f"overload_{name}_served"] = at_least(served, 1)
         targets[f"overload_{name}_other_errors"] = at_most(unclean, 0)
-        if name in QUEUE_POLICY:
-            targets[f"overload_{name}_refusals_without_retry_info"] = at_most(
-                refused - row.get("refused_with_retry_info", 0), 0)
+        targets[f"overload_{name}_refusals_without_retry_info"] = at_most(
+            refused - row.get("refused_with_retry_info", 0), 0)
     growth = max(m["growth_pct"] for m in memory.values())
     targets["memory_growth_max_pct"] = at_most(growth, MEMORY_GROWTH_TARGET_PCT)
     targets["all_serving_after"] = at_least(sum(v == "SERVING" for v in healthy.values()), len(healthy))

@@ -74,7 +74,7 @@ def rows(results: Path) -> list[str]:
             services = sorted({k.split("_")[1] for k in overload})
             met = sum(t["met"] for t in overload.values())
             out.append(f"| | overload of every service ({', '.join(services)}): refused only with "
-                       f"RESOURCE_EXHAUSTED (with a retry hint where there is a queue), some calls served, no other "
+                       f"RESOURCE_EXHAUSTED with a retry hint, some calls served, no other "
                        f"error | {met} of {len(overload)} checks | all | {'yes' if met == len(overload) else '**no**'} |")
     return out
 
