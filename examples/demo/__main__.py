@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import sys
@@ -27,6 +28,9 @@ from interfacegan.progress import ProgressBar
 from . import report as html
 
 ATTRIBUTES = ("gender", "age", "yaw", "smile")
+#: Target edits of the "calibrated edits" section: asked in the attribute's unit, the editor finds the distance.
+CALIBRATED = ("age:+10y", "age:-10y", "yaw:to=20", "yaw:to=-20", "smile:to=0.8", "gender:to=0.9",
+              "gender:to=0.9:hold=auto")
 UNITS = {"gender": "P(male)", "age": "years", "yaw": "degrees", "smile": "mouth / eye width"}
 
 
@@ -61,6 +65,39 @@ def edit_all(client: Client, specs: list[EditSpec], seeds: list[int], args) -> d
         for future in concurrent.futures.as_completed(futures):
             results[futures[future]] = future.result()
     return results
+
+
+def calibrate(client: Client, boundaries: dict, seeds: list[int], args) -> dict:
+    """Target edits of the grid's faces on the boundaries just trained: asked vs reached, per edit."""
+    specs = [dataclasses.replace(EditSpec.parse(text), version=boundaries[EditSpec.parse(text).attribute].ref.version)
+             for text in CALIBRATED]
+    log(f"calibrated edits of {len(seeds)} faces: {', '.join(CALIBRATED)}")
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+        results = dict(zip(seeds, pool.map(lambda s: client.edit(seed=s, edits=specs, include_original=True), seeds)))
+    rows = []
+    for i, text in enumerate(CALIBRATED):
+        frames = [results[s].edit(i)[0] for s in seeds]
+        outcomes = [f.target for f in frames]
+        held = sorted({h.attribute for f in frames for h in f.holds if h.held})
+        rows.append({"edit": text, "unit": outcomes[0].unit, "tolerance": outcomes[0].tolerance,
+                     "faces": len(frames), "met": sum(t.met for t in outcomes),
+                     "before": [t.before for t in outcomes], "goal": [t.goal for t in outcomes],
+                     "after": [t.after for t in outcomes], "distance": [t.distance for t in outcomes],
+                     "rounds": [t.rounds for t in outcomes], "stop": [t.stop for t in outcomes], "held": held,
+                     "drift": {h.attribute: [x.drift for f in frames for x in f.holds if x.attribute == h.attribute]
+                               for h in frames[0].holds},
+                     "held_drift": {h.attribute: [x.held_drift for f in frames for x in f.holds
+                                                  if x.attribute == h.attribute] for h in frames[0].holds}})
+    tiles = [[results[s].original.image] + [results[s].edit(i)[0].image for i in range(len(CALIBRATED))]
+             for s in seeds]
+    captions = [["original"] + [caption(specs[i].attribute, results[s].edit(i)[0].target.after)
+                                for i in range(len(CALIBRATED))] for s in seeds]
+    make_grid(tiles, row_labels=[f"seed {s}" for s in seeds], captions=captions, scale=2,
+              title="asked: " + "   ".join(CALIBRATED)).save(Path(args.out) / "grid_calibrated.png")
+    log(f"  {sum(r['met'] for r in rows)}/{sum(r['faces'] for r in rows)} targets met in "
+        f"{time.monotonic() - started:.1f} s")
+    return {"rows": rows, "grid": "grid_calibrated.png", "seeds": seeds, "seconds": time.monotonic() - started}
 
 
 def score_table(results: dict, seeds: list[int], edit: int, attribute: str, steps: int) -> np.ndarray:
@@ -109,6 +146,7 @@ def run(address: str, args, timings: dict) -> dict:
         log(f"  {len(seeds) * len(specs) * steps} images in {timings['editing']:.1f} s; held-age gender boundary: "
             f"{conditioned.attribute} v{conditioned.version}")
 
+        calibrated = calibrate(client, boundaries, seeds[:args.grid_seeds], args)
         names = [f"{a}@{boundaries[a].ref.version}" for a in ATTRIBUTES] + [f"{conditioned.attribute}@{conditioned.version}"]
         log(f"analysing {len(names)} boundaries (cosines; re-scoring study on {args.rescore_samples} codes)")
         t = time.monotonic()
@@ -173,7 +211,7 @@ def run(address: str, args, timings: dict) -> dict:
         "rescore": {"labels": names, "attributes": list(analysis.scored_attributes),
                     "matrix": rescore.tolist() if rescore is not None else None,
                     "samples": args.rescore_samples, "distance": 3.0},
-        "response": response, "drift": drifts, "grids": files, "timings": timings,
+        "response": response, "drift": drifts, "grids": files, "timings": timings, "calibrated": calibrated,
     }
     (out / "report.json").write_text(json.dumps(data, indent=2))
     return data
@@ -194,6 +232,39 @@ def _study_note(data: dict) -> str:
     raw, held = rs["matrix"][0][col], rs["matrix"][-1][col]
     return (f"Cross-check on {rs['samples']} other codes (the re-scoring study below, edits of ±3): the age moves "
             f"{raw:+.2f} years per unit of raw gender edit and {held:+.2f} with age held.")
+
+
+def _calibrated_section(data: dict) -> list[str]:
+    """The "calibrated edits" section: each edit asked in the attribute's unit, and what the faces reached."""
+    c = data.get("calibrated")
+    if not c:
+        return []
+    rows = []
+    for r in c["rows"]:
+        err = [abs(a - g) for a, g in zip(r["after"], r["goal"])]
+        rows.append([r["edit"], f"{r['unit']} ± {r['tolerance']:g}", f"{np.mean(r['before']):.3g}",
+                     f"{np.mean(r['goal']):.3g}", f"{np.mean(r['after']):.3g}", f"{np.median(err):.3g}",
+                     f"{r['met']} / {r['faces']}", f"{np.mean(np.abs(r['distance'])):.2f}", f"{np.mean(r['rounds']):.1f}",
+                     ", ".join(f"{s}×{r['stop'].count(s)}" for s in sorted(set(r["stop"])) if s != "met") or "—"])
+    auto = next((r for r in c["rows"] if r["held"]), None)
+    note = ""
+    if auto:
+        parts = [f"{a}: {np.mean(auto['drift'][a]):+.2f} → {np.mean(auto['held_drift'][a]):+.2f}" for a in auto["held"]]
+        note = (f'<p class="note"><code>{html.esc(auto["edit"])}</code> held {", ".join(auto["held"])} on some faces; '
+                f'mean drift along the raw edit → along the held one: {"; ".join(parts)}.</p>')
+    return [
+        "<h2>Calibrated edits</h2>",
+        '<p class="lead">Edits asked in the attribute\'s own unit (<code>age:+10y</code>, <code>yaw:to=20</code>, '
+        '<code>smile:to=0.8</code>, <code>gender:to=0.9:hold=auto</code>): for each face the editor searches the '
+        'distance along the boundary with the scorer in the loop (a bracketing search, each round one generator '
+        'and one scorer batch) and reports the value before and after, measured on the returned image. Asked vs '
+        f'reached on the {len(c["seeds"])} faces of the grids:</p>',
+        html.table(["edit", "unit ± tolerance", "mean before", "mean asked", "mean reached", "median |error|", "met",
+                    "mean |distance|", "mean rounds", "misses"], rows),
+        note,
+        html.figure(c["grid"], "Each face unedited, then each calibrated edit (columns in the order of the table); "
+                               "captions: the edited attribute measured on that image."),
+    ]
 
 
 def write_report(out: Path, data: dict) -> Path:
@@ -259,6 +330,7 @@ def write_report(out: Path, data: dict) -> Path:
                                             "gender, age held": data["response"]["gender|age"]["gender"]},
                         title="mean P(male) along the gender edit", ylabel="P(male)"),
         "</div></div>",
+        *_calibrated_section(data),
         "<h2>Boundary cosine matrix</h2>",
         '<p class="lead">Cosine of the unit normals (the paper\'s disentanglement measure): near 0 means independent '
         'directions; the conditioned boundary is orthogonal to age by construction.</p>',

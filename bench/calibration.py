@@ -1,0 +1,184 @@
+"""Calibrated-edits benchmark: edits asked in the attribute's unit, on sampled faces, through the real cluster.
+
+On N faces (fixed seeds) it asks the editor for age +10 y, age -10 y, smile to 0.8, yaw to +20 deg, yaw to -20 deg
+and gender to 0.9 (each a target edit: the editor searches the distance with the scorer in the loop), then
+gender to 0.9 with hold=auto. Per edit: hit rate within tolerance (as measured by the scorer on the returned
+image), mean rounds and generator + scorer calls, images measured, seconds per edit, and why misses stopped. A
+noise check re-scores each hit at its distance +- 0.05: the fraction of hits whose neighbours are still within
+twice the tolerance says how much of a hit the scorer's noise explains. For hold=auto: the held attributes'
+drift along the raw and the held direction (age during a gender edit is the one with a target).
+
+Writes bench/results/calibration.json (table and targets). `--quick` runs a few faces (a test runs it against
+the session's cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import at_least, at_most, load_average, print_targets  # noqa: E402
+from interfacegan import Client  # noqa: E402
+from interfacegan.edits import EditSpec  # noqa: E402
+from services.cluster import Cluster  # noqa: E402
+from services.common import assets  # noqa: E402
+
+#: (edit, hit-rate target): the issue's targets, 80% where the scorer is clean (pose, mouth), 60% otherwise.
+EDITS = [("age:+10y", 0.6), ("age:-10y", 0.6), ("smile:to=0.8", 0.8), ("yaw:to=20", 0.8), ("yaw:to=-20", 0.8),
+         ("gender:to=0.9", 0.6)]
+HOLD_EDIT = "gender:to=0.9:hold=auto"
+MAX_MEAN_ROUNDS = 4.0
+MIN_DRIFT_CUT = 0.8
+NOISE_STEP = 0.05
+FIRST_SEED = 1000
+
+
+def one(client: Client, seed: int, text: str) -> dict:
+    """One target edit of one face, and the noise check around its distance."""
+    started = time.perf_counter()
+    result = client.edit(seed=seed, edits=[text])
+    seconds = time.perf_counter() - started
+    frame = result.edit(0)[0]
+    t, receipt = frame.target, frame.receipt
+    row = {"seed": seed, "edit": text, "seconds": seconds, "met": t.met, "stop": t.stop, "rounds": t.rounds,
+           "evaluations": t.evaluations, "before": t.before, "after": t.after, "goal": t.goal,
+           "tolerance": t.tolerance, "distance": t.distance, "unit": t.unit,
+           "boundary": f"{receipt.boundary.attribute} v{receipt.boundary.version}",
+           "holds": [{"attribute": h.attribute, "drift": h.drift, "held_drift": h.held_drift, "held": h.held}
+                     for h in frame.holds]}
+    if t.met and not frame.holds:
+        d = t.distance
+        spec = EditSpec(receipt.boundary.attribute, d - NOISE_STEP, d + NOISE_STEP, 2,
+                        version=receipt.boundary.version)
+        near = client.edit(seed=seed, edits=[spec], rescore=True).edit(0)
+        values = [f.scores.get(t.attribute) for f in near]
+        row["noise_stable"] = all(v is not None and abs(v - t.goal) <= 2 * t.tolerance for v in values)
+    return row
+
+
+def summarise(rows: list[dict], text: str, target: float) -> dict:
+    mine = [r for r in rows if r["edit"] == text]
+    hits = [r for r in mine if r["met"]]
+    stops = {}
+    for r in mine:
+        if not r["met"]:
+            stops[r["stop"]] = stops.get(r["stop"], 0) + 1
+    stable = [r["noise_stable"] for r in hits if "noise_stable" in r]
+    return {"edit": text, "faces": len(mine), "unit": mine[0]["unit"] if mine else "",
+            "tolerance": mine[0]["tolerance"] if mine else None,
+            "hit_rate": len(hits) / max(1, len(mine)), "target_hit_rate": target,
+            "mean_rounds": statistics.fmean(r["rounds"] for r in mine),
+            "mean_calls": statistics.fmean(2 * (r["rounds"] + 1) for r in mine),
+            "mean_images_measured": statistics.fmean(r["evaluations"] for r in mine),
+            "seconds_per_edit": statistics.fmean(r["seconds"] for r in mine),
+            "median_abs_error": statistics.median(abs(r["after"] - r["goal"]) for r in mine),
+            "mean_abs_distance": statistics.fmean(abs(r["distance"]) for r in mine),
+            "noise_stable_hits": (sum(stable) / len(stable)) if stable else None,
+            "misses_by_stop": stops, "boundary": mine[0]["boundary"] if mine else ""}
+
+
+def hold_summary(rows: list[dict]) -> dict:
+    """Drift of every attribute hold=auto measured, before (raw direction) and after (the direction used)."""
+    mine = [r for r in rows if r["edit"] == HOLD_EDIT]
+    out = {"edit": HOLD_EDIT, "faces": len(mine), "hit_rate": sum(r["met"] for r in mine) / max(1, len(mine)),
+           "mean_rounds": statistics.fmean(r["rounds"] for r in mine) if mine else None, "attributes": {}}
+    names = sorted({h["attribute"] for r in mine for h in r["holds"]})
+    for name in names:
+        measured = [h for r in mine for h in r["holds"] if h["attribute"] == name]
+        held = [h for h in measured if h["held"]]
+        before = [abs(h["drift"]) for h in held]
+        after = [abs(h["held_drift"]) for h in held]
+        entry = {"measured": len(measured), "held": len(held),
+                 "mean_drift_all": statistics.fmean(h["drift"] for h in measured),
+                 "mean_drift_all_after": statistics.fmean(h["held_drift"] for h in measured)}
+        if held:
+            entry.update(mean_abs_drift_held=statistics.fmean(before), mean_abs_drift_held_after=statistics.fmean(after),
+                         mean_drift_held=statistics.fmean(h["drift"] for h in held),
+                         mean_drift_held_after=statistics.fmean(h["held_drift"] for h in held),
+                         cut=1 - statistics.fmean(after) / statistics.fmean(before))
+        out["attributes"][name] = entry
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="6 faces (the test's smoke run)")
+    p.add_argument("--faces", type=int, default=200, help="faces (seeds FIRST_SEED ..)")
+    p.add_argument("--concurrency", type=int, default=6, help="Edit calls in flight")
+    p.add_argument("--attach", type=Path, default=None, help="run folder of a running cluster (its cluster.json) "
+                                                              "instead of starting one")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.json")
+    args = p.parse_args()
+    faces = 6 if args.quick else args.faces
+    cluster = None
+    load_before = load_average()
+    started = time.perf_counter()
+    try:
+        if args.attach:
+            state = json.loads((args.attach / "cluster.json").read_text())["services"]
+            editor = f"127.0.0.1:{state['editor']['port']}"
+        else:
+            print("starting the cluster (empty store: the shipped boundaries) ...", flush=True)
+            cluster = Cluster.up(Path(tempfile.mkdtemp(prefix="bench-calibration-")), fixed_ports=False,
+                                 env={"IFGAN_MODELS_DIR": str(assets.models_dir())}, log=lambda *_: None)
+            editor = cluster.services["editor"].address
+        jobs = [(FIRST_SEED + i, text) for text in [e for e, _ in EDITS] + [HOLD_EDIT] for i in range(faces)]
+        rows = []
+        with Client(editor, timeout=600) as client, futures.ThreadPoolExecutor(args.concurrency) as pool:
+            pending = [pool.submit(one, client, seed, text) for seed, text in jobs]
+            for k, job in enumerate(futures.as_completed(pending), 1):
+                rows.append(job.result())
+                if k % max(1, len(jobs) // 20) == 0 or k == len(jobs):
+                    print(f"  {k}/{len(jobs)} edits, {time.perf_counter() - started:.0f} s", flush=True)
+            boundaries = {b.ref.attribute: {"version": b.ref.version, "origin": b.origin,
+                                            "num_samples": b.num_samples, "validation_accuracy": b.validation_accuracy}
+                          for b in client.list_boundaries()}
+    finally:
+        if cluster is not None:
+            cluster.down()
+    table = [summarise(rows, text, target) for text, target in EDITS]
+    hold = hold_summary(rows)
+    print(f"{'edit':16s} {'faces':>5s} {'hit':>6s} {'target':>6s} {'rounds':>6s} {'calls':>6s} {'images':>6s} "
+          f"{'s/edit':>6s} {'|err|':>7s} {'stable':>6s}  misses")
+    for r in table:
+        stable = f"{r['noise_stable_hits']:.2f}" if r["noise_stable_hits"] is not None else "-"
+        print(f"{r['edit']:16s} {r['faces']:5d} {r['hit_rate']:6.2f} {r['target_hit_rate']:6.2f} "
+              f"{r['mean_rounds']:6.2f} {r['mean_calls']:6.2f} {r['mean_images_measured']:6.1f} "
+              f"{r['seconds_per_edit']:6.2f} {r['median_abs_error']:7.3f} {stable:>6s}  {r['misses_by_stop']}")
+    print(f"\n{HOLD_EDIT}: hit rate {hold['hit_rate']:.2f}, mean rounds {hold['mean_rounds']:.2f}")
+    for name, a in hold["attributes"].items():
+        line = f"  {name:8s} held on {a['held']}/{a['measured']} faces"
+        if a["held"]:
+            line += (f"; |drift| of held faces {a['mean_abs_drift_held']:.2f} -> {a['mean_abs_drift_held_after']:.2f}"
+                     f" (cut {a['cut']:.0%}); mean drift {a['mean_drift_held']:+.2f} -> {a['mean_drift_held_after']:+.2f}")
+        print(line)
+    targets = {f"hit_rate {r['edit']}": at_least(round(r["hit_rate"], 4), r["target_hit_rate"]) for r in table}
+    targets["mean_rounds"] = at_most(round(statistics.fmean(r["rounds"] for r in rows if r["edit"] != HOLD_EDIT), 3),
+                                     MAX_MEAN_ROUNDS)
+    age = hold["attributes"].get("age", {})
+    targets["held_age_drift_cut_in_gender_edit"] = at_least(round(age.get("cut", 0.0), 4), MIN_DRIFT_CUT)
+    print_targets(targets)
+    result = {"benchmark": "calibration", "quick": args.quick, "faces": faces, "first_seed": FIRST_SEED,
+              "seconds": time.perf_counter() - started, "boundaries": boundaries, "table": table, "hold_auto": hold,
+              "targets": targets, "noise_step": NOISE_STEP, "load_average_before": load_before,
+              "load_average_after": load_average(),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
