@@ -81,12 +81,18 @@ def decode(blob: bytes, max_bytes: int) -> tuple[dict[str, Any], dict[str, np.nd
 
 
 def apply(net: "torch.nn.Module", delta: dict[str, "np.ndarray | torch.Tensor"]) -> "torch.nn.Module":
-    """A copy of `net` with `delta` added to its tensors (the tuned generator of a variant), in eval mode."""
+    """A copy of `net` with `delta` added to its tensors (the tuned generator of a variant), in eval mode.
+
+    The base network is left untouched; the tensors the variant does not change are shared with it.
+    """
     import copy
 
     import torch
 
-    out = copy.deepcopy(net)
+    # Tensors the variant does not change are shared with the base network, not copied: a variant costs
+    # the memory of its tuned tensors only (a DCGAN tuned from its 16 px block: 2.6 of 14 MB).
+    shared = {id(t): t for name, t in [*net.named_parameters(), *net.named_buffers()] if name not in delta}
+    out = copy.deepcopy(net, memo=shared)
     state = out.state_dict()
     unknown = sorted(set(delta) - set(state))
     if unknown:

@@ -76,11 +76,11 @@ class VariantModels:
             if header.get("base_model") != base.name:
                 raise variants.VariantError(f"it was tuned from {header.get('base_model')!r}, not {base.name!r}")
             model = await asyncio.to_thread(self._build, base, delta)
+            size = sum(v.size * 4 for v in delta.values())  # the tuned tensors: the rest is shared with the base
         except variants.VariantError as e:
             raise failed_precondition(f"variant {vid} in the store is unusable ({e}); invert the photo again "
                                       f"to tune a new one") from None
         self.loads += 1
-        size = sum(p.numel() * p.element_size() for p in model.net.parameters())
         self.cache.put(f"{base.name}/{vid}", model, size)
         entries, held = self.cache.stats()
         log.info("variant loaded", extra={"variant": vid, "model": base.name, "cached": entries, "bytes": held})

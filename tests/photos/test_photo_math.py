@@ -174,3 +174,16 @@ def test_variant_store_ttl_and_size_limit(redis_url):
         finally:
             await store.close()
     asyncio.run(run())
+
+
+def test_a_variant_shares_the_tensors_it_does_not_change(dcgan):
+    delta = {"main.12.weight": np.full(tuple(dcgan.net.state_dict()["main.12.weight"].shape), 0.01, np.float32)}
+    net = var.apply(dcgan.net, delta)
+    base, tuned = dict(dcgan.net.named_parameters()), dict(net.named_parameters())
+    assert tuned["main.3.weight"].data_ptr() == base["main.3.weight"].data_ptr()  # shared, not copied
+    assert tuned["main.12.weight"].data_ptr() != base["main.12.weight"].data_ptr()
+    assert torch.allclose(tuned["main.12.weight"], base["main.12.weight"] + 0.01)
+    with pytest.raises(var.VariantError, match="not in"):
+        var.apply(dcgan.net, {"main.99.weight": np.zeros(3, np.float32)})
+    with pytest.raises(var.VariantError, match="shape"):
+        var.apply(dcgan.net, {"main.12.weight": np.zeros(3, np.float32)})

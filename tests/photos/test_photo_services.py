@@ -236,3 +236,28 @@ def test_two_photos_variants_in_flight_at_once_are_never_mixed(stack, hopper):
         results = list(pool.map(lambda job: (job[1].variant, synthesize(*job)[0]), jobs))
     for vid, image in results:
         assert psnr(image, want[vid]) > 40
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_variant_cache_memory_stays_bounded_under_many_distinct_photos(stack, hopper):
+    """40 distinct variants (as 40 photos would make) through one replica whose LRU holds 8: RSS levels off."""
+    r, g2 = stack["redis"], stack["g2"]
+    header, delta = variants.decode(r.get(variants.KEY_PREFIX + hopper.variant), 64 << 20)
+    rng = np.random.default_rng(0)
+    pid = stack["procs"]["g2"].pid
+    rss = []
+    for k in range(40):
+        noisy = {key: v + rng.normal(0, 1e-4, v.shape).astype(np.float32) for key, v in delta.items()}
+        vid = variants.variant_id(MODEL, header["version"], f"{k:064x}", "memory-test")
+        r.set(variants.KEY_PREFIX + vid, variants.encode(MODEL, header["version"], noisy), ex=600)
+        (image,) = synthesize(g2, hopper, variant=vid)
+        assert psnr(image, pixels(hopper.faces[0].reconstruction)) > 35
+        rss.append(_rss_mb(pid))
+    # Past the cache's 8 entries every new variant evicts one: the last 30 loads grow memory by little.
+    assert rss[-1] - rss[9] < 40, rss
