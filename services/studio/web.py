@@ -109,6 +109,16 @@ def make_app(workspace: Workspace, settings) -> web.Application:
         q = request.query
         return reply(await workspace.describe(q.get("model", ""), q.get("space", ""), fresh=q.get("fresh") == "1"))
 
+    async def boundary(request: web.Request) -> web.Response:
+        q = request.query
+        described = await workspace.describe(q.get("model", ""), q.get("space", ""))
+        for slider in described["sliders"]:
+            if slider["attribute"] == q.get("attribute"):
+                return reply(slider["boundary"])
+        raise Refused(404, f"no boundary {q.get('attribute', '')!r:.80} for model {described['model']} in "
+                           f"{described['space']}; there are: {', '.join(s['attribute'] for s in described['sliders'])}",
+                      "NOT_FOUND")
+
     async def source(request: web.Request) -> web.Response:
         body = await json_body(request)
         found = await workspace.seed(body.get("model", ""), body.get("space", ""), body.get("seed"))
@@ -129,7 +139,7 @@ def make_app(workspace: Workspace, settings) -> web.Application:
     app = web.Application(middlewares=[middleware])
     app.add_routes([
         web.get("/", index), web.get("/static/{name}", static), web.get("/healthz", healthz),
-        web.get("/api/catalog", catalog), web.post("/api/source", source), web.post("/api/photo", photo),
+        web.get("/api/catalog", catalog), web.get("/api/boundary", boundary), web.post("/api/source", source), web.post("/api/photo", photo),
         web.post("/api/edit", edit), web.post("/api/grid", grid),
     ])
     return app

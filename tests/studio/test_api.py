@@ -63,6 +63,10 @@ def test_catalog_has_a_slider_per_boundary_with_its_metadata(studio):
     assert meta["origin"] == "trained" and int(meta["num_samples"]) == 1000 and meta["validation_accuracy"] > 0.8
     assert catalog["model"] == "dcgan-digiface-64" and catalog["spaces"] == {"Z": [100]} and catalog["layers"] == 0
     assert not any("|" in s for s in sliders)  # derived (held) boundaries are no sliders
+    status, linked, _ = call(studio["url"] + "api/boundary?attribute=yaw")
+    assert status == 200 and linked == meta
+    status, missing, _ = call(studio["url"] + "api/boundary?attribute=nose")
+    assert status == 404 and "'nose'" in missing["error"] and "yaw" in missing["error"]
     assert "script-src 'self'" in headers["Content-Security-Policy"] and headers["X-Content-Type-Options"] == "nosniff"
 
 

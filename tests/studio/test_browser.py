@@ -65,6 +65,8 @@ def test_the_studio_in_a_browser(studio, browser, tmp_path):
     assert np.abs(edited - original).mean() > 2, "the face did not change"
     assert shown_score(browser, "yaw") > yaw_before, "yaw did not move the asked way"
     assert shown_score(browser, "yaw", "unedited") == round(yaw_before, 1 if abs(yaw_before) >= 10 else 2)
+    link = browser.find_element(By.CSS_SELECTOR, ".slider details a").get_attribute("href")
+    assert "/api/boundary?" in link and "attribute=" in link
     facts = browser.find_element(By.ID, "facts").text
     assert "yaw v" in facts and "2.50" in facts and "round trip" in facts
 

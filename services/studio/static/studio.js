@@ -121,8 +121,11 @@ function renderSliders(catalog) {
       ["solver", b.solver || "–"],
       ["model version", b.model_version || "–"],
     ];
+    const link = `/api/boundary?${new URLSearchParams({ model: catalog.model, space: catalog.space,
+                                                         attribute: spec.attribute })}`;
     const about = el("details", {}, el("summary", { text: "boundary" }),
-      el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])));
+      el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])),
+      el("a", { href: link, target: "_blank", rel: "noopener", text: "all metadata (JSON)" }));
     const unit = spec.scored ? `scored in ${spec.score_unit || "its unit"}` : "not scored";
     return el("div", { className: "slider", title: spec.description || "" },
       el("div", { className: "row" }, el("span", { className: "name", text: spec.attribute }), input, shown,
