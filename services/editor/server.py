@@ -188,13 +188,13 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                 raise invalid_argument(f"{field}.attribute", "empty; name an attribute with a stored boundary "
                                                              "(GetCatalog lists them), e.g. 'age'")
             if e.WhichOneof("target"):
-                check_target(e, field)
-                steps.append(1)
-                continue
-            try:
-                _, _, n, _ = editing.check_edit(e.start, e.end, e.steps, absolute=False)
-            except editing.EditError as err:
-                raise invalid_argument(f"{field}.{err.field}", str(err)) from None
+                check_target(e, field)  # one image, at the distance its search finds
+                n = 1
+            else:
+                try:
+                    _, _, n, _ = editing.check_edit(e.start, e.end, e.steps, absolute=False)
+                except editing.EditError as err:
+                    raise invalid_argument(f"{field}.{err.field}", str(err)) from None
             if e.attribute in e.hold:
                 raise invalid_argument(f"{field}.hold", f"holds {e.attribute!r}, the attribute being edited; hold "
                                                         f"other attributes only")
