@@ -6,13 +6,13 @@ set -eu
 
 PLACEHOLDER_TOKEN="CHANGE-ME-generate-with-openssl-rand-hex-32"
 
-usage() { echo "usage: SERVICE [FLAGS...]  (generator|scorer|boundary|inversion|editor), or models fetch|verify|list" >&2; }
+usage() { echo "usage: SERVICE [FLAGS...]  (generator|scorer|boundary|inversion|editor|studio), or models fetch|verify|list" >&2; }
 
 [ $# -ge 1 ] || { usage; exit 64; }
 service="$1"
 shift
 case "$service" in
-  generator|scorer|boundary|inversion|editor) ;;
+  generator|scorer|boundary|inversion|editor|studio) ;;
   models) exec python -m services.common.assets "$@" ;;
   -h|--help) usage; exit 0 ;;
   *) exec "$service" "$@" ;;

@@ -81,12 +81,12 @@ def wait_serving(address: str, what: str, logs) -> None:
 
 
 def test_every_service_answers_help_through_the_entrypoint(builder, cache, image):
-    for name in SERVICES:
+    for name in (*SERVICES, "studio"):
         result = podman(builder, cache, "run", "--rm", image, name, "--help")
         assert result.returncode == 0, result.stderr
         assert f"python -m services.{name}" in result.stdout and "--health-port" in result.stdout
     usage = podman(builder, cache, "run", "--rm", image, check=False)
-    assert usage.returncode == 0 and "generator|scorer|boundary|inversion|editor" in usage.stderr
+    assert usage.returncode == 0 and "generator|scorer|boundary|inversion|editor|studio" in usage.stderr
     # The SDK's CLI is installed too, under its own name: it no longer shadows the entry point.
     cli = podman(builder, cache, "run", "--rm", "--entrypoint", "ifgan", image, "--help")
     assert cli.returncode == 0 and "usage: ifgan" in cli.stdout
@@ -131,7 +131,8 @@ def test_compose_file_runs_the_cluster_and_edits_through_the_published_port(buil
     project = f"ifgantest{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {**builder.podman_env(cache), "IFGAN_AUTH_TOKEN": TOKEN, "IFGAN_IMAGE": image,
-           "IFGAN_REDIS_IMAGE": redis_image, "IFGAN_EDITOR_PUBLISH": f"127.0.0.1:{port}"}
+           "IFGAN_REDIS_IMAGE": redis_image, "IFGAN_EDITOR_PUBLISH": f"127.0.0.1:{port}",
+           "IFGAN_STUDIO_PUBLISH": f"127.0.0.1:{free_port()}"}
     compose = ["podman-compose", "-p", project, "-f", str(support.ROOT / "docker-compose.yml")]
 
     def logs() -> str:
@@ -144,6 +145,20 @@ def test_compose_file_runs_the_cluster_and_edits_through_the_published_port(buil
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         address = f"127.0.0.1:{port}"
         wait_serving(address, "editor (published port)", logs)
+        # podman-compose starts services in order without waiting for health: wait here until every
+        # container's own healthcheck command says SERVING.
+        ps = subprocess.run(["podman", "ps", "--filter", f"label=io.podman.compose.project={project}",
+                             "--format", "{{.Names}}"], env=env, capture_output=True, text=True, timeout=60)
+        running = ps.stdout.split()
+        deadline = time.monotonic() + START_SECONDS
+        for name in [n for n in running if "_redis_" not in n]:
+            while True:
+                probe = subprocess.run(["podman", "exec", name, "ifgan-healthprobe"], env=env, capture_output=True,
+                                       text=True, timeout=60)
+                if probe.returncode == 0:
+                    break
+                assert time.monotonic() < deadline, f"{name}: {probe.stdout} {probe.stderr}"
+                time.sleep(3)
         with Client(address, token=TOKEN, timeout=120) as client:
             v = np.random.default_rng(7).standard_normal((1, 100))
             buf = io.BytesIO()
@@ -154,11 +169,17 @@ def test_compose_file_runs_the_cluster_and_edits_through_the_published_port(buil
         images = [frame.image for frame in result.frames]
         assert len(images) == 3 and all(im.ndim == 3 and im.shape[2] == 3 for im in images)
         assert not np.array_equal(images[0], images[-1]), "the edit moved the face"
-        ps = subprocess.run(["podman", "ps", "--filter", f"label=io.podman.compose.project={project}",
-                             "--format", "{{.Names}}"], env=env, capture_output=True, text=True, timeout=60)
-        running = ps.stdout.split()
         assert sum(n.startswith(f"{project}_generator_") for n in running) == 3, running  # the replicas
         print(f"compose: {len(running)} containers; Edit of 3 frames through {address}", file=sys.stderr)
     finally:
         subprocess.run([*compose, "down", "-v", "-t", "5"], env=env, capture_output=True, timeout=300,
                        cwd=support.ROOT)
+        # podman-compose 1.0 leaves the network, and a container caught restarting, behind.
+        left = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=io.podman.compose.project={project}"],
+                              env=env, capture_output=True, text=True, timeout=60).stdout.split()
+        if left:
+            subprocess.run(["podman", "rm", "-f", "-t", "2", *left], env=env, capture_output=True, timeout=120)
+        subprocess.run(["podman", "network", "rm", "-f", f"{project}_default"], env=env, capture_output=True,
+                       timeout=60)
+        subprocess.run(["podman", "volume", "rm", "-f", f"{project}_redis-data", f"{project}_boundary-data"],
+                       env=env, capture_output=True, timeout=60)
