@@ -18,6 +18,9 @@ noise needs but a lost batching gain does not fit in:
   b64 / c64 >= 2.4 (10 on a GPU, where batching gains more; not measured here),
   b1 / c1 >= 0.93 (a lone client loses at most 7% to the batcher's queue),
   zero served errors.
+On CUDA (`--device cuda`, run by bench/gpu.sh with fp16, CUDA graphs, raw batches up to 1024 and 1/64/256
+clients) the thresholds are b64 / a >= 0.8, b64 / c64 >= 10 and b1 / c1 >= 0.9 (`--target-clients 64`).
+`--dry-run` prints the plan (servers' flags, thresholds) without starting anything.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import at_least, at_most, print_targets, proc_cpu_seconds  # noqa: E402
 
-#: Thresholds (see the module help for the measurements they are set against).
-MIN_B_OVER_RAW, MIN_B_OVER_C, MIN_B_OVER_C_GPU, MIN_B1_OVER_C1 = 0.85, 2.4, 10.0, 0.93
+#: Thresholds (see the module help for the measurements they are set against); on CUDA the issue's: served at
+#: least 0.8 of raw, batched at least 10x unbatched, a lone client at least 0.9x unbatched.
+MIN_B_OVER_RAW, MIN_B_OVER_C, MIN_B1_OVER_C1 = 0.85, 2.4, 0.93
+MIN_B_OVER_RAW_GPU, MIN_B_OVER_C_GPU, MIN_B1_OVER_C1_GPU = 0.8, 10.0, 0.9
 
 
 def _self_cpu() -> float:
@@ -88,7 +93,8 @@ def raw_main(args: argparse.Namespace) -> int:
     backends.configure_threads(args.threads, 1)
     device = backends.resolve_device(args.device)
     model = load_model(args.model, device, dtype=backends.resolve_dtype(args.precision, device))
-    backends.attach(model, backends.resolve_backend(args.backend, device), args.threads)  # as the server does
+    backends.attach(model, backends.resolve_backend(args.backend, device), args.threads,  # as the server does
+                    tuple(int(s) for s in args.cuda_graphs.split(",") if s))
     codes = {}
 
     def handle(cmd: dict) -> dict:
@@ -203,7 +209,7 @@ class Totals:
         return out
 
 
-def start_server(args: argparse.Namespace, batching: bool, log_dir: Path):
+def start_server(args: argparse.Namespace, batching: bool, log_dir: Path | None, dry_run: bool = False):
     from services.cluster import ServiceProcess
 
     flags = ["--torch-threads", str(args.threads), "--device", args.device, "--precision", args.precision,
@@ -212,6 +218,10 @@ def start_server(args: argparse.Namespace, batching: bool, log_dir: Path):
              "--max-queue-delay-microseconds", str(args.max_queue_delay_us), "--default-model", args.model,
              "--prefetch-batches", str(args.prefetch_batches),
              "--batching" if batching else "--no-batching"]
+    if args.cuda_graphs:
+        flags += ["--cuda-graphs", args.cuda_graphs]
+    if dry_run:
+        return flags
     proc = ServiceProcess.start("generator", flags, log_dir=log_dir / ("batched" if batching else "unbatched"))
     proc.wait_serving()
     return proc
@@ -247,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="server max_queue_delay_microseconds")
     p.add_argument("--prefetch-batches", type=int, default=1, help="server prefetch_batches (0 = batches formed "
                                                                      "only when the worker is free)")
+    p.add_argument("--cuda-graphs", default="", help="CUDA: batch sizes captured as CUDA graphs, by the server "
+                                                     "and the raw runner alike, e.g. 1,2,4,8,16,32,64,128,256")
+    p.add_argument("--target-clients", type=int, default=0,
+                   help="the served point compared with raw and with unbatched (0 = the most --clients)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (servers' flags, targets) and exit")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generator.json", help="result file")
     # runner modes (internal)
     p.add_argument("--raw-runner", action="store_true", help=argparse.SUPPRESS)
@@ -278,8 +293,22 @@ def main(argv: list[str] | None = None) -> int:
     spec = Registry().get(args.model)
     with torch.device("meta"):
         dim = build_net(spec.architecture, spec.resolution, **spec.kwargs).latent_shapes["z"][0]
-    common = ["--model", args.model, "--device", args.device, "--precision", args.precision, "--backend", args.backend]
+    common = ["--model", args.model, "--device", args.device, "--precision", args.precision, "--backend", args.backend,
+              "--cuda-graphs", args.cuda_graphs]
     slice_s = args.duration / args.rounds
+    gpu = device.startswith("cuda")
+    top = args.target_clients or max(args.clients)
+    if top not in args.clients:
+        p.error(f"--target-clients {top} is not one of --clients {args.clients}")
+    thresholds = {"b_over_raw": MIN_B_OVER_RAW_GPU if gpu else MIN_B_OVER_RAW,
+                  "b_over_c": MIN_B_OVER_C_GPU if gpu else MIN_B_OVER_C,
+                  "b1_over_c1": MIN_B1_OVER_C1_GPU if gpu else MIN_B1_OVER_C1}
+    if args.dry_run:
+        print(json.dumps({"device": device, "max_batch_size": max_batch, "raw_batch_sizes": args.raw_batch_sizes,
+                          "clients": args.clients, "target_clients": top, "cuda_graphs": args.cuda_graphs,
+                          "raw_runner": common, "server_flags": start_server(args, True, None, dry_run=True),
+                          "thresholds": thresholds}, indent=2))
+        return 0
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -308,9 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                                    str(n), "--format-code", str(format_code), "--dim", str(dim), "--model", args.model])
                            for n in shares]
                 served["b"][clients], served["c"][clients] = Totals(), Totals()
-                top = clients == max(args.clients)
                 for _ in range(args.rounds):
-                    if top:  # the ceilings, measured between the slices they are compared with
+                    if clients == top:  # the ceilings, measured between the slices they are compared with
                         ceiling.add_raw(raw.ask(batch=best, seconds=slice_s))
                         ceiling2.add_raw(raw2.ask(batch=best, seconds=slice_s))
                     for target, mode in enumerate("bc"):
@@ -335,17 +363,16 @@ def main(argv: list[str] | None = None) -> int:
             raw.close()
             raw2.close()
 
-    top, low = max(args.clients), min(args.clients)
+    low = min(args.clients)
     a = ceiling.row(f"a raw batch {best}, between b{top}/c{top} slices")
     a2 = ceiling2.row(f"a raw batch {best}, {args.raw_threads_2} threads, between b{top}/c{top} slices")
     b_top, c_top = served["b"][top].row("").get("images_per_s"), served["c"][top].row("").get("images_per_s")
     b1, c1 = served["b"][low].row("")["images_per_s"], served["c"][low].row("")["images_per_s"]
-    gpu = device.startswith("cuda")
     errors = {f"{m}{n}": served[m][n].errors for m in "bc" for n in args.clients}
     targets = {
-        f"b{top}_over_raw": at_least(ratio(b_top, a["images_per_s"]), MIN_B_OVER_RAW),
-        f"b{top}_over_c{top}": at_least(ratio(b_top, c_top), MIN_B_OVER_C_GPU if gpu else MIN_B_OVER_C),
-        f"b{low}_over_c{low}": at_least(ratio(b1, c1), MIN_B1_OVER_C1),
+        f"b{top}_over_raw": at_least(ratio(b_top, a["images_per_s"]), thresholds["b_over_raw"]),
+        f"b{top}_over_c{top}": at_least(ratio(b_top, c_top), thresholds["b_over_c"]),
+        f"b{low}_over_c{low}": at_least(ratio(b1, c1), thresholds["b1_over_c1"]),
         "served_errors": at_most(sum(errors.values()), 0),
     }
     # A ratio built on failed calls means nothing: a point with an error fails its target.
@@ -371,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                      "prefetch_batches": args.prefetch_batches,
                      "format": args.format, "rounds": args.rounds, "warmup_s": args.warmup,
                      "duration_s": args.duration, "precision": args.precision, "raw_batch": best,
-                     "raw_threads_2": args.raw_threads_2},
+                     "raw_threads_2": args.raw_threads_2, "cuda_graphs": args.cuda_graphs,
+                     "target_clients": top},
         "raw_ceiling_images_per_s": a["images_per_s"], "raw_ceiling_2_threads_images_per_s": a2["images_per_s"],
         f"b{top}_over_raw_2_threads": ratio(b_top, a2["images_per_s"]), "table": table, "targets": targets,
         "cpu_efficiency": efficiency,

@@ -71,8 +71,6 @@ LANES = ("interactive", "bulk")
 LANE_METADATA = "ifgan-priority"
 #: What a lane's queue timeout does to a request still waiting for its first batch (Triton's timeout_action).
 TIMEOUT_ACTIONS = ("reject", "delay")
-#: Seconds after the last interactive arrival during which bulk batches are capped (LaneConfig.bulk_max_batch_size).
-INTERACTIVE_RECENT_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +104,19 @@ class LaneConfig:
         default_lane: Lane of requests that name none.
         policies: One QueuePolicy per lane of LANES, in that order.
         bulk_min_share: Least share of batches the bulk lane leads while both lanes wait (0 = strict priority).
-        bulk_max_batch_size: Most bulk items in one batch while interactive requests are seen (0 = no limit
-            beyond max_batch_size). Where a batch's time grows with its size (a CPU), smaller bulk batches bound
-            how long an interactive request waits for the running batch and for its own, at some throughput.
+        interactive_instances: Worker threads kept for batches led by interactive requests while bulk batches
+            occupy every shared worker (`instances`), so an interactive request does not wait for a running bulk
+            batch (0 = none: it waits for the running batch, never for a prefetched one).
+        bulk_fill: Most bulk items added to a batch led by interactive requests (-1 = up to max_batch_size, as
+            suits a GPU, where a batch's size costs little; 0 on a CPU, where its time grows with its size).
     """
 
     enabled: bool = True
     default_lane: str = LANES[0]
     policies: tuple[QueuePolicy, ...] = (QueuePolicy(), QueuePolicy())
     bulk_min_share: float = 0.1
-    bulk_max_batch_size: int = 0
+    interactive_instances: int = 0
+    bulk_fill: int = -1
 
     def __post_init__(self):
         if self.default_lane not in LANES:
@@ -124,8 +125,9 @@ class LaneConfig:
             raise ValueError(f"one queue policy per lane ({', '.join(LANES)}), got {len(self.policies)}")
         if not 0 <= self.bulk_min_share <= 1:
             raise ValueError(f"bulk_min_share must be within 0..1, got {self.bulk_min_share}")
-        if self.bulk_max_batch_size < 0:
-            raise ValueError(f"bulk_max_batch_size must be 0 or more, got {self.bulk_max_batch_size}")
+        if self.interactive_instances < 0 or self.bulk_fill < -1:
+            raise ValueError(f"interactive_instances must be 0 or more and bulk_fill -1 or more, got "
+                             f"{self.interactive_instances} and {self.bulk_fill}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -229,7 +231,7 @@ class BatchingConfig:
 def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_microseconds: int | None = None,
                    instances: int = 1, prefetch_batches: int = 1, max_batch_size_help: str = "",
                    zero_batch_size_means: str = "", instances_help: str = "",
-                   zero_bulk_batch_size_means: str = "max_batch_size") -> type:
+                   auto_bulk_fill_means: str = "up to max_batch_size") -> type:
     """The batcher's settings group with one service's defaults, to mix into that service's Settings.
 
     Every batching service declares its batcher with this group, so the flags (--max-batch-size, ...), the
@@ -249,8 +251,8 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
     Args:
         zero_batch_size_means: When given, max_batch_size 0 is accepted and means this (e.g. a device-dependent
             size the service picks; it then passes max_batch_size to `batching_config`).
-        zero_bulk_batch_size_means: What bulk_max_batch_size 0 means (a service picking a device-dependent
-            limit says so, and passes `lanes` to `batching_config`).
+        auto_bulk_fill_means: What bulk_fill -1 means (a service picking a device-dependent fill says so, and
+            passes `lanes` to `batching_config`).
     """
     # Class bodies do not see the enclosing function's names they assign themselves: copy the defaults.
     batch_default, queue_default, delay_default = max_batch_size, max_queue_size, max_queue_delay_microseconds
@@ -282,9 +284,11 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                                                      "delay (kept, moved to the back of the bulk lane)")
         bulk_min_share: float = setting(0.1, "least share of batches the bulk lane leads while interactive "
                                              "requests wait too (bounds starvation; 0 = strict priority)")
-        bulk_max_batch_size: int = setting(0, "most bulk items in one batch while interactive requests are seen "
-                                              "(bounds their wait where batch time grows with size, as on a CPU; "
-                                              f"0 = {zero_bulk_batch_size_means})")
+        interactive_instances: int = setting(1, "worker threads kept for batches of interactive requests while "
+                                                "bulk batches occupy the others, so interactive requests never wait "
+                                                "for a running bulk batch (0 = none)")
+        bulk_fill: int = setting(-1, "most bulk items added to a batch led by interactive requests "
+                                     f"(-1 = {auto_bulk_fill_means})")
 
         def validate(self) -> None:
             super().validate()  # type: ignore[misc] - the ServerSettings this group is mixed into
@@ -300,7 +304,7 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                                          getattr(self, f"{lane}_queue_timeout_microseconds"),
                                          getattr(self, f"{lane}_timeout_action")) for lane in LANES)
             return LaneConfig(self.priority_lanes, self.default_lane, policies, self.bulk_min_share,
-                              self.bulk_max_batch_size)
+                              self.interactive_instances, self.bulk_fill)
 
     if max_queue_delay_microseconds is None:
         return QueueSettings
@@ -378,11 +382,12 @@ class _Request:
 class _Batch:
     """Slices (request, start, end) handed to a worker, and the worker's job."""
 
-    __slots__ = ("slices", "top", "job", "withdrawn")
+    __slots__ = ("slices", "top", "job", "withdrawn", "reserved")
 
-    def __init__(self, slices: list[tuple[_Request, int, int]]):
+    def __init__(self, slices: list[tuple[_Request, int, int]], reserved: bool):
         self.slices = slices
         self.top = any(r.queue == 0 for r, _, _ in slices)  # holds work of the highest lane
+        self.reserved = reserved  # runs on the interactive lane's own workers
         self.job: concurrent.futures.Future | None = None
         self.withdrawn = False  # taken back before a worker started it (see _withdraw_prefetched)
 
@@ -411,15 +416,16 @@ class DynamicBatcher:
         self._limits = [self.lanes.policy(i).max_queue_size or self.config.max_queue_size for i in range(len(names))]
         self._turns = LaneScheduler(len(names), self.lanes.bulk_min_share)
         self._wakeup = asyncio.Event()
-        self._free: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._top_executor: ThreadPoolExecutor | None = None  # the interactive lane's own workers
+        self._top_slots = self.lanes.interactive_instances if self.lanes.enabled else 0
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
-        self._busy = 0  # batches handed to the workers and not finished
-        self._formed: collections.deque[_Batch] = collections.deque()  # those batches, oldest first
+        self._busy = 0  # batches handed to the shared workers and not finished (running or prefetched)
+        self._top_busy = 0  # batches on the interactive lane's own workers
+        self._formed: collections.deque[_Batch] = collections.deque()  # shared workers' batches, oldest first
         self._expected = 1  # requests in the last batch: how many follow-ups to gather under load
         self._last_done = 0.0
-        self._last_top = -math.inf  # loop time of the last request of the highest lane
         self._item_seconds = 0.0  # EMA of compute seconds per item, for retry hints
         self._closed = False
         self._purge_at = math.inf  # earliest deadline in the queues: purging is skipped before it
@@ -435,8 +441,10 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Starts the scheduler; call from the event loop that will submit requests."""
         if self._task is None:
-            self._free = asyncio.Semaphore(self.config.instances + self.config.prefetch_batches)
             self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"batch-{self.labels[1]}")
+            if self._top_slots:
+                self._top_executor = ThreadPoolExecutor(self._top_slots,
+                                                        thread_name_prefix=f"batch-top-{self.labels[1]}")
             self._task = asyncio.create_task(self._schedule(), name=f"batcher-{self.labels[1]}")
 
     async def close(self) -> None:
@@ -452,8 +460,9 @@ class DynamicBatcher:
                 await self._task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        for executor in (self._executor, self._top_executor):
+            if executor is not None:
+                executor.shutdown(wait=True)
 
     # --- public calls ------------------------------------------------------------------------------
     @property
@@ -562,7 +571,6 @@ class DynamicBatcher:
             self._purge_at = min(self._purge_at, request.deadline)
         queue.append(request)
         if index == 0 and self.lanes.enabled:
-            self._last_top = now
             self._withdraw_prefetched()
         self._wakeup.set()
         return request
@@ -650,15 +658,15 @@ class DynamicBatcher:
         # Requests held back for a slow reader (max_ahead) are skipped.
         return next((r for r in queue if r.scheduled - r.consumed < self.max_ahead), None)
 
-    def _candidates(self) -> tuple[list[_Request], tuple[int, int], float, list[bool], list[int]]:
+    def _candidates(self, top_only: bool) -> tuple[list[_Request], tuple[int, int], float, list[bool], list[int]]:
         """The next batch's candidates: the leading lane's oldest eligible request's key group, filled from the
         lanes in turn; its items (of the highest lane, of the others), oldest arrival, which lanes wait and the
-        lane order."""
+        lane order. `top_only`: only a batch led by the highest lane may be formed now."""
         firsts = [self._first_eligible(q) for q in self._queues]
         waiting = [r is not None for r in firsts]
-        if not any(waiting):
+        if not any(waiting) or (top_only and not waiting[0]):
             return [], (0, 0), math.inf, waiting, []
-        order = self._turns.order(waiting)
+        order = list(range(len(waiting))) if top_only else self._turns.order(waiting)
         key = firsts[order[0]].key
         group: list[_Request] = []
         top, low, oldest = 0, 0, math.inf
@@ -678,19 +686,18 @@ class DynamicBatcher:
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._free.acquire()
-            try:
-                batch = await self._form_batch(loop)
-            except BaseException:
-                self._free.release()
-                raise
+            batch = await self._form_batch(loop)
             # Handed to a worker and counted now, so the next batch formed at once sees this one as running.
-            self._busy += 1
             size = sum(b - a for _, a, b in batch.slices)
-            self._busy_until = max(loop.time(), self._busy_until) + size * self._item_seconds / self.config.instances
             timing = {"seconds": 0.0, "items": 0}  # of the computation alone, set by the worker
-            batch.job = self._executor.submit(self._work, batch, timing)
-            self._formed.append(batch)
+            if batch.reserved:
+                self._top_busy += 1
+                batch.job = self._top_executor.submit(self._work, batch, timing)
+            else:
+                self._busy += 1
+                self._busy_until = max(loop.time(), self._busy_until) + size * self._item_seconds / self.config.instances
+                batch.job = self._executor.submit(self._work, batch, timing)
+                self._formed.append(batch)
             task = asyncio.create_task(self._execute(batch, timing, loop))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -710,28 +717,31 @@ class DynamicBatcher:
             return None  # idle device, and everyone expected is here (a lone client never waits)
         return self._last_done + delay  # idle, but the last batch's clients are still coming back
 
-    def _lower_lanes_cap(self, now: float) -> int:
-        """Most items of the lower lanes in the next batch: bulk_max_batch_size while interactive requests are
-        seen, else max_batch_size."""
-        cap = self.lanes.bulk_max_batch_size
-        if not self.lanes.enabled or not cap or now - self._last_top > INTERACTIVE_RECENT_SECONDS:
-            return self.config.max_batch_size
-        return cap
+    def _reserved_free(self) -> bool:
+        """Whether an interactive-led batch may go to the interactive lane's own workers now: one is free and
+        bulk work holds every shared worker (otherwise the shared workers serve it, as without lanes)."""
+        return (self._top_busy < self._top_slots and self._busy >= self.config.instances
+                and any(not b.top for b in self._formed))
 
     async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> _Batch:
         cfg = self.config
         largest = min(cfg.max_batch_size, max(cfg.preferred_batch_sizes, default=cfg.max_batch_size))
+        shared_slots = cfg.instances + cfg.prefetch_batches
         while True:
             now = loop.time()
             self._purge(now)
-            group, (top, low), oldest, waiting, order = self._candidates()
+            shared, reserved = self._busy < shared_slots, self._reserved_free()
+            group, (top, low), oldest, waiting, order = self._candidates(top_only=not shared) \
+                if shared or reserved else ([], (0, 0), math.inf, [], [])
             if not group:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            cap = self._lower_lanes_cap(now)
-            pending, full = top + min(low, cap), min(largest, top + cap)
-            if pending >= full:  # a full (or largest preferred) batch never waits
+            on_reserved = reserved and order[0] == 0
+            # A batch led by interactive requests takes bulk items only up to bulk_fill.
+            fill = low if order[0] != 0 or self.lanes.bulk_fill < 0 else min(low, self.lanes.bulk_fill)
+            pending = top + fill
+            if pending >= largest or on_reserved:  # a full (or largest preferred) batch never waits, nor a reserved one
                 break
             until = self._wait_until(len(group), oldest)
             if until is None or now >= until:
@@ -740,7 +750,8 @@ class DynamicBatcher:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), max(0.0, until - now))
-        self._turns.led(order[0], waiting)
+        if not on_reserved:
+            self._turns.led(order[0], waiting)
         size = min(pending, cfg.max_batch_size)
         fitting = [s for s in cfg.preferred_batch_sizes if s <= size]
         if fitting:
@@ -752,7 +763,7 @@ class DynamicBatcher:
                 break
             n = min(r.remaining, size - taken)
             if r.queue:
-                n = min(n, cap - low_taken)
+                n = min(n, fill - low_taken)
                 if n <= 0:
                     continue
                 low_taken += n
@@ -770,7 +781,7 @@ class DynamicBatcher:
             queue.remove(r)
             if r.remaining:
                 queue.append(r)
-        return _Batch(batch)
+        return _Batch(batch, on_reserved)
 
     def _work(self, batch: _Batch, timing: dict) -> tuple[list[tuple[_Request, int, int]], Sequence[Any]]:
         """Runs on a worker thread. A prefetched batch may have waited: slices whose caller left or whose deadline
@@ -805,17 +816,21 @@ class DynamicBatcher:
                     self._fail(r, e, "error")
             return
         finally:
-            with contextlib.suppress(ValueError):
-                self._formed.remove(batch)
             if timing["items"]:
                 self._batch_size.observe(timing["items"])
-                per_item = timing["seconds"] / timing["items"]
-                self._item_seconds = per_item if not self._item_seconds else 0.8 * self._item_seconds + 0.2 * per_item
-            if not batch.withdrawn:
-                self._expected = len(batch.slices) if len(batch.slices) > 1 else 1
-                self._last_done = loop.time()
-            self._busy -= 1
-            self._free.release()
+            if batch.reserved:
+                self._top_busy -= 1
+            else:
+                with contextlib.suppress(ValueError):
+                    self._formed.remove(batch)
+                if timing["items"]:
+                    per_item = timing["seconds"] / timing["items"]
+                    self._item_seconds = per_item if not self._item_seconds else \
+                        0.8 * self._item_seconds + 0.2 * per_item
+                if not batch.withdrawn:
+                    self._expected = len(batch.slices) if len(batch.slices) > 1 else 1
+                    self._last_done = loop.time()
+                self._busy -= 1
             self._wakeup.set()
         offset = 0
         for r, a, b in live:  # a slice left out (its deadline passed) fails through its request's own timer

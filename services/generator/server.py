@@ -40,8 +40,8 @@ class Settings(batch_settings(max_batch_size=0, max_queue_size=512, max_queue_de
                               zero_batch_size_means="auto: 16 on CPU (the measured DCGAN optimum: bigger batches "
                                                     "fall out of cache), 256 on CUDA",
                               instances_help="batches that may run at once per model (worker threads)",
-                              zero_bulk_batch_size_means="auto: half of max_batch_size on CPU, where a batch's time "
-                                                         "grows with its size; no limit on CUDA"),
+                              auto_bulk_fill_means="auto: none on CPU, where a batch's time grows with its size; up "
+                                                   "to max_batch_size on CUDA"),
                ServerSettings):
     """Generator service settings."""
 
@@ -107,8 +107,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         self.backend = backends.resolve_backend(settings.backend, self.device)
         max_batch = settings.max_batch_size or (256 if self.device.type == "cuda" else 16)
         lanes = settings.lane_config()
-        if not lanes.bulk_max_batch_size and self.device.type != "cuda":
-            lanes = dataclasses.replace(lanes, bulk_max_batch_size=max(1, max_batch // 2))
+        if lanes.bulk_fill < 0 and self.device.type != "cuda":
+            lanes = dataclasses.replace(lanes, bulk_fill=0)
         if settings.batching:
             self.batching = settings.batching_config(max_batch_size=max_batch, lanes=lanes)
         else:

@@ -573,38 +573,57 @@ def test_lane_settings_build_one_lane_config_and_are_validated():
         pass
 
     s = Settings.load(["--bulk-max-queue-size", "4", "--interactive-queue-timeout-microseconds", "500",
-                       "--interactive-timeout-action", "delay", "--bulk-min-share", "0.2", "--default-lane", "bulk"])
+                       "--interactive-timeout-action", "delay", "--bulk-min-share", "0.2", "--default-lane", "bulk",
+                       "--bulk-fill", "2"])
     config = s.batching_config()
-    assert config.lanes == LaneConfig(True, "bulk", (QueuePolicy(0, 500, "delay"), QueuePolicy(4, 0, "reject")), 0.2)
+    assert config.lanes == LaneConfig(True, "bulk", (QueuePolicy(0, 500, "delay"), QueuePolicy(4, 0, "reject")), 0.2,
+                                      interactive_instances=1, bulk_fill=2)
     assert Settings.load(["--no-priority-lanes"]).batching_config().lanes.enabled is False
     for bad in (["--bulk-timeout-action", "drop"], ["--default-lane", "urgent"], ["--bulk-min-share", "2"],
-                ["--bulk-max-queue-size", "-1"]):
+                ["--bulk-max-queue-size", "-1"], ["--bulk-fill", "-2"], ["--interactive-instances", "-1"]):
         with pytest.raises(ValueError):
             Settings.load(bad)
 
 
-def test_bulk_batches_are_capped_only_while_interactive_requests_are_seen():
-    async def sizes(interactive_first: bool) -> list[list]:
+def test_interactive_batches_take_bulk_items_only_up_to_bulk_fill():
+    async def main():
         device = Device()
-        batcher = await started(device, max_batch_size=8, max_queue_delay_microseconds=0,
-                                lanes=LaneConfig(bulk_max_batch_size=2))
-        blocker = await hold(device, batcher) if interactive_first else None
-        if blocker is None:  # the device is held by a bulk request: no interactive request seen yet
-            device.gate.clear()
-            device.entered.clear()
-            blocker = asyncio.create_task(batcher.submit([-1], lane="bulk"))
-            while not device.entered.is_set():
-                await asyncio.sleep(0.002)
+        batcher = await started(device, max_batch_size=8, max_queue_delay_microseconds=0, lanes=lanes(bulk_fill=1))
+        blocker = await hold(device, batcher)
         tasks = [asyncio.create_task(batcher.submit([i, i + 1, i + 2], lane="bulk")) for i in (10, 20)]
+        tasks.append(asyncio.create_task(batcher.submit([1], lane="interactive")))
         await asyncio.sleep(0.01)
-        if interactive_first:
-            tasks.append(asyncio.create_task(batcher.submit([1], lane="interactive")))
-            await asyncio.sleep(0.01)
         device.gate.set()
         await asyncio.gather(blocker, *tasks)
         await batcher.close()
-        return device.batches[1:]
+        assert device.batches[1:] == [[1, 10], [20, 21, 22, 11, 12]]  # then bulk leads: full batches
+    run(main())
 
-    # Interactive traffic seen: at most 2 bulk items per batch, the interactive item leading.
-    assert run(sizes(True)) == [[1, 10, 11], [20, 21], [12, 22]]  # a partly served request goes to the back
-    assert run(sizes(False)) == [[10, 11, 12, 20, 21, 22]]  # none seen: full bulk batches
+
+def test_a_reserved_worker_runs_interactive_batches_beside_a_running_bulk_batch():
+    class BulkGate(Device):
+        def __call__(self, items: list, key) -> list:
+            if key == "bulk":
+                self.entered.set()
+                self.gate.wait(10)
+            self.batches.append(list(items))
+            return [(key, x) for x in items]
+
+    async def interactive_waits(reserved: int) -> bool:
+        device = BulkGate()
+        device.gate.clear()
+        batcher = await started(device, max_batch_size=4, max_queue_delay_microseconds=0,
+                                lanes=lanes(interactive_instances=reserved))
+        bulk = asyncio.create_task(batcher.submit([10], key="bulk", lane="bulk"))
+        while not device.entered.is_set():
+            await asyncio.sleep(0.002)
+        edit = asyncio.create_task(batcher.submit([1], key="edit", lane="interactive"))
+        await asyncio.sleep(0.2)
+        waited = not edit.done()
+        device.gate.set()
+        assert await edit == [("edit", 1)] and await bulk == [("bulk", 10)]
+        await batcher.close()
+        return waited
+
+    assert not run(interactive_waits(1))
+    assert run(interactive_waits(0))  # no reserved worker: behind the running bulk batch
