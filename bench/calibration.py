@@ -170,6 +170,7 @@ def main() -> int:
     targets["held_age_drift_cut_in_gender_edit"] = at_least(round(age.get("cut", 0.0), 4), MIN_DRIFT_CUT)
     print_targets(targets)
     result = {"benchmark": "calibration", "quick": args.quick, "faces": faces, "first_seed": FIRST_SEED,
+              "concurrency": args.concurrency,  # seconds_per_edit is the latency of one call among this many
               "seconds": time.perf_counter() - started, "boundaries": boundaries, "table": table, "hold_auto": hold,
               "targets": targets, "noise_step": NOISE_STEP, "load_average_before": load_before,
               "load_average_after": load_average(),

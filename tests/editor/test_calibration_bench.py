@@ -22,7 +22,7 @@ def test_quick_benchmark_writes_table_and_targets(cluster, tmp_path):
     assert set(rows) == {"age:+10y", "age:-10y", "smile:to=0.8", "yaw:to=20", "yaw:to=-20", "gender:to=0.9"}
     for r in rows.values():
         assert r["faces"] == 6 and 0 <= r["hit_rate"] <= 1 and 1 <= r["mean_rounds"] <= 5
-        assert r["mean_calls"] == 2 * (r["mean_rounds"] + 1) and r["mean_images_measured"] > r["mean_rounds"]
+        assert abs(r["mean_calls"] - 2 * (r["mean_rounds"] + 1)) < 1e-9 and r["mean_images_measured"] > r["mean_rounds"]
         assert sum(r["misses_by_stop"].values()) == round(6 * (1 - r["hit_rate"]))
     assert rows["age:+10y"]["unit"] == "years" and rows["yaw:to=20"]["tolerance"] == 3.0
     hold = result["hold_auto"]
