@@ -35,23 +35,33 @@ MAX_NAME_CHARS = 128
 MAX_SLIDERS = 64
 MAX_HOLD = 16
 MAX_SEED = 2**63 - 1
+#: Slider half-ranges and steps in an attribute's own unit (the units toggle): the editor finds the distance.
+UNIT_SLIDERS = {"years": (20.0, 1.0), "degrees": (30.0, 1.0), "probability": (0.5, 0.01), "ratio": (0.2, 0.005)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Move:
-    """One slider's edit: `attribute` moved by `distance` (relative to the code), holding others, on W+ layers."""
+    """One slider's edit: `attribute` moved by `value` (a distance along the normal, or with `unit` a change in
+    the attribute's unit that the editor's search turns into a distance), holding others, on W+ layers."""
 
     attribute: str
-    distance: float
+    value: float
     hold: tuple[str, ...] = ()
     layer_start: int = 0
     layer_end: int = 0
+    unit: str = ""  # "" = `value` is a distance
+    hold_auto: bool = False
 
     def message(self, start: float | None = None, end: float | None = None, steps: int = 1) -> editor_pb2.AttributeEdit:
-        return editor_pb2.AttributeEdit(
-            attribute=self.attribute, start=self.distance if start is None else start,
-            end=self.distance if end is None else end, steps=steps, hold=list(self.hold),
-            layer_start=self.layer_start, layer_end=self.layer_end)
+        edit = editor_pb2.AttributeEdit(attribute=self.attribute, hold=list(self.hold), layer_start=self.layer_start,
+                                        layer_end=self.layer_end, hold_auto=self.hold_auto)
+        if self.unit and start is None:
+            edit.delta, edit.unit, edit.steps = self.value, self.unit, 1
+        else:
+            edit.start = self.value if start is None else start
+            edit.end = self.value if end is None else end
+            edit.steps = steps
+        return edit
 
 
 @dataclasses.dataclass
@@ -104,6 +114,7 @@ def scores_of(reply: editor_pb2.EditResponse) -> list[dict]:
 def extras_of(reply: editor_pb2.EditResponse, shown: set[str] = SHOWN) -> dict:
     """Fields of a response the page has no place for (e.g. an identity distance), as JSON values."""
     fields = json_format.MessageToDict(reply, preserving_proto_field_name=True)
+    fields.get("receipt", {}).pop("replay", None)  # the request that renders it again: the SDK's, not the page's
     return {k: v for k, v in fields.items() if k not in shown}
 
 
@@ -179,7 +190,9 @@ class Workspace:
         sliders = []
         for name in sorted(chosen):
             b, a = chosen[name], attributes.get(name)
+            unit = UNIT_SLIDERS.get(a.unit if a else "")
             sliders.append({"attribute": name, "min": -r, "max": r, "step": 0.05, "unit": "distance",
+                            "unit_range": {"min": -unit[0], "max": unit[0], "step": unit[1]} if unit else None,
                             "space": SPACE_NAMES.get(b.ref.space, "?"),
                             "scored": a is not None, "score_unit": a.unit if a else "",
                             "description": a.description if a else "",
@@ -290,7 +303,8 @@ class Workspace:
 
     # -- edits -------------------------------------------------------------------------------------------
 
-    def _moves(self, body: dict, layers: int) -> tuple[dict[str, Move], tuple[str, ...], tuple[int, int]]:
+    def _moves(self, body: dict, layers: int, catalog: editor_pb2.Catalog) -> tuple[dict[str, Move], tuple[str, ...],
+                                                                                  tuple[int, int]]:
         """The sliders' moves (attribute -> Move), the held attributes and the W+ layer range of a request."""
         values = body.get("values", {})
         if not isinstance(values, dict) or len(values) > MAX_SLIDERS:
@@ -300,16 +314,21 @@ class Workspace:
         if not isinstance(hold, list) or len(hold) > MAX_HOLD:
             raise invalid_argument("hold", f"accepted: a list of at most {MAX_HOLD} attribute names")
         held = tuple(sorted({text(h, "hold[]") for h in hold}))
+        hold_auto, units = body.get("hold_auto", False), body.get("units", False)
+        if not isinstance(hold_auto, bool) or not isinstance(units, bool):
+            raise invalid_argument("hold_auto", "hold_auto and units must be true or false")
         start = integer(body.get("layer_start", 0), "layer_start", low=0, high=max(layers - 1, 0))
         end = integer(body.get("layer_end", 0), "layer_end", low=0, high=layers)
         if end and end <= start:
             raise invalid_argument("layer_end", f"{end} must be above layer_start {start} (0 = to the last layer)")
-        bound = self.settings.max_distance
+        scored = {a.name: a.unit for a in catalog.attributes} if units else {}
         moves = {}
         for name, value in values.items():
             text(name, "values")
+            unit = scored.get(name, "") if scored.get(name) in UNIT_SLIDERS else ""
+            bound = 4 * UNIT_SLIDERS[unit][0] if unit else self.settings.max_distance
             moves[name] = Move(name, number(value, f"values.{name}", bound=bound),
-                               tuple(h for h in held if h != name), start, end)
+                               tuple(h for h in held if h != name), start, end, unit, hold_auto)
         return moves, held, (start, end)
 
     async def _code(self, source: Source, moves: list[Move]) -> common_pb2.LatentBatch:
@@ -328,13 +347,13 @@ class Workspace:
 
     def _base(self, moves: dict[str, Move], active: str) -> list[Move]:
         """Every other slider's non-zero move, in a fixed order (the cache key of the code they give)."""
-        return [moves[name] for name in sorted(moves) if name != active and moves[name].distance != 0]
+        return [moves[name] for name in sorted(moves) if name != active and moves[name].value != 0]
 
     async def edit(self, body: dict) -> dict:
         """One slider move: the active attribute applied on top of the other sliders' code, re-scored."""
         source = await self.source(body)
         _, _, layers = await self._space(body.get("model", ""), body.get("space", ""))
-        moves, _, _ = self._moves(body, layers)
+        moves, _, _ = self._moves(body, layers, await self.catalog())
         active = text(body.get("active"), "active")
         if active not in moves:
             raise invalid_argument("active", f"{active!r:.40} has no value in `values`; name the moved slider")
@@ -351,14 +370,15 @@ class Workspace:
         """One attribute over a range of distances, on top of the other sliders' code."""
         source = await self.source(body)
         _, _, layers = await self._space(body.get("model", ""), body.get("space", ""))
-        moves, held, (first, last) = self._moves(body, layers)
+        moves, held, (first, last) = self._moves(body, layers, await self.catalog())
         attribute = text(body.get("attribute"), "attribute")
         bound = self.settings.max_distance
         start = number(body.get("start"), "start", bound=bound)
         end = number(body.get("end"), "end", bound=bound)
         steps = integer(body.get("steps"), "steps", low=2, high=self.settings.max_grid_steps)
         code = await self._code(source, self._base(moves, attribute))
-        move = Move(attribute, 0.0, tuple(h for h in held if h != attribute), first, last)
+        move = Move(attribute, 0.0, tuple(h for h in held if h != attribute), first, last,
+                    hold_auto=body.get("hold_auto") is True)
         replies = await self._edit(editor_pb2.EditRequest(
             model=source.model, code=code, edits=[move.message(start, end, steps)], rescore=True,
             format=common_pb2.IMAGE_FORMAT_PNG))

@@ -103,6 +103,30 @@ def test_hold_uses_the_conditional_boundary(studio):
     assert not edit(studio["url"], {"yaw": 2.0, "smile": 0}, "yaw")["boundary"].startswith("yaw|")
 
 
+def test_sliders_in_units_and_automatic_holds(studio):
+    url = studio["url"]
+    status, catalog, _ = call(url + "api/catalog")
+    yaw = next(s for s in catalog["sliders"] if s["attribute"] == "yaw")
+    assert yaw["unit_range"] == {"min": -30.0, "max": 30.0, "step": 1.0}
+    turned = edit(url, {"yaw": 15, "smile": 0}, "yaw", units=True)  # +15 degrees: the editor finds the distance
+    target = turned["extras"]["target"]
+    assert target["attribute"] == "yaw" and target["unit"] == "degrees" and target["goal"] == \
+        pytest.approx(target["before"] + 15)
+    assert turned["distance"] == target["distance"] != 0 and "receipt" in turned["extras"]
+    assert "replay" not in turned["extras"]["receipt"]
+    assert target["met"] == (abs(target["after"] - target["goal"]) <= target["tolerance"])
+    status, reply, _ = call(url + "api/edit", {"source": {"seed": 3}, "values": {"yaw": 200}, "active": "yaw",
+                                               "units": True})
+    assert status == 400 and "-120 .. 120" in reply["error"]
+    held = edit(url, {"yaw": 2.0, "smile": 0}, "yaw", hold_auto=True)
+    reports = {h["attribute"]: h for h in held["extras"]["holds"]}
+    assert "smile" in reports and "yaw" not in reports
+    assert all("drift" in h for h in reports.values())
+    chosen = {a for a, h in reports.items() if h.get("held")}
+    assert set(held["extras"]["receipt"].get("held", [])) == chosen
+    assert held["boundary"] == "yaw v" + held["boundary"].split(" v")[1] if not chosen else "|" in held["boundary"]
+
+
 def test_grid_spans_the_range(studio):
     status, grid, _ = call(studio["url"] + "api/grid", {"source": {"seed": 3}, "values": {"yaw": 0, "smile": 1.0},
                                                        "attribute": "yaw", "start": -3, "end": 3, "steps": 5})

@@ -45,6 +45,9 @@ def test_a_move_is_one_attribute_edit_at_one_distance():
     edit = Move("age", 1.5, ("smile",), 2, 6).message()
     assert (edit.attribute, edit.start, edit.end, edit.steps, list(edit.hold), edit.layer_start, edit.layer_end) == \
         ("age", 1.5, 1.5, 1, ["smile"], 2, 6)
+    target = Move("age", 10.0, ("smile",), unit="years", hold_auto=True).message()
+    assert (target.WhichOneof("target"), target.delta, target.unit, target.steps, target.start, target.hold_auto) == \
+        ("delta", 10.0, "years", 1, 0.0, True)
     grid = Move("age", 0.0).message(-3, 3, 7)
     assert (grid.start, grid.end, grid.steps) == (-3, 3, 7)
     assert Move("a", 1.0, ("b",)) == Move("a", 1.0, ("b",))  # a cache key

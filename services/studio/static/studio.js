@@ -9,6 +9,8 @@ const state = {
   original: null,     // the unedited face: image and scores
   values: {},         // attribute -> slider distance
   hold: new Set(),    // attributes held while others move
+  holdAuto: false,    // the editor picks what to hold, per move
+  units: false,       // sliders in the attributes' units (target edits) instead of distance
   active: null,       // the slider moved last
   edits: 0,           // edits shown so far (tests and the benchmark wait on it)
 };
@@ -97,14 +99,16 @@ function renderSliders(catalog) {
   const rows = catalog.sliders.map((spec) => {
     const value = state.values[spec.attribute] || 0;
     state.values[spec.attribute] = value;
-    const input = el("input", { type: "range", min: spec.min, max: spec.max, step: spec.step, value,
+    const range = state.units && spec.unit_range ? spec.unit_range : spec;
+    const unit = state.units && spec.unit_range ? spec.score_unit : "";
+    const input = el("input", { type: "range", min: range.min, max: range.max, step: range.step, value,
                                 "aria-label": spec.attribute, "data-attribute": spec.attribute });
-    const shown = el("output", { text: value.toFixed(2) });
+    const shown = el("output", { text: fmt(value, unit) });
     const hold = el("input", { type: "checkbox", checked: state.hold.has(spec.attribute),
                                "data-hold": spec.attribute });
     input.addEventListener("input", () => {
       state.values[spec.attribute] = Number(input.value);
-      shown.textContent = Number(input.value).toFixed(2);
+      shown.textContent = fmt(Number(input.value), unit);
       schedule(spec.attribute);
     });
     hold.addEventListener("change", () => {
@@ -126,11 +130,12 @@ function renderSliders(catalog) {
     const about = el("details", {}, el("summary", { text: "boundary" }),
       el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])),
       el("a", { href: link, target: "_blank", rel: "noopener", text: "all metadata (JSON)" }));
-    const unit = spec.scored ? `scored in ${spec.score_unit || "its unit"}` : "not scored";
+    const scored = spec.scored ? `scored in ${spec.score_unit || "its unit"}` : "not scored";
+    const reads = unit ? `change in ${unit} (the editor finds the distance)` : `distance along the normal; ${scored}`;
     return el("div", { className: "slider", title: spec.description || "" },
       el("div", { className: "row" }, el("span", { className: "name", text: spec.attribute }), input, shown,
          el("label", {}, hold, " hold")),
-      el("span", { className: "hint", text: `distance along the normal; ${unit}` }), about);
+      el("span", { className: "hint", text: reads }), about);
   });
   $("sliders").replaceChildren(...rows);
   $("no-sliders").hidden = catalog.sliders.length > 0;
@@ -172,7 +177,7 @@ function useSource(source, reply, name) {
   for (const key of Object.keys(state.values)) state.values[key] = 0;
   for (const input of document.querySelectorAll("#sliders input[type=range]")) {
     input.value = 0;
-    input.parentElement.querySelector("output").textContent = "0.00";
+    input.parentElement.querySelector("output").textContent = fmt(0);
   }
   state.active = null;
   $("original").src = reply.image;
@@ -198,6 +203,7 @@ function schedule(attribute) {
 
 function request(extra) {
   return { ...chosen(), source: state.source, values: state.values, hold: [...state.hold],
+           hold_auto: state.holdAuto, units: state.units,
            layer_start: Number($("layer-start").value) || 0, layer_end: Number($("layer-end").value) || 0, ...extra };
 }
 
@@ -260,8 +266,28 @@ function renderFacts(reply, active) {
   const original = state.original;
   if (original && original.psnr) facts.push(["reconstruction", `${original.psnr.toFixed(1)} dB PSNR`]);
   if (original && original.inversion_seconds) facts.push(["inversion", `${original.inversion_seconds} s`]);
-  // Fields the editor adds (an identity distance, units, an edit receipt) are shown as they come.
-  const extras = reply.extras || {};
+  // Fields the editor adds (an identity distance, a target's outcome, automatic holds, a receipt) are shown
+  // as they come; those the page knows get a readable line, any other its JSON.
+  const extras = { ...(reply.extras || {}) };
+  const target = extras.target;
+  if (target) {
+    const u = target.unit || "";
+    facts.push(["target", `${target.attribute} ${fmt(target.before, u)} → ${fmt(target.after, u)} (asked ` +
+      `${fmt(target.goal, u)} ± ${fmt(target.tolerance, u)}: ${target.met ? "met" : "not met"}, ` +
+      `${target.rounds || 0} rounds${target.message ? "; " + target.message : ""})`]);
+  }
+  for (const h of extras.holds || []) {
+    const u = h.unit || "";
+    facts.push([`auto hold ${h.attribute}`, h.held ? `held: drift ${fmt(h.drift || 0, u)} → ${fmt(h.held_drift || 0, u)}`
+      : `not held: drift ${fmt(h.drift || 0, u)} (threshold ${fmt(h.threshold || 0, u)})`]);
+  }
+  if (extras.receipt) {
+    const r = extras.receipt;
+    const b = r.boundary || {};
+    facts.push(["receipt", `${b.attribute || "?"} v${b.version || "?"}, distance ${fmt(r.distance || 0)}` +
+      (r.held && r.held.length ? `, held ${r.held.join(", ")}` : "")]);
+  }
+  for (const known of ["target", "holds", "receipt"]) delete extras[known];
   if (extras.identity_distance !== undefined) {
     const d = Number(extras.identity_distance);
     facts.push(["identity distance", d < 0 ? "not measured" :
@@ -312,7 +338,6 @@ function guarded(fn) {
 
 async function start() {
   await loadCatalog(false);
-  $("hold-auto-note").textContent = "(needs the editor's automatic hold; this editor holds only the attributes you tick)";
   await loadSeed(Number($("seed").value) || 0);
 }
 
@@ -339,4 +364,14 @@ $("reset").addEventListener("click", guarded(async () => {
   if (state.original) useSource(state.source, state.original, state.name);
 }));
 $("grid-show").addEventListener("click", guarded(showGrid));
+$("hold-auto").addEventListener("change", () => {
+  state.holdAuto = $("hold-auto").checked;
+  if (state.active) schedule(state.active);
+});
+$("units").addEventListener("change", guarded(async () => {
+  state.units = $("units").checked;
+  for (const key of Object.keys(state.values)) state.values[key] = 0;  // distances and units do not convert
+  renderSliders(state.catalog);
+  if (state.original) useSource(state.source, state.original, state.name);
+}));
 document.addEventListener("DOMContentLoaded", guarded(start));
