@@ -35,10 +35,12 @@ SEEDS = [_encoded("PNG"), _encoded("JPEG"), _encoded("PNG", mode="L"), _encoded(
          _encoded("WEBP"), _encoded("TIFF")]
 
 
-def _decode_or_refuse(image: common_pb2.Image) -> None:
+def _decode_or_refuse(image: common_pb2.Image, valid: bool = False) -> None:
+    """Decoded to HxWx3 uint8 or refused with INVALID_ARGUMENT; `valid` input must decode."""
     try:
         array = images.decode(image, "image", max_pixels=MAX_PIXELS)
     except ServiceError as e:
+        assert not valid, f"a valid image was refused: {e.message}"
         assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.message and e.field
         return
     assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
@@ -86,8 +88,24 @@ def test_random_bytes(data):
        st.one_of(st.integers(0, 4096), st.just(-1)))
 def test_raw_images(height, width, channels, size):
     size = height * width * channels if size == -1 and height * width * channels <= 1 << 16 else max(size, 0)
+    valid = channels in (1, 3, 4) and 1 <= height * width <= MAX_PIXELS and size == height * width * channels
     _decode_or_refuse(common_pb2.Image(raw=common_pb2.RawImage(height=height, width=width, channels=channels,
-                                                               data=bytes(size))))
+                                                               data=bytes(size))), valid)
+
+
+def test_valid_images_still_decode():
+    """The fuzz tests above would pass against a decoder that refuses everything: this one would not."""
+    for fmt, mode in (("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "RGB"), ("JPEG", "L")):
+        data = _encoded(fmt, mode=mode)
+        _decode_or_refuse(common_pb2.Image(encoded=data), valid=True)
+        array = images.decode(common_pb2.Image(encoded=data), "image", max_pixels=MAX_PIXELS)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert array.shape == (24, 20, 3) and (np.abs(array.astype(int) - expected).max() <= (0 if fmt == "PNG" else 2))
+    pixels = np.random.default_rng(3).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    raw = common_pb2.Image(raw=common_pb2.RawImage(height=5, width=7, channels=3, data=pixels.tobytes()))
+    assert np.array_equal(images.decode(raw, "image", max_pixels=MAX_PIXELS), pixels)
+    for fmt in ("GIF", "BMP", "WEBP", "TIFF"):  # decodable files of formats the API does not accept
+        _decode_or_refuse(common_pb2.Image(encoded=_encoded(fmt)))
 
 
 @FUZZ
@@ -111,11 +129,14 @@ def test_latent_batches(space, shape, value, with_codes):
     count = int(np.prod(shape)) if shape and all(s > 0 for s in shape) and np.prod(shape) < 1 << 16 else 0
     codes = common_pb2.Tensor(shape=shape, data=np.full(count, value, "<f4").tobytes()) if with_codes else None
     batch = common_pb2.LatentBatch(space=max(space, 0), codes=codes)
+    valid = (with_codes and space == common_pb2.LATENT_SPACE_Z and len(shape) == 2 and 1 <= shape[0] <= 64
+             and shape[1] == 100 and np.isfinite(value))
     try:
         got_space, array = tensors.latents_to_numpy(batch, "codes", expected={common_pb2.LATENT_SPACE_Z: (100,),
                                                                               common_pb2.LATENT_SPACE_WP: (4, 8)},
                                                     max_codes=64)
     except ServiceError as e:
+        assert not valid, f"valid Z codes of shape {shape} were refused: {e.message}"
         assert e.code == grpc.StatusCode.INVALID_ARGUMENT
         return
     assert array.shape[1:] == {common_pb2.LATENT_SPACE_Z: (100,), common_pb2.LATENT_SPACE_WP: (4, 8)}[got_space]
