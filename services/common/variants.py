@@ -14,9 +14,12 @@ import hashlib
 import json
 import struct
 import threading
-from typing import Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = b"IFGVAR1\n"
 KEY_PREFIX = "ifgan:variant:"

@@ -111,20 +111,19 @@ async def invert_photo(svc, request, context, loaded, space: str, fmt: int, star
     s = svc.settings
     inv, model = loaded.inverter, loaded.model
     res = inv.resolution
-    tune = svc.tuner.enabled and not request.skip_tuning
+    tune = svc.tuner.enabled and not request.skip_tuning and not request.encoder_only
     if request.tuning_steps > s.max_tuning_steps:
         raise invalid_argument("tuning_steps", f"{request.tuning_steps}; accepted: 0 (default {s.tuning_steps}) "
                                                f"to {s.max_tuning_steps}")
-    steps = request.max_steps or (s.photo_refine_steps if tune else s.default_steps)
+    steps = 0 if request.encoder_only else request.max_steps or (s.photo_refine_steps if tune else s.default_steps)
     options = svc._options(request)
     options.max_steps = steps
     h, w = images.size_of(request.image, "image", max_pixels=s.max_image_pixels)
     async with svc.budget.hold(h * w, timeout=context.time_remaining()):  # the photo, until cropped
         _, picked, kept, dropped, warnings = await asyncio.to_thread(find_faces, svc, request, res, model.name)
-    if request.skip_tuning or not svc.tuner.enabled:
-        if not request.skip_tuning:
-            warnings.append("pivotal tuning is off on this server (no variant store: --redis-url); the base "
-                            "generator's reconstruction is returned")
+    if not svc.tuner.enabled and not request.skip_tuning and not request.encoder_only:
+        warnings.append("pivotal tuning is off on this server (no variant store: --redis-url); the base "
+                        "generator's reconstruction is returned")
     crops = np.stack([p[3] for p in picked])
     targets = inv.targets(crops)
     cpu_started = time.process_time()
@@ -168,7 +167,8 @@ async def invert_photo(svc, request, context, loaded, space: str, fmt: int, star
     recon = to_uint8(images_out)
     final_psnr = psnr_of(images_out, targets).tolist()
     out = inversion_pb2.InvertResponse(warnings=warnings, final=True, steps=max(r.step for r in rows),
-                                       stop_reason=rows[0].stopped or "max_steps", variant=vid,
+                                       stop_reason="encoder_only" if request.encoder_only else
+                                       rows[0].stopped or "max_steps", variant=vid,
                                        faces_dropped=dropped, cpu_seconds_per_face=cpu, tuning_steps=tuned_steps)
     for k, (index, face, matrix, crop) in enumerate(picked):
         alignment = inversion_pb2.FaceAlignment(

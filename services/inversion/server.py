@@ -17,18 +17,22 @@ import torch
 from interfacegan import codec
 from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, inversion_pb2, inversion_pb2_grpc
-from services.common import assets, images
+from services.common import assets, images, variants
 from services.common.admission import PixelBudget
 from services.common.batching import batch_settings, request_lane
 from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
 from services.common.settings import ServerSettings, setting
 
 from . import encoder as enc
-from .faces import FaceFinder, feather_mask, paste_back, similarity_transform, warp_crop
+from .faces import FaceFinder
 from .framing import template_for
 from .quality import psnr as psnr_of
 from .quality import ssim as ssim_of
 from .refine import STOP_ENCODER, Inverter, Options, invertible_spaces
+from .photo_flow import blend as blend_photo
+from .photo_flow import invert_photo
+from .tuned import PhotoTuner
+from .tuning import TuningOptions
 from .worker import Job, RefineWorker
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,21 @@ class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
     min_photo_side: int = setting(32, "smallest photo side accepted for face alignment, in pixels")
     detect_upsample: int = setting(1, "dlib detector upsampling passes (1 finds faces down to about 40 px)")
     torch_threads: int = setting(2, "torch CPU threads")
+    redis_url: str = setting("", "Redis holding the tuned generator variants of photos (every generator replica "
+                                 "loads them from there); empty: photos are not tuned")
+    tuning_steps: int = setting(TuningOptions.steps, "pivotal tuning step budget for a photo when a request gives "
+                                                     "none (early stop at --tuning-target-psnr)")
+    max_tuning_steps: int = setting(1000, "largest tuning step budget a request may ask for")
+    tuning_target_psnr: float = setting(TuningOptions.target_psnr, "tuning stops once every face reaches this PSNR")
+    photo_refine_steps: int = setting(0, "Adam steps on a photo's code before tuning (0: the encoder's corrected "
+                                         "guess is the pivot; tuning does the rest, see bench/photos.py)")
+    tuning_concurrency: int = setting(1, "tuning runs at once (each keeps a core busy for one to three seconds)")
+    variant_ttl_seconds: int = setting(3600, "how long a tuned variant stays in the store")
+    max_variant_mb: float = setting(16.0, "largest variant stored, in MiB (bigger ones are refused)")
+    max_faces: int = setting(20, "most faces one photo may invert")
+    min_face_score: float = setting(0.4, "detections under this detector confidence are dropped as implausible "
+                                         "(real faces score about 0.5 and up; a patch on a shirt 0.1)")
+    min_face_side: int = setting(24, "detections narrower than this, in pixels, are dropped")
 
     service_name = "inversion"
 
@@ -97,6 +116,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         self.faces: FaceFinder | None = None
         self.worker: RefineWorker | None = None
         self.budget = PixelBudget("inversion", settings.max_pixels_in_flight)
+        self.tuner: PhotoTuner | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         inversion_pb2_grpc.add_InversionServiceServicer_to_server(self, server)
@@ -110,6 +130,11 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             self.registry.register_json(self.settings.models_json)
         await asyncio.to_thread(self._model, self.settings.default_model)
         self.faces = FaceFinder(assets.path_of("shape_predictor_5_face_landmarks.dat", self.settings.models_dir))
+        s = self.settings
+        store = variants.VariantStore(s.redis_url, s.variant_ttl_seconds, int(s.max_variant_mb * (1 << 20))) \
+            if s.redis_url else None
+        self.tuner = PhotoTuner(store, TuningOptions(steps=s.tuning_steps, target_psnr=s.tuning_target_psnr),
+                                s.tuning_concurrency)
         self.worker = RefineWorker(self.settings.max_batch_size, self.settings.max_queue_size,
                                    lanes=self.settings.lane_config())
 
@@ -150,7 +175,9 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             default_target_psnr=self.settings.default_target_psnr, max_steps_limit=self.settings.max_steps_limit,
             default_space=SPACE_ENUMS[inv.spaces[-1]], encoder_sha256=loaded.encoder_sha256,
             encoder_psnr=loaded.encoder_psnr,
-            template_landmarks=template_for(name, inv.resolution).reshape(-1).tolist())
+            template_landmarks=template_for(name, inv.resolution).reshape(-1).tolist(),
+            tuning=self.tuner is not None and self.tuner.enabled, default_tuning_steps=self.settings.tuning_steps,
+            max_faces=self.settings.max_faces, variant_ttl_seconds=self.settings.variant_ttl_seconds)
 
     async def GetInfo(self, request, context):
         out = inversion_pb2.InversionInfo()
@@ -200,27 +227,6 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         warnings: list[str] = []
         if not request.HasField("image"):
             raise invalid_argument("image", f"missing; accepted: {images.ACCEPTED}")
-        if request.align_face:
-            photo = images.decode(request.image, "image", max_pixels=self.settings.max_image_pixels,
-                                  min_side=self.settings.min_photo_side)
-            faces = self.faces.find(photo, self.settings.detect_upsample)
-            if not faces:
-                h, w = photo.shape[:2]
-                raise invalid_argument("image", f"no face found in the {w}x{h} photo; accepted: a photo with a "
-                                                f"frontal face at least about 40 px wide, or align_face=false for an "
-                                                f"image already framed like the generator's {res}x{res} output")
-            face = faces[0]
-            if len(faces) > 1:
-                warnings.append(f"{len(faces)} faces found; the largest was used "
-                                f"(box x={face.box[0]:.0f} y={face.box[1]:.0f} "
-                                f"w={face.box[2]:.0f} h={face.box[3]:.0f})")
-            matrix = similarity_transform(face.landmarks, template_for(inv.model.name, res))
-            crop = warp_crop(photo, matrix, res)
-            alignment = inversion_pb2.FaceAlignment(
-                matrix=matrix.reshape(-1).tolist(), crop_size=res, face_box=list(face.box),
-                faces_found=len(faces), landmarks=face.landmarks.reshape(-1).tolist(),
-                detection_score=face.score)
-            return crop, alignment, warnings
         image = images.decode(request.image, "image", max_pixels=self.settings.max_image_pixels)
         h, w = image.shape[:2]
         if h != w:
@@ -242,6 +248,12 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
         if fmt not in (common_pb2.IMAGE_FORMAT_PNG, common_pb2.IMAGE_FORMAT_JPEG, common_pb2.IMAGE_FORMAT_RAW):
             raise invalid_argument("format", f"{fmt} is not an ImageFormat; accepted: PNG, JPEG, RAW")
+        if request.align_face:
+            if not request.HasField("image"):
+                raise invalid_argument("image", f"missing; accepted: {images.ACCEPTED}")
+            async for message in invert_photo(self, request, context, loaded, space, fmt, started):
+                yield message
+            return
         h, w = images.size_of(request.image, "image", max_pixels=self.settings.max_image_pixels)
         async with self.budget.hold(h * w, timeout=context.time_remaining()):  # the photo, until cropped
             target_pixels, alignment, warnings = await asyncio.to_thread(self._prepare, request, inv)
@@ -322,32 +334,4 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             return await asyncio.to_thread(self._blend, request)
 
     def _blend(self, request) -> inversion_pb2.BlendResponse:
-        s = self.settings
-        a = request.alignment
-        if len(a.matrix) != 6 or not all(math.isfinite(v) for v in a.matrix):
-            raise invalid_argument("alignment.matrix", f"{len(a.matrix)} values; accepted: the 6 finite values "
-                                                       f"of the 2x3 matrix Invert returned")
-        matrix = np.array(a.matrix, np.float64).reshape(2, 3)
-        det = float(np.linalg.det(matrix[:, :2]))
-        if not 1e-8 < abs(det) < 1e8:
-            raise invalid_argument("alignment.matrix", f"is not invertible (determinant {det:g}); accepted: the "
-                                                       f"matrix Invert returned")
-        if not 8 <= a.crop_size <= MAX_CROP_SIZE:
-            raise invalid_argument("alignment.crop_size", f"{a.crop_size}; accepted: 8 to {MAX_CROP_SIZE} (the "
-                                                          f"crop_size Invert returned)")
-        feather = request.feather or 0.08
-        if not math.isfinite(feather) or not 0 <= feather <= 0.5:
-            raise invalid_argument("feather", f"{request.feather}; accepted: 0 (default 0.08) to 0.5")
-        if not request.HasField("photo"):
-            raise invalid_argument("photo", f"missing; accepted: {images.ACCEPTED}")
-        if not request.HasField("face"):
-            raise invalid_argument("face", f"missing; accepted: {images.ACCEPTED}")
-        photo = images.decode(request.photo, "photo", max_pixels=s.max_image_pixels)
-        face = images.decode(request.face, "face", max_pixels=MAX_FACE_PIXELS)
-        if face.shape[0] != face.shape[1]:
-            raise invalid_argument("face", f"{face.shape[1]}x{face.shape[0]} is not square; accepted: the aligned "
-                                           f"crop (crop_size x crop_size, or any square size)")
-        size = int(a.crop_size)
-        mask = feather_mask(size, (0.5 * size, 0.56 * size), (0.40 * size, 0.46 * size), feather * size)
-        out = paste_back(photo, face, matrix, mask)
-        return inversion_pb2.BlendResponse(image=images.encode(out, request.format or common_pb2.IMAGE_FORMAT_PNG))
+        return blend_photo(request, self.settings.max_image_pixels, MAX_CROP_SIZE)

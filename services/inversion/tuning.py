@@ -57,8 +57,8 @@ class TuningOptions:
     def key(self) -> str:
         """The settings that change the tuned weights, as a stable string (part of a variant's hash)."""
         return (f"steps={self.steps};lr={self.lr:g};target={self.target_psnr:g};from={self.tune_from};"
-                f"feat={self.feature_weight:g};loc={self.locality_weight:g}x{self.locality_codes}/{self.locality_every};"
-                f"seed={self.seed}")
+                f"feat={self.feature_weight:g};loc={self.locality_weight:g}x{self.locality_codes}/"
+                f"{self.locality_every};seed={self.seed}")
 
 
 @dataclasses.dataclass

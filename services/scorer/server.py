@@ -13,12 +13,14 @@ import grpc
 import numpy as np
 
 from interfacegan.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+from services.common import assets
 from services.common import images as imagecodec
 from services.common.admission import PixelBudget
 from services.common.batching import DynamicBatcher, batch_settings, request_lane
 from services.common.errors import invalid_argument, unavailable
 from services.common.settings import ServerSettings, setting
 
+from . import identity as ident
 from . import manifest as mf
 from .engine import Engine
 
@@ -87,6 +89,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
         self.engine = Engine(settings.models_dir, plugins, providers, settings.face_threshold,
                              settings.landmark_min_side, settings.mesh_backend)
         self.batcher: DynamicBatcher | None = None
+        self.identity: ident.IdentityModel | None = None
         self.budget = PixelBudget("scorer", settings.max_pixels_in_flight)
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -94,6 +97,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
 
     async def load(self) -> None:
         await asyncio.to_thread(self.engine.load)
+        predictor = assets.path_of("shape_predictor_5_face_landmarks.dat", self.settings.models_dir)
+        resnet = assets.path_of("dlib_face_recognition_resnet_model_v1.dat", self.settings.models_dir)
+        self.identity = await asyncio.to_thread(ident.IdentityModel, predictor, resnet)
         batcher = DynamicBatcher(self._run_batch, self.settings.batching_config(), service="scorer", queue="faces")
         await batcher.start()
         self.batcher = batcher
@@ -138,6 +144,36 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
                 async for offset, rows in chunks:
                     yield scorer_pb2.ScoreResponse(offset=offset, results=[
                         self._image_scores(values, face_score, attributes, columns) for values, face_score in rows])
+
+    async def CompareIdentity(self, request: scorer_pb2.IdentityRequest, context) -> scorer_pb2.IdentityResponse:
+        if self.identity is None:
+            raise unavailable("models are still loading; retry when health says SERVING")
+        n, r = len(request.images), len(request.references)
+        if not 1 <= n <= self.settings.max_request_images:
+            raise invalid_argument("images", f"{n} images; accepted: 1 to {self.settings.max_request_images} face "
+                                             f"crops per request ({imagecodec.ACCEPTED})")
+        if r not in (1, n):
+            raise invalid_argument("references", f"{r} references for {n} images; accepted: one reference "
+                                                 f"(compared with every image) or one per image")
+        crops = [*request.references, *request.images]
+        names = [f"references[{i}]" for i in range(r)] + [f"images[{i}]" for i in range(n)]
+        total = 0
+        for name, im in zip(names, crops):
+            h, w = imagecodec.size_of(im, name, max_pixels=self.settings.max_image_pixels)
+            total += h * w
+        if total > self.settings.max_request_pixels:
+            raise invalid_argument("images", f"the crops hold {total} pixels in all; accepted: at most "
+                                             f"{self.settings.max_request_pixels} per request")
+        async with self.budget.hold(total, timeout=context.time_remaining()):
+            decoded = await asyncio.to_thread(lambda: [imagecodec.decode(im, name, max_pixels=self.settings.
+                                                                         max_image_pixels)
+                                                       for name, im in zip(names, crops)])
+            distances, embedded, refs = await asyncio.to_thread(ident.compare, self.identity, decoded[:r], decoded[r:])
+        out = scorer_pb2.IdentityResponse(distances=distances.tolist(), same_person_threshold=ident.SAME_PERSON)
+        if request.include_embeddings:
+            out.embeddings.extend(embedded.reshape(-1).tolist())
+            out.reference_embeddings.extend(refs.reshape(-1).tolist())
+        return out
 
     # -- helpers ----------------------------------------------------------------------------------------------
 

@@ -50,11 +50,12 @@ def stack(launch_service, redis_url):
     """Redis, scorer, two generator replicas, inversion, boundary and an editor over them."""
     env = {"IFGAN_REDIS_URL": redis_url}
     scorer = launch_service("scorer")
-    g1 = launch_service("generator", "--drain-seconds", "0", env=env)
-    g2 = launch_service("generator", "--drain-seconds", "0", env=env)
+    g1 = launch_service("generator", "--drain-seconds", "0", "--variant-cache-entries", "4", env=env)
+    g2 = launch_service("generator", "--drain-seconds", "0", "--variant-cache-entries", "4", env=env)
     inversion = launch_service("inversion", "--tuning-steps", "40", env=env)
     boundary = launch_service("boundary", env=env)
-    editor = launch_service("editor", "--drain-seconds", "0", env={
+    # Small chunks: a photo edit spreads over both replicas (the kill test needs chunks in flight on each).
+    editor = launch_service("editor", "--drain-seconds", "0", "--chunk-size", "2", "--parallel-chunks", "2", env={
         "IFGAN_GENERATOR_ADDRESS": f"{g1.address},{g2.address}", "IFGAN_SCORER_ADDRESS": scorer.address,
         "IFGAN_BOUNDARY_ADDRESS": boundary.address, "IFGAN_INVERSION_ADDRESS": inversion.address})
     channels = {name: grpc.insecure_channel(p.address, options=OPTIONS) for name, p in
@@ -146,7 +147,8 @@ def test_false_detections_are_dropped_and_every_face_is_inverted(stack):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("no_face", "no face found"), ("tiny", "no face found"), ("index", "out of range"), ("crowd", "limit of 20")])
+    ("no_face", "no face found"), ("tiny", "no face found"), ("index", "out of range"), ("crowd", "limit of 20"),
+    ("50mp", "pixels")])
 def test_photos_that_cannot_be_edited_get_precise_errors(stack, case, words):
     hopper = portrait("grace_hopper.jpg")
     fields = {}
@@ -154,6 +156,8 @@ def test_photos_that_cannot_be_edited_get_precise_errors(stack, case, words):
         photo = np.full((200, 300, 3), 128, np.uint8)
     elif case == "tiny":
         photo = np.asarray(Image.fromarray(hopper).resize((40, 47)))
+    elif case == "50mp":  # 8000 x 6250: refused from its header, before anything is decoded
+        photo = np.zeros((6250, 8000, 3), np.uint8)
     elif case == "index":
         photo, fields = hopper, {"face_selection": inversion_pb2.FACE_SELECTION_INDICES, "face_indices": [3]}
     else:  # 21 faces in one photo: over the per-photo limit
@@ -218,6 +222,10 @@ def test_variant_flushed_or_corrupted_in_the_store_is_refused_never_rendered_wit
         with pytest.raises(grpc.RpcError) as e:
             synthesize(stack[replica], final)
         assert e.value.code() == C.FAILED_PRECONDITION and "unusable" in e.value.details()
+    r.set(key, b"x" * (17 << 20))  # oversized (the limit is 16 MiB)
+    with pytest.raises(grpc.RpcError) as e:
+        synthesize(stack["g2"], final)
+    assert e.value.code() == C.FAILED_PRECONDITION and "over the limit" in e.value.details()
     r.delete(key)  # flushed
     with pytest.raises(grpc.RpcError) as e:
         synthesize(stack["g1"], final)
@@ -246,7 +254,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_variant_cache_memory_stays_bounded_under_many_distinct_photos(stack, hopper):
-    """40 distinct variants (as 40 photos would make) through one replica whose LRU holds 8: RSS levels off."""
+    """40 distinct variants (as 40 photos would make) through one replica whose LRU holds 4: RSS levels off."""
     r, g2 = stack["redis"], stack["g2"]
     header, delta = variants.decode(r.get(variants.KEY_PREFIX + hopper.variant), 64 << 20)
     rng = np.random.default_rng(0)
@@ -259,5 +267,18 @@ def test_variant_cache_memory_stays_bounded_under_many_distinct_photos(stack, ho
         (image,) = synthesize(g2, hopper, variant=vid)
         assert psnr(image, pixels(hopper.faces[0].reconstruction)) > 35
         rss.append(_rss_mb(pid))
-    # Past the cache's 8 entries every new variant evicts one: the last 30 loads grow memory by little.
+    # Past the cache's 4 entries every new variant evicts one: the last 30 loads grow memory by little.
     assert rss[-1] - rss[9] < 40, rss
+
+
+def test_a_generator_replica_killed_mid_photo_edit_the_edit_finishes_on_the_other(stack):
+    """Runs last: it kills replica g1. The editor's retry sends g1's chunks to g2, which loads the variant."""
+    photo = portrait("grace_hopper.jpg")
+    call = stack["editor"].Edit(editor_pb2.EditRequest(
+        photo=png(photo), blend_into_photo=True, format=RAW,
+        edits=[editor_pb2.AttributeEdit(attribute=f"{P}-a", start=-3, end=3, steps=40)]), timeout=600)
+    replies = [next(call)]
+    stack["procs"]["g1"].proc.kill()
+    replies += list(call)
+    assert len(replies) == 40 and all(r.variant == replies[0].variant for r in replies)
+    assert all(0 <= r.identity_distance < 0.6 for r in replies)
