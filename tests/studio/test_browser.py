@@ -77,6 +77,27 @@ def test_the_studio_in_a_browser(studio, browser, tmp_path):
     held = image(browser, "face")
     assert np.abs(held - edited).max() > 0  # another direction, another face
 
+    # Hold automatically: the editor reports each other attribute's drift along the move.
+    browser.find_element(By.CSS_SELECTOR, 'input[data-hold="smile"]').click()
+    count = settled(browser, count)
+    browser.find_element(By.ID, "hold-auto").click()
+    count = settled(browser, count)
+    assert "auto hold smile\n" in browser.find_element(By.ID, "facts").text
+
+    # Sliders in the attribute's unit: yaw +10 degrees, the editor searches the distance.
+    browser.find_element(By.ID, "hold-auto").click()
+    browser.find_element(By.ID, "units").click()
+    count = settled(browser, count)  # the face comes back unedited
+    slider = browser.find_element(By.CSS_SELECTOR, 'input[type=range][data-attribute="yaw"]')
+    assert slider.get_attribute("max") == "30"
+    for _ in range(10):
+        slider.send_keys(Keys.ARROW_RIGHT)
+    count = settled(browser, count)
+    facts = browser.find_element(By.ID, "facts").text
+    assert "target\nyaw " in facts and "asked" in facts and "rounds" in facts
+    browser.find_element(By.ID, "units").click()
+    count = settled(browser, count)
+
     # A grid of yaw.
     browser.find_element(By.ID, "grid-attribute").send_keys("yaw")
     browser.find_element(By.ID, "grid-show").click()
