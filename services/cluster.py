@@ -181,6 +181,10 @@ def check_health(address: str, timeout: float = 2.0, service: str = "", *,
             else e.code().name
 
 
+#: The local Redis's memory limit (the deploy manifests' value).
+REDIS_MAXMEMORY = "640mb"
+
+
 @dataclass
 class RedisProcess:
     """A real redis-server with AOF persistence, bound to loopback."""
@@ -202,7 +206,10 @@ class RedisProcess:
         log = open(data_dir / "redis.log", "ab")
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+             # As the deploy manifests: bounded, and only keys with an expiry (request and job records) are
+             # evicted; boundaries have none, so at the limit writes fail loudly instead of boundaries vanishing.
+             "--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "volatile-lru"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent if tie_to_parent else None)
         log.close()

@@ -83,6 +83,9 @@ def load_npy(data: bytes) -> np.ndarray:
     array = array.astype(np.float64).reshape(1, -1)
     if not np.isfinite(array).all() or not np.linalg.norm(array) > 0:
         raise ValueError("the normal must be finite and non-zero")
+    if not np.isfinite(np.linalg.norm(array)):  # each value finite, the length not: 1e308 x 100 overflows
+        raise ValueError("the normal's length overflows float64; expected finite values whose length is finite "
+                         "too (e.g. a unit normal)")
     return array
 
 

@@ -23,7 +23,7 @@ from services.common.upstream import CallContext
 
 from . import analysis, bundled, convert, npyfiles, render, training
 from .sampler import Sampler
-from .jobs import Job, JobManager, JobRecords
+from .jobs import Job, JobManager, JobRecords, fingerprint
 from .store import SPACE_KEYS, BoundaryNotFound, BoundaryStore, StoredBoundary, check_name
 
 log = logging.getLogger(__name__)
@@ -210,10 +210,23 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
     async def GetBoundary(self, request, context):
         return convert.boundary_of(await self._get(request.ref, "ref"))
 
+    @property
+    def _request_ttl(self) -> int:
+        return int(self.settings.job_ttl_hours * 3600)
+
     @_handles_store_errors
     async def ConditionBoundary(self, request, context):
         if not 1 <= len(request.conditions) <= 16:
             raise invalid_argument("conditions", f"{len(request.conditions)} given; accepted 1 .. 16 boundaries")
+        if request.request_id:
+            # The id is claimed with the request's fingerprint (SET NX): a reused id carrying another target or
+            # other conditions is refused, instead of answered with the first request's boundary.
+            mine = fingerprint(request)
+            first = await self.store.claim_request(f"condition-request:{request.request_id}", mine, self._request_ttl)
+            if first != mine:
+                raise invalid_argument("request_id", f"{request.request_id!r} was already used by ConditionBoundary "
+                                                     f"for a different request (target or conditions); use a new "
+                                                     f"request_id for a new request")
         target = await self._get(request.target, "target")
         conditions = [await self._get(c, f"conditions[{i}]") for i, c in enumerate(request.conditions)]
         for i, c in enumerate(conditions):
@@ -236,7 +249,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         if len(names) > 17 or len(meta["attribute"]) > 1024:
             raise invalid_argument("conditions", "the derived name is too long")
         stored, _ = await self.store.put(meta, normal, request_id=f"condition:{request.request_id}"
-                                         if request.request_id else "")
+                                         if request.request_id else "", request_ttl=self._request_ttl)
         return convert.boundary_of(stored)
 
     @_handles_store_errors
@@ -262,12 +275,33 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             check_name("attribute", attribute)
         except ValueError as e:
             raise invalid_argument("file_name" if request.file_name else "model", str(e)) from None
+        dimension, whose = await self._dimension(model, space, CallContext.of(context, "", 10.0))
+        if dimension and normal.shape[1] != dimension:
+            raise invalid_argument("npy", f"the normal has {normal.shape[1]} values; {whose} has dimension "
+                                          f"{dimension} in {SPACE_KEYS[space].upper()}: accepted a (1, {dimension}) "
+                                          f"or ({dimension},) array")
         norm = float(np.linalg.norm(normal))
         meta = {"model": model, "attribute": attribute, "space": space, "origin": "imported", "parents": [],
                 "file_name": request.file_name, "intercept": 0.0, "original_norm": norm, "timings": {}}
         # Reference files are unit normals already; keep them bit-exact so an export gives the same file.
         stored, _ = await self.store.put(meta, normal if abs(norm - 1) < 1e-9 else normal / norm)
         return convert.boundary_of(stored)
+
+    async def _dimension(self, model: str, space: int, call: CallContext) -> tuple[int, str]:
+        """The dimension a boundary of `model` in `space` must have, and whose it is: the generator's when it
+        serves the model, else that of the boundaries already stored for it ((0, "") for the first one)."""
+        try:
+            info = await self.sampler.model_info(model, call=call)
+        except ServiceError:  # not a model of the generator (or the generator is away): what is stored decides
+            info = None
+        if info is not None:
+            shapes = {s.space: tuple(s.shape) for s in info.latent_spaces}
+            if space not in shapes:
+                raise invalid_argument("space", f"model {model} has no {SPACE_KEYS[space].upper()} space; accepted: "
+                                                f"{', '.join(SPACE_KEYS[s].upper() for s in shapes)}")
+            return shapes[space][-1], f"model {model}"
+        stored = await self.store.list(model=model, space=space)
+        return (int(stored[0].meta["dimension"]), f"{model} (its stored boundaries)") if stored else (0, "")
 
     @_handles_store_errors
     async def ExportBoundary(self, request, context):

@@ -30,7 +30,8 @@ from redis.backoff import ExponentialBackoff
 
 from interfacegan.codec import SPACE_KEYS  # the proto enum -> "z", "w", "wp", written once
 SPACE_BY_KEY = {v: k for k, v in SPACE_KEYS.items()}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched whole (fullmatch): with `^...$`, "gender\n" passed ($ matches before a final newline).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _PUT = """
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {2, redis.call('GET', KEYS[1])} end
@@ -60,9 +61,9 @@ class BoundaryNotFound(StoreError, KeyError):
 def check_name(kind: str, value: str) -> str:
     """Validates a model or attribute name (conditional attributes join names with '|')."""
     parts = value.split("|") if kind == "attribute" else [value]
-    if not value or not all(NAME_RE.match(p) for p in parts):
+    if not value or not all(NAME_RE.fullmatch(p) for p in parts):
         raise ValueError(f"{kind} {value!r} is not a valid name: use letters, digits, '.', '_' or '-' "
-                         f"(1..128 characters, starting with a letter or digit)"
+                         f"(1..128 characters, starting with a letter or digit; no spaces or control characters)"
                          + ("; conditional attributes join names with '|'" if kind == "attribute" else ""))
     return value
 

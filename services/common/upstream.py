@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hashlib
 import ipaddress
 import itertools
 import time
@@ -35,6 +36,7 @@ from prometheus_client import Counter
 from interfacegan import channel as sdk
 
 from .errors import ServiceError, deadline_exceeded, resource_exhausted, unavailable
+from .runtime import MAX_REQUEST_ID_CHARS
 from .settings import ServerSettings
 
 #: A replica that went away is tried again soon, not after gRPC's default reconnect backoff (up to 2 minutes).
@@ -128,6 +130,14 @@ class CallContext:
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def derived_id(self, tag: str) -> str:
+        """The request id of one downstream call, "<id>/<tag>"; a hash stands for an id too long to extend, so
+        the derived one stays within the request-id limit the servers enforce."""
+        rid = f"{self.request_id}/{tag}"
+        if len(rid) <= MAX_REQUEST_ID_CHARS:
+            return rid
+        return f"{hashlib.sha256(self.request_id.encode()).hexdigest()[:32]}/{tag}"[:MAX_REQUEST_ID_CHARS]
 
     def timeout(self, what: str) -> float:
         """Timeout of the next call: what is left of the caller's deadline, or the default."""

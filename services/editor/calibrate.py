@@ -90,7 +90,7 @@ class CalibratedEdits:
                        attributes: tuple[str, ...] = ()) -> list[Row]:
         """Renders codes (one generator batch) and scores `attributes` (all when empty) on them (one scorer batch)."""
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
-            request_id=f"{call.request_id}/{tag}", model=model,
+            request_id=call.derived_id(tag), model=model,
             codes=tensors.latents_from_numpy(source.space, codes), format=RAW), call)
         faces = [image for reply in replies for image in reply.images]
         if len(faces) != len(codes):
@@ -98,7 +98,7 @@ class CalibratedEdits:
                                                             f"{len(codes)} codes; retry")
         rows: list[Row] = [{} for _ in faces]
         for reply in await self.scorer.collect("Score", scorer_pb2.ScoreRequest(
-                request_id=f"{call.request_id}/{tag}", images=faces, attributes=attributes), call):
+                request_id=call.derived_id(tag), images=faces, attributes=attributes), call):
             for i, r in enumerate(reply.results, start=reply.offset):
                 rows[i] = {s.attribute: s.value for s in r.scores if s.valid}
         return rows

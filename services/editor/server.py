@@ -18,7 +18,9 @@ from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor
                              scorer_pb2_grpc)
 from interfacegan import channel as sdk
 from services.common import editing, images, logs, pipeline, tensors
+from services.common.admission import PixelBudget
 from services.common.errors import ServiceError, invalid_argument, not_found
+from services.common.runtime import check_request_id
 from services.common.settings import ServerSettings, setting
 from services.common.upstream import SERVICE_RETRY, CallContext, Upstream
 
@@ -52,6 +54,11 @@ class Settings(ServerSettings):
     parallel_chunks: int = setting(4, "chunks in flight per Edit call (synthesize, re-score, blend)")
     max_edits: int = setting(32, "most edits per Edit call")
     max_images: int = setting(1024, "most images one Edit call returns (the sum of the edits' steps)")
+    max_photo_pixels: int = setting(4096 * 4096, "largest photo an Edit accepts, height * width (as the inversion "
+                                                 "service's default)")
+    max_pixels_in_flight: int = setting(48 * 1024 * 1024, "most photo pixels all Edit calls blend at once (bounds "
+                                                          "this service's memory and the inversion service's load); "
+                                                          "blends wait for their share within the call's deadline")
     condition_cache_size: int = setting(512, "conditional boundaries remembered (keyed by their parents' versions)")
     normal_cache_size: int = setting(1024, "boundary normals kept in memory, by versioned ref (a version never "
                                            "changes, so entries are only evicted, never stale)")
@@ -66,6 +73,8 @@ class Settings(ServerSettings):
         super().validate()
         if not 1 <= self.chunk_size <= 256 or not 1 <= self.parallel_chunks <= 64:
             raise ValueError("chunk_size must be within 1..256 and parallel_chunks within 1..64")
+        if self.max_pixels_in_flight < self.max_photo_pixels:
+            raise ValueError("max_pixels_in_flight must be at least max_photo_pixels")
         if self.call_timeout <= 0 or not 2 <= self.retry_attempts <= 5 or self.retry_backoff <= 0:
             raise ValueError("call_timeout and retry_backoff must be positive and retry_attempts within 2..5 "
                              "(gRPC's retry policy caps tries at 5)")
@@ -126,6 +135,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         # The newest version of (model, attribute, code space): (ref key, monotonic time it was looked up).
         self._latest: dict[tuple, tuple[tuple, float]] = {}
         self.generator = self.scorer = self.boundary = self.inversion = None
+        self.budget = PixelBudget("editor", settings.max_pixels_in_flight, max_wait=3600, max_waiting=4096)
 
     def _upstream(self, name: str, addresses: str, stub_cls) -> Upstream:
         s = self.settings
@@ -162,7 +172,9 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
     # -- helpers -----------------------------------------------------------------------------------------
 
     def _call(self, request_id: str, context) -> CallContext:
-        rid = request_id or dict(context.invocation_metadata() or ()).get("x-request-id", "") or uuid.uuid4().hex
+        # The runtime checked the request's id; one from the metadata is checked here, before any use.
+        rid = request_id or check_request_id(dict(context.invocation_metadata() or ()).get("x-request-id", ""),
+                                             "x-request-id") or uuid.uuid4().hex
         logs.request_id_var.set(rid)
         return CallContext.of(context, rid, self.settings.call_timeout)
 
@@ -232,6 +244,8 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         if kind == "photo":
             if request.photo.WhichOneof("payload") is None:
                 raise invalid_argument("photo", "empty image; give PNG or JPEG bytes in photo.encoded")
+            # Refused here, before inversion decodes it, when its header says it is too thin or too large.
+            images.size_of(request.photo, "photo", max_pixels=self.settings.max_photo_pixels)
             replies = await self.inversion.collect("Invert", inversion_pb2.InvertRequest(
                 request_id=call.request_id, model=model, space=request.space, image=request.photo, align_face=True,
                 max_steps=request.inversion_steps, format=RAW), call)
@@ -358,7 +372,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         """Synthesizes one chunk, re-scores and blends it; returns (image, face, scores) per item."""
         codes = np.stack([it.code for it in items])
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
-            request_id=f"{call.request_id}/{chunk}", model=model, codes=tensors.latents_from_numpy(source.space, codes),
+            request_id=call.derived_id(str(chunk)), model=model, codes=tensors.latents_from_numpy(source.space, codes),
             format=RAW), call)
         faces = [image for reply in replies for image in reply.images]
         if len(faces) != len(items):
@@ -369,7 +383,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             if not rescore:
                 return [None] * len(items)
             replies = await self.scorer.collect("Score", scorer_pb2.ScoreRequest(
-                request_id=f"{call.request_id}/{chunk}", images=faces), call)
+                request_id=call.derived_id(str(chunk)), images=faces), call)
             results = [None] * len(items)
             for reply in replies:
                 for i, r in enumerate(reply.results, start=reply.offset):
@@ -381,9 +395,15 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                 return [None] * len(items)
             if source.alignment is None:
                 raise ServiceError(grpc.StatusCode.INTERNAL, "inversion returned no face alignment to blend with")
-            replies = await asyncio.gather(*(self.inversion.unary("Blend", inversion_pb2.BlendRequest(
-                photo=source.photo, face=face, alignment=source.alignment, format=request.format), call)
-                for face in faces))
+            h, w = images.size_of(source.photo, "photo", max_pixels=self.settings.max_photo_pixels)
+
+            async def one(face):
+                # The blends of every Edit call share one budget: the inversion service gets as many large
+                # photos at once as it can hold, and this service holds as many blended ones.
+                async with self.budget.hold(h * w, timeout=call.remaining()):
+                    return await self.inversion.unary("Blend", inversion_pb2.BlendRequest(
+                        photo=source.photo, face=face, alignment=source.alignment, format=request.format), call)
+            replies = await asyncio.gather(*(one(face) for face in faces))
             return [r.image for r in replies]
 
         scores, blended = await asyncio.gather(score(), blend())
