@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import numpy as np
 
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from services.common import tensors
+from services.common.batching import LANES
 from services.common.errors import ServiceError, unavailable
 from services.common.settings import ServerSettings
 from services.common.upstream import CallContext, Upstream
+
+
+BULK = LANES[1]
 
 
 class Sampler:
@@ -52,7 +58,16 @@ class Sampler:
         self._upstreams.clear()
 
     def _call(self, call: CallContext | None, request_id: str = "") -> CallContext:
-        return call or CallContext(request_id, None, self.call_timeout)
+        # Sampling is bulk work (training, analysis): it yields to interactive edits unless its caller named a
+        # lane (the ifgan-priority metadata of the incoming call).
+        if call is None:
+            return CallContext(request_id, None, self.call_timeout, BULK)
+        return call if call.lane else dataclasses.replace(call, lane=BULK)
+
+    async def depth(self, per_replica: int) -> int:
+        """Blocks to keep in flight: `per_replica` for each replica of the generator or the scorer, whichever
+        has more, so every replica has work (gRPC balances the calls over them round robin)."""
+        return per_replica * max(await self.generator.replicas(), await self.scorer.replicas())
 
     # -- generator ---------------------------------------------------------------------------------------
 

@@ -52,7 +52,8 @@ class Settings(ServerSettings):
     max_num_samples: int = setting(10_000_000, "largest num_samples a training job accepts")
     shard_size: int = setting(10_000, "samples per dataset shard file (a multiple of --sample-block)")
     sample_block: int = setting(500, "codes per sample/synthesize/score request of a job (capped by the services' limits)")
-    pipeline_depth: int = setting(4, "blocks in flight at once through generator and scorer")
+    pipeline_depth: int = setting(4, "blocks in flight at once through generator and scorer, per replica of the "
+                                     "one with more (training sampling and analysis, in the bulk lane)")
     max_jobs: int = setting(1, "training jobs running at once; more wait QUEUED")
     max_queued_jobs: int = setting(16, "training jobs that may wait QUEUED; more are refused with RESOURCE_EXHAUSTED")
     svm_max_iter: int = setting(5000, "iteration cap of the liblinear solvers")
@@ -449,7 +450,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
 
         task = asyncio.create_task(analysis.rescore(
             self.sampler, model, space, normals, attributes, request.rescore_samples, distance, request.seed,
-            block, on_progress, request.request_id, self.settings.pipeline_depth, call))
+            block, on_progress, request.request_id, await self.sampler.depth(self.settings.pipeline_depth), call))
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())

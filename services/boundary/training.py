@@ -263,7 +263,8 @@ async def _extend(job: Job, spec: TrainSpec, dataset: Dataset, sampler: Sampler,
     sampled, t0 = 0, time.perf_counter()
     fit_estimate = 3.0 * len(spec.attributes) + 1e-6 * target * 3
     try:
-        async for codes, values, valid in ordered((work(s) for s in starts), settings.pipeline_depth):
+        async for codes, values, valid in ordered((work(s) for s in starts),
+                                                  await sampler.depth(settings.pipeline_depth)):
             buffer_codes.append(codes)
             buffer_scores.append(values)
             buffer_valid.append(valid)
@@ -296,7 +297,8 @@ async def _augment(job: Job, spec: TrainSpec, dataset: Dataset, missing: list[st
         def work(lo: int, codes=codes):
             return lambda: sampler.generate_and_score(model, spec.space, codes[lo:lo + block], missing, job.id)
 
-        parts = [r async for r in ordered((work(lo) for lo in range(0, len(codes), block)), settings.pipeline_depth)]
+        parts = [r async for r in ordered((work(lo) for lo in range(0, len(codes), block)),
+                                          await sampler.depth(settings.pipeline_depth))]
         values = np.concatenate([p[0] for p in parts])
         valid = np.concatenate([p[1] for p in parts])
         await asyncio.to_thread(dataset.add_attributes, index, {a: values[:, j] for j, a in enumerate(missing)},

@@ -108,7 +108,7 @@ class LaneConfig:
             occupy every shared worker (`instances`), so an interactive request does not wait for a running bulk
             batch (0 = none: it waits for the running batch, never for a prefetched one).
         bulk_fill: Most bulk items added to a batch led by interactive requests (-1 = up to max_batch_size, as
-            suits a GPU, where a batch's size costs little; 0 on a CPU, where its time grows with its size).
+            suits a GPU, where a batch's size costs little; on a CPU, where its time grows with its size, a few).
     """
 
     enabled: bool = True
@@ -279,7 +279,8 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
         bulk_queue_timeout_microseconds: int = setting(0, "longest wait of a bulk request for its first batch "
                                                           "(0 = only its own deadline)")
         interactive_timeout_action: str = setting("reject", "past the interactive queue timeout: reject "
-                                                            "(RESOURCE_EXHAUSTED) or delay (kept, moved to the back of the bulk lane)")
+                                                            "(RESOURCE_EXHAUSTED) or delay (kept, moved to the back "
+                                                            "of the bulk lane)")
         bulk_timeout_action: str = setting("reject", "past the bulk queue timeout: reject (RESOURCE_EXHAUSTED) or "
                                                      "delay (kept, moved to the back of the bulk lane)")
         bulk_min_share: float = setting(0.1, "least share of batches the bulk lane leads while interactive "
@@ -695,7 +696,8 @@ class DynamicBatcher:
                 batch.job = self._top_executor.submit(self._work, batch, timing)
             else:
                 self._busy += 1
-                self._busy_until = max(loop.time(), self._busy_until) + size * self._item_seconds / self.config.instances
+                estimate = size * self._item_seconds / self.config.instances
+                self._busy_until = max(loop.time(), self._busy_until) + estimate
                 batch.job = self._executor.submit(self._work, batch, timing)
                 self._formed.append(batch)
             task = asyncio.create_task(self._execute(batch, timing, loop))

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import itertools
+import socket
 import time
 from typing import AsyncIterator, Sequence
 
@@ -35,6 +36,7 @@ from prometheus_client import Counter
 
 from interfacegan import channel as sdk
 
+from .batching import LANE_METADATA, request_lane
 from .errors import ServiceError, deadline_exceeded, resource_exhausted, unavailable
 from .runtime import MAX_REQUEST_ID_CHARS
 from .settings import ServerSettings
@@ -109,24 +111,32 @@ def sync_channel(address: str, config: sdk.ChannelConfig | None = None) -> grpc.
 
 @dataclasses.dataclass
 class CallContext:
-    """What every downstream call of one incoming request shares: its deadline and its request id.
+    """What every downstream call of one incoming request shares: its deadline, request id and priority lane.
 
     Attributes:
         request_id: Forwarded as the `x-request-id` metadata (and by callers in request fields).
         deadline: time.monotonic() by which the incoming call must end (None: no deadline).
         default_timeout: Per-call timeout when the incoming call has no deadline.
+        lane: Priority lane forwarded as the `ifgan-priority` metadata ("": the called RPC's default).
     """
 
     request_id: str
     deadline: float | None
     default_timeout: float
+    lane: str = ""
 
     @classmethod
-    def of(cls, context: grpc.aio.ServicerContext | None, request_id: str, default_timeout: float) -> "CallContext":
-        """The context of an incoming call: its deadline (context.time_remaining()) carried on."""
+    def of(cls, context: grpc.aio.ServicerContext | None, request_id: str, default_timeout: float,
+           lane: str = "") -> "CallContext":
+        """The context of an incoming call: its deadline (context.time_remaining()) and its lane (its
+        `ifgan-priority` metadata, else `lane`: this RPC's default) carried on.
+
+        Raises:
+            ServiceError: INVALID_ARGUMENT when the metadata names no lane.
+        """
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
-        return cls(request_id, deadline, default_timeout)
+        return cls(request_id, deadline, default_timeout, request_lane(context, lane))
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -164,6 +174,7 @@ class Upstream:
                  retry: sdk.RetryPolicy | None = SERVICE_RETRY):
         self.name = name
         self.addresses = targets(addresses)
+        self._listed = sdk.split_addresses(addresses)
         config = client_config(settings, retry=retry)
         self.channels = [sdk.aio_channel(a, _for_target(config, a)) for a in self.addresses]
         self.stubs = [stub_cls(c) for c in self.channels]
@@ -175,8 +186,26 @@ class Upstream:
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.channels), return_exceptions=True)
 
-    def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
-        return sdk.auth_metadata(self.token) + ((("x-request-id", request_id),) if request_id else ())
+    def metadata(self, request_id: str, lane: str = "") -> tuple[tuple[str, str], ...]:
+        return (sdk.auth_metadata(self.token) + (((LANE_METADATA, lane),) if lane else ())
+                + ((("x-request-id", request_id),) if request_id else ()))
+
+    async def replicas(self) -> int:
+        """How many replicas the calls spread over: the addresses listed, a `dns:///` name counting the addresses
+        it resolves to now (1 when it does not resolve)."""
+        loop = asyncio.get_running_loop()
+        count = 0
+        for address in self._listed:
+            host, _, port = address.removeprefix("dns:").lstrip("/").rpartition(":")
+            if not address.startswith("dns:") or not host:
+                count += 1
+                continue
+            try:
+                found = await loop.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+                count += max(1, len({info[4][0] for info in found}))
+            except OSError:
+                count += 1
+        return max(1, count)
 
     def pick(self) -> int:
         """The next channel in turn, skipping those in TRANSIENT_FAILURE while a healthier one exists."""
@@ -198,7 +227,8 @@ class Upstream:
         self.count(method)
         try:
             return await getattr(self.stubs[replica], method)(
-                request, timeout=call.timeout(f"{self.name} {method}"), metadata=self.metadata(call.request_id))
+                request, timeout=call.timeout(f"{self.name} {method}"),
+                metadata=self.metadata(call.request_id, call.lane))
         except grpc.aio.AioRpcError as e:
             raise as_service_error(self.name, method, e, self.addresses[replica]) from None
 
@@ -207,7 +237,7 @@ class Upstream:
         replica = self.pick()
         self.count(method)
         stream = getattr(self.stubs[replica], method)(
-            request, timeout=call.timeout(f"{self.name} {method}"), metadata=self.metadata(call.request_id))
+            request, timeout=call.timeout(f"{self.name} {method}"), metadata=self.metadata(call.request_id, call.lane))
         try:
             async for message in stream:
                 yield message

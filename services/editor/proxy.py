@@ -59,7 +59,7 @@ class ServiceProxy(grpc.GenericRpcHandler):
         index = self.upstream.pick()
         self.upstream.count(name)
         return self._calls[name][index](request, timeout=call.timeout(f"{self.upstream.name} {name}"),
-                                        metadata=self.upstream.metadata(call.request_id))
+                                        metadata=self.upstream.metadata(call.request_id, call.lane))
 
     def _unary(self, name: str):
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

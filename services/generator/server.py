@@ -17,12 +17,13 @@ import torch
 from interfacegan import codec
 from interfacegan.codec import SPACE_ENUMS, SPACE_KEYS, space_name
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from services.common import images, tensors
+from services.common import images, tensors, variants
 from services.common.batching import DynamicBatcher, batch_settings, request_lane
 from services.common.errors import failed_precondition, invalid_argument, not_found
 from services.common.settings import ServerSettings, setting
 
 from . import backends
+from .tuned import VariantModels
 from models import DEFAULT_MODEL, GeneratorModel, ModelSpec, Registry, build_net
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class Settings(batch_settings(max_batch_size=0, max_queue_size=512, max_queue_de
                               zero_batch_size_means="auto: 16 on CPU (the measured DCGAN optimum: bigger batches "
                                                     "fall out of cache), 256 on CUDA",
                               instances_help="batches that may run at once per model (worker threads)",
-                              auto_bulk_fill_means="auto: none on CPU, where a batch's time grows with its size; up "
-                                                   "to max_batch_size on CUDA"),
+                              auto_bulk_fill_means="auto: a quarter of max_batch_size on CPU, where a batch's time "
+                                                   "grows with its size; up to max_batch_size on CUDA"),
                ServerSettings):
     """Generator service settings."""
 
@@ -61,6 +62,12 @@ class Settings(batch_settings(max_batch_size=0, max_queue_size=512, max_queue_de
     cuda_graphs: str = setting("", "CUDA only: batch sizes to capture as CUDA graphs, e.g. '1,2,4,8'")
     batching: bool = setting(True, "dynamic batching; --no-batching runs each code alone (max_batch_size 1)")
     max_request_codes: int = setting(4096, "most codes one SampleLatents or Synthesize request may carry")
+    redis_url: str = setting("", "Redis holding the tuned variants photos are edited with (the inversion service "
+                                 "stores them); empty: Synthesize refuses variants")
+    max_variant_mb: float = setting(16.0, "largest variant loaded from the store, in MiB")
+    variant_cache_entries: int = setting(8, "tuned variants kept in this replica's memory at most (LRU)")
+    variant_cache_mb: float = setting(64.0, "their tuned tensors' MiB kept at most (untuned tensors are shared "
+                                            "with the base model)")
 
     service_name = "generator"
 
@@ -108,7 +115,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         max_batch = settings.max_batch_size or (256 if self.device.type == "cuda" else 16)
         lanes = settings.lane_config()
         if lanes.bulk_fill < 0 and self.device.type != "cuda":
-            lanes = dataclasses.replace(lanes, bulk_fill=0)
+            # Measured on the 2-core CPU (bench/priority.py): a few bulk items keep bulk throughput while the
+            # interactive worker runs beside the bulk one, and keep the interactive batch short.
+            lanes = dataclasses.replace(lanes, bulk_fill=max(1, max_batch // 4))
         if settings.batching:
             self.batching = settings.batching_config(max_batch_size=max_batch, lanes=lanes)
         else:
@@ -117,6 +126,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         # Message budget for streamed responses: stay well under the send limit.
         self.response_bytes = max(1 << 20, settings.max_message_bytes // 2)
         self._encoders = ThreadPoolExecutor(2, thread_name_prefix="encode")
+        store = variants.VariantStore(settings.redis_url, max_bytes=int(settings.max_variant_mb * (1 << 20))) \
+            if settings.redis_url else None
+        self.variants = VariantModels(store, settings.variant_cache_entries, int(settings.variant_cache_mb * (1 << 20)))
 
     def register(self, server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(self, server)
@@ -222,8 +234,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
     # --- batch execution (worker thread) -----------------------------------------------------------
     def _runner(self, model: GeneratorModel):
         def run_batch(items: list, key: Hashable) -> list:
-            space, psi, layers = key
-            pixels = model.synthesize(np.stack(items), space, truncation_psi=psi, truncation_layers=layers,
+            space, psi, layers, variant = key
+            # A batch holds the codes of one variant only (its key): tuned weights never render another's codes.
+            runner = variant.model if variant is not None else model
+            pixels = runner.synthesize(np.stack(items), space, truncation_psi=psi, truncation_layers=layers,
                                       output="uint8").numpy()
             return list(pixels)  # (H, W, 3) uint8 views; encoded off the batch thread (see _encode)
         return run_batch
@@ -315,8 +329,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         elif not math.isfinite(request.truncation_psi) or not 0 <= request.truncation_psi <= 1:
             raise invalid_argument("truncation_psi", f"{request.truncation_psi} is outside (0, 1]")
         items = list(codes)
+        variant = await self.variants.get(model, request.variant) if request.variant else None
         timeout, lane = context.time_remaining(), request_lane(context)
-        async with contextlib.aclosing(batcher.stream(items, key=(space, psi, layers), timeout=timeout,
+        async with contextlib.aclosing(batcher.stream(items, key=(space, psi, layers, variant), timeout=timeout,
                                                       lane=lane)) as chunks:
             async for offset, pixels in chunks:
                 encoded = await self._encode(pixels, fmt)

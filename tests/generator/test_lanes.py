@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from interfacegan import codec
-from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from interfacegan.v1 import common_pb2, editor_pb2, editor_pb2_grpc, generator_pb2, generator_pb2_grpc
 from services.cluster import free_port
 from services.common.batching import LANE_METADATA
 
@@ -90,3 +90,39 @@ def test_an_unknown_lane_is_refused_with_the_accepted_ones(server):
         assert "interactive, bulk" in err.value.details()
         # The server stays up and serves the next call.
         assert len(list(stub.Synthesize(request(np.zeros((1, 100), np.float32)), timeout=30))) == 1
+
+
+def test_the_lane_travels_from_an_edit_through_the_editor_to_the_generator(server, launch_service, redis_url,
+                                                                           tmp_path):
+    import io
+
+    from interfacegan import Client
+    from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc
+
+    boundary = launch_service("boundary", "--redis-url", redis_url, "--redis-prefix", "lanes:", "--data-dir",
+                              str(tmp_path / "data"), "--generator-address", server.address)
+    editor = launch_service("editor", "--generator-address", server.address, "--boundary-address", boundary.address,
+                            "--scorer-address", "127.0.0.1:1", "--inversion-address", "127.0.0.1:1")
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(3).standard_normal((1, 100)))
+    with grpc.insecure_channel(boundary.address) as channel:
+        boundary_pb2_grpc.BoundaryServiceStub(channel).ImportBoundary(boundary_pb2.ImportBoundaryRequest(
+            model="dcgan-digiface-64", attribute="lanes-test", space=common_pb2.LATENT_SPACE_Z, npy=buf.getvalue()),
+            timeout=30)
+
+    def queued(lane: str) -> float:
+        return metric(server, "ifgan_batch_queue_seconds_count", lane=lane)
+
+    with Client(editor.address) as client:
+        before = queued("bulk"), queued("interactive")
+        client.edit(seed=1, edits=["lanes-test:-1:1:2"])  # Edit's default lane
+        assert (queued("bulk"), queued("interactive") - before[1]) == (before[0], 1)
+        client.edit(seed=2, edits=["lanes-test:-1:1:2"], priority="bulk")  # as the catalog sends its edits
+        assert (queued("bulk") - before[0], queued("interactive") - before[1]) == (1, 1)
+    with grpc.insecure_channel(editor.address) as channel:  # a lane the servers do not know: refused at the gateway
+        request = editor_pb2.EditRequest(seed=3, edits=[editor_pb2.AttributeEdit(attribute="lanes-test", start=-1,
+                                                                                 end=1, steps=2)])
+        with pytest.raises(grpc.RpcError) as err:
+            list(editor_pb2_grpc.EditorServiceStub(channel).Edit(request, timeout=30,
+                                                                 metadata=((LANE_METADATA, "fast"),)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "interactive, bulk" in err.value.details()
