@@ -182,6 +182,9 @@ def build(variant: str = "cpu", tag: str | None = None, cache: Path | None = Non
            "--build-context", f"wheelhouse={wheels}", "-t", tag, str(ROOT),
            stdout=None if os.environ.get("IFGAN_BUILD_VERBOSE") else subprocess.DEVNULL)
     log(f"podman build {tag}: {time.perf_counter() - started:.0f} s")
+    # Layers of earlier builds that no tag reaches any more (a changed lock leaves 2 GB behind each time);
+    # the layers of the images just tagged stay, so the next build still finds them.
+    podman(cache, "image", "prune", "-f", capture=True)
     return tag
 
 
