@@ -84,6 +84,9 @@ def ensure_base(cache: Path, mirror: str, log=print) -> str:
     tag = base_tag()
     if image_exists(cache, tag):
         return tag
+    if os.geteuid() != 0:
+        raise RuntimeError(f"debootstrap needs root to build the base image {tag}: run this as root once (later "
+                           "runs reuse the image), or `podman load` an image of that tag built elsewhere")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache, prefix="rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
