@@ -91,7 +91,7 @@ class CalibratedEdits:
         """Renders codes (one generator batch) and scores `attributes` (all when empty) on them (one scorer batch)."""
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
             request_id=call.derived_id(tag), model=model,
-            codes=tensors.latents_from_numpy(source.space, codes), format=RAW), call)
+            codes=tensors.latents_from_numpy(source.space, codes), format=RAW, variant=source.variant), call)
         faces = [image for reply in replies for image in reply.images]
         if len(faces) != len(codes):
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"generator returned {len(faces)} images for "

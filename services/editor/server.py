@@ -33,6 +33,8 @@ Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATE
 #: Boundary spaces that edit codes of a space, in order of preference (W boundaries edit W+ codes too).
 BOUNDARY_SPACES = {Z: (Z,), W: (W,), WP: (W, WP)}
 RAW = common_pb2.IMAGE_FORMAT_RAW
+#: Side of the aligned crops a photo's identity distances are measured on (the photo's own detail counts).
+IDENTITY_CROP = 128
 
 
 @dataclasses.dataclass
@@ -88,11 +90,20 @@ class Source:
     """The face to edit, as a code, plus what a photo brings along."""
 
     space: int
-    code: np.ndarray  # (1, d) or (1, L, d)
+    code: np.ndarray  # (1, d) or (1, L, d): the face edits are measured on (a photo's first face)
     photo: common_pb2.Image | None = None
     alignment: inversion_pb2.FaceAlignment | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     psnr: float = 0.0
+    faces: list[inversion_pb2.InvertedFace] = dataclasses.field(default_factory=list)  # a photo's faces
+    variant: str = ""  # the generator variant tuned for the photo ("" renders the base weights)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """(F, d) or (F, L, d): every face's code (F = 1 for seeds and codes)."""
+        if not self.faces:
+            return self.code
+        return np.concatenate([tensors.to_numpy(f.code.codes, "inversion code") for f in self.faces])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +126,9 @@ class Item:
     edit: int
     step: int
     distance: float
-    code: np.ndarray  # one code without the batch dimension
+    code: np.ndarray  # one code without the batch dimension (a photo's first face)
     boundary: common_pb2.BoundaryRef | None
+    face_codes: np.ndarray | None = None  # (F, ...) every face's code of a photo; None: `code` alone
 
 
 class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
@@ -248,14 +260,16 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             images.size_of(request.photo, "photo", max_pixels=self.settings.max_photo_pixels)
             replies = await self.inversion.collect("Invert", inversion_pb2.InvertRequest(
                 request_id=call.request_id, model=model, space=request.space, image=request.photo, align_face=True,
-                max_steps=request.inversion_steps, format=RAW), call)
+                max_steps=request.inversion_steps, format=RAW, face_selection=request.face_selection,
+                face_indices=request.face_indices, skip_tuning=request.skip_tuning), call)
             final = next((r for r in reversed(replies) if r.final), replies[-1] if replies else None)
             if final is None or not final.code.HasField("codes"):
                 raise ServiceError(grpc.StatusCode.INTERNAL, "inversion returned no code for the photo")
             code = tensors.to_numpy(final.code.codes, "inversion code")
             return Source(final.code.space, code, photo=request.photo,
                           alignment=final.alignment if final.HasField("alignment") else None,
-                          warnings=list(final.warnings), psnr=final.psnr)
+                          warnings=list(final.warnings), psnr=final.psnr, faces=list(final.faces),
+                          variant=final.variant)
         raise invalid_argument("source", "missing; set one of seed, code or photo")
 
     def _remember(self, cache: collections.OrderedDict, key: tuple, value, size: int) -> None:
@@ -362,22 +376,32 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             if layer_range is not None:
                 layers.append(layer_range)
         dist = editing.distance_table(table)
-        edited = editing.edit(source.code, np.stack([d.normal for d in directions]), dist,
+        edited = editing.edit(source.codes, np.stack([d.normal for d in directions]), dist,
                               absolute=np.array(absolute), layers=np.array(layers) if layers else None)
-        return [Item(e, s, float(dist[e, s]), edited[0, e, s], directions[e].ref)
+        return [Item(e, s, float(dist[e, s]), edited[0, e, s], directions[e].ref, edited[:, e, s])
                 for e, n in enumerate(steps) for s in range(n)]
 
     async def _render(self, items: list[Item], chunk: int, model: common_pb2.ModelRef, source: Source,
                       request: editor_pb2.EditRequest, call: CallContext, rescore: bool) -> list[tuple]:
-        """Synthesizes one chunk, re-scores and blends it; returns (image, face, scores) per item."""
-        codes = np.stack([it.code for it in items])
+        """Synthesizes one chunk (every face of a photo, by its variant), re-scores, blends and measures identity;
+        returns (image, face, scores, identity per face, blend mode) per item."""
+        per_item = [it.face_codes if it.face_codes is not None else it.code[None] for it in items]
+        faces_per_item = len(per_item[0])
+        # The unedited faces ride along in the same batch (no extra round trip): a seed's render is the identity
+        # reference; a photo's renders are the reconstructions its change is measured from, by the very weights
+        # that render the edits, so an unedited face adds exactly nothing to the photo.
+        codes = np.concatenate(per_item + [source.codes])
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
             request_id=call.derived_id(str(chunk)), model=model, codes=tensors.latents_from_numpy(source.space, codes),
-            format=RAW), call)
-        faces = [image for reply in replies for image in reply.images]
-        if len(faces) != len(items):
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"generator returned {len(faces)} images for "
-                                                            f"{len(items)} codes; retry")
+            format=RAW, variant=source.variant), call)
+        rendered = [image for reply in replies for image in reply.images]
+        if len(rendered) != len(codes):
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"generator returned {len(rendered)} images for "
+                                                            f"{len(codes)} codes; retry")
+        unedited = rendered[len(items) * faces_per_item:]
+        groups = [unedited if it.edit < 0 else rendered[k * faces_per_item:(k + 1) * faces_per_item]
+                  for k, it in enumerate(items)]
+        faces = [g[0] for g in groups]
 
         async def score():
             if not rescore:
@@ -393,29 +417,60 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         async def blend():
             if source.photo is None or not request.blend_into_photo:
                 return [None] * len(items)
-            if source.alignment is None:
+            if not source.faces:
                 raise ServiceError(grpc.StatusCode.INTERNAL, "inversion returned no face alignment to blend with")
+            mode = inversion_pb2.BLEND_MODE_FACE if request.paste_whole_face else inversion_pb2.BLEND_MODE_CHANGE
             h, w = images.size_of(source.photo, "photo", max_pixels=self.settings.max_photo_pixels)
 
-            async def one(face):
+            async def one(group):
                 # The blends of every Edit call share one budget: the inversion service gets as many large
                 # photos at once as it can hold, and this service holds as many blended ones.
                 async with self.budget.hold(h * w, timeout=call.remaining()):
                     return await self.inversion.unary("Blend", inversion_pb2.BlendRequest(
-                        photo=source.photo, face=face, alignment=source.alignment, format=request.format), call)
-            replies = await asyncio.gather(*(one(face) for face in faces))
-            return [r.image for r in replies]
+                        photo=source.photo, face=group[0], reconstruction=unedited[0],
+                        alignment=source.faces[0].alignment, mode=mode, crop_size=IDENTITY_CROP, format=request.format,
+                        more_faces=[inversion_pb2.BlendFace(face=f, reconstruction=r, alignment=sf.alignment)
+                                    for f, r, sf in zip(group[1:], unedited[1:], source.faces[1:])]), call)
+            return list(await asyncio.gather(*(one(group) for group in groups)))
 
         scores, blended = await asyncio.gather(score(), blend())
+        identity = await self._identity(source, groups, blended, unedited, call)
         fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
         out = []
-        for face, s, b in zip(faces, scores, blended):
+        for face, s, b, ids in zip(faces, scores, blended, identity):
             encoded = face if fmt == RAW else await _encode(face, fmt)
             if b is not None:
-                out.append((b, encoded if request.include_face else None, s))
+                mode = "face" if b.mode == inversion_pb2.BLEND_MODE_FACE else "change"
+                out.append((b.image, encoded if request.include_face else None, s, ids, mode))
             else:
-                out.append((encoded, None, s))
+                out.append((encoded, None, s, ids, ""))
         return out
+
+    async def _identity(self, source: Source, groups: list[list[common_pb2.Image]], blended: list,
+                        reference: list[common_pb2.Image], call: CallContext) -> list[list[float]]:
+        """Identity distance per item and face: a photo's faces in the photo against the result's (the aligned
+        crops of a blend, else the aligned target against the render); a seed's or code's unedited render
+        against each render. -1 where the scorer cannot tell (it is reported, never made up)."""
+        refs, imgs = [], []
+        for group, b in zip(groups, blended):
+            if b is not None:
+                refs += list(b.source_crops)
+                imgs += list(b.result_crops)
+            elif source.faces:
+                refs += [f.aligned_target for f in source.faces]
+                imgs += group
+            else:
+                refs += reference
+                imgs += group[:1]
+        per_item = len(imgs) // max(1, len(groups))
+        try:
+            reply = await self.scorer.unary("CompareIdentity", scorer_pb2.IdentityRequest(
+                references=refs, images=imgs), call)
+            distances = list(reply.distances)
+        except ServiceError as e:
+            log.warning("identity distances unavailable", extra={"error": e.message})
+            distances = [-1.0] * len(imgs)
+        return [distances[k * per_item:(k + 1) * per_item] for k in range(len(groups))]
 
     # -- RPCs --------------------------------------------------------------------------------------------
 
@@ -442,7 +497,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
 
         items: list[Item] = []
         if request.include_original:
-            items.append(Item(-1, 0, 0.0, source.code[0], None))
+            items.append(Item(-1, 0, 0.0, source.code[0], None, source.codes if source.faces else None))
         if request.edits:
             items.extend(self._edit_codes(request, source, directions, steps, ranges, found))
 
@@ -453,7 +508,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                      for k, c in enumerate(chunks)]
         sent, total = 0, len(items)
         async for chunk, rendered in _zip_ordered(chunks, pipeline.ordered(factories, self.settings.parallel_chunks)):
-            for item, (image, face, scores) in zip(chunk, rendered):
+            for item, (image, face, scores, identity, blend_mode) in zip(chunk, rendered):
                 sent += 1
                 elapsed = time.monotonic() - started
                 response = editor_pb2.EditResponse(
@@ -461,7 +516,11 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                     code=tensors.latents_from_numpy(source.space, item.code[None]), scores=scores or [],
                     progress=common_pb2.Progress(stage="editing", done=sent, total=total, elapsed_seconds=elapsed,
                                                  eta_seconds=elapsed / sent * (total - sent)),
-                    request_id=call.request_id, inversion_psnr=source.psnr)
+                    request_id=call.request_id, inversion_psnr=source.psnr, variant=source.variant,
+                    identity_distance=identity[0] if identity else -1.0, blend_mode=blend_mode)
+                for f, d in zip(source.faces, identity):
+                    response.faces.append(editor_pb2.EditedFace(index=f.index, box=f.alignment.face_box,
+                                                                reconstruction_psnr=f.psnr, identity_distance=d))
                 if item.boundary is not None:
                     response.boundary.CopyFrom(item.boundary)
                 if face is not None:
