@@ -2,17 +2,20 @@
 
 One run starts Redis, a boundary service and, for each mode, a generator and an editor: one generator with
 priority lanes (the default), one with `--no-priority-lanes` (one FIFO queue, the baseline), otherwise the
-same settings. Per mode, three phases:
+same settings. Three kinds of slices:
 
 1. idle: an interactive client edits seeds through the editor (Edit of one seed, one attribute, `--steps`
    images, no metadata: Edit's default lane, interactive) at a steady `--rate`, alone;
-2. bulk: `--bulk-clients` closed-loop clients in a process of their own send Synthesize calls of `--bulk-codes`
-   codes (raw pixels, `ifgan-priority: bulk`) straight to the generator, enough to keep its queue full;
-3. mixed: both at once.
+2. mixed: the same while `--bulk-clients` closed-loop clients (a process of their own per mode) send Synthesize
+   calls of `--bulk-codes` codes (raw pixels, `ifgan-priority: bulk`) straight to the generator, enough to
+   keep its queue full;
+3. bulk: the bulk load alone.
 
-Reported: p50 / p99 of the interactive edits in the idle and mixed phases, bulk throughput (images/s) alone
-and mixed. The machine is shared and its load drifts, so the modes' phases alternate in `--rounds` rounds
-(on, off, then off, on, ...) and each figure pools its mode's rounds: ratios within a run count.
+The machine is shared and its load drifts by the minute, so the slices are short and interleaved: each round
+runs idle, mixed and bulk slices of `--seconds` for one mode, then for the other (the mode order alternates
+by round); before an idle slice the bulk load pauses and the generator's queue drains. Each figure pools its
+mode's slices over `--rounds` rounds: p50 / p99 of the interactive edits (idle and mixed), bulk images/s
+(alone and mixed).
 
 Targets (bench/results/priority.json):
   lanes on: interactive p99 under saturation <= 2 x its idle p99;
@@ -30,9 +33,11 @@ import io
 import json
 import multiprocessing
 import platform
+import re
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -56,34 +61,37 @@ MODES = {"on": [], "off": ["--no-priority-lanes"]}
 
 # -- the bulk load (its own process) --------------------------------------------------------------------------
 
-def bulk_load(address: str, clients: int, codes: int, warmup: float, seconds: float, started, out) -> None:
-    """Closed-loop bulk Synthesize clients; puts (images answered within the measured window, errors) on `out`."""
+def bulk_load(address: str, clients: int, codes: int, state, window, ready, out) -> None:
+    """Closed-loop bulk Synthesize clients, paused while `state` is 0 and stopped when it is 2; images answered
+    while `window` holds a slice number count for that slice. Puts ({slice: images}, errors) on `out`."""
 
     async def main():
         rng = np.random.default_rng(7)
         request = generator_pb2.SynthesizeRequest(
             codes=tensors.latents_from_numpy(Z, rng.standard_normal((codes, 100)).astype(np.float32)),
             format=common_pb2.IMAGE_FORMAT_RAW)
-        loop = asyncio.get_running_loop()
-        begin = loop.time() + warmup
-        end = begin + seconds
-        counted, errors = [0], []
+        counted: dict[int, int] = {}
+        errors: list[str] = []
 
         async def client(stub):
-            while loop.time() < end:
+            while state.value != 2:
+                if state.value == 0:
+                    await asyncio.sleep(0.02)
+                    continue
                 try:
                     async for reply in stub.Synthesize(request, timeout=120, metadata=((LANE_METADATA, "bulk"),)):
-                        if begin <= loop.time() < end:
-                            counted[0] += len(reply.images)
+                        if window.value >= 0:
+                            counted[window.value] = counted.get(window.value, 0) + len(reply.images)
                 except grpc.aio.AioRpcError as e:
                     errors.append(f"{e.code().name}: {e.details()[:160]}")
                     await asyncio.sleep(0.05)
 
         async with grpc.aio.insecure_channel(address) as channel:
             stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-            loop.call_at(begin, started.set)
+            await channel.channel_ready()
+            ready.set()
             await asyncio.gather(*(client(stub) for _ in range(clients)))
-        return counted[0], errors
+        return counted, errors
 
     out.put(asyncio.run(main()))
 
@@ -119,25 +127,51 @@ def interactive(address: str, rate: float, seconds: float, steps: int, first_see
     return latencies, errors
 
 
-def phase(kind: str, stack: dict, mode: str, args, seed: int) -> dict:
-    """One phase of one mode: idle, bulk or mixed."""
-    out: dict = {"latencies": [], "images": 0, "seconds": args.seconds, "errors": []}
-    bulk = None
-    if kind in ("bulk", "mixed"):
+class Bulk:
+    """The bulk load of one mode: a process of its own, paused, resumed and counted per slice."""
+
+    def __init__(self, address: str, args):
         ctx = multiprocessing.get_context("spawn")
-        started, results = ctx.Event(), ctx.Queue()
-        bulk = ctx.Process(target=bulk_load, args=(stack[f"generator-{mode}"], args.bulk_clients, args.bulk_codes,
-                                                   args.warmup, args.seconds, started, results), daemon=True)
-        bulk.start()
-        if not started.wait(120):
-            raise RuntimeError("the bulk load did not start within 120 s")
-    if kind in ("idle", "mixed"):
-        out["latencies"], out["errors"] = interactive(stack[f"editor-{mode}"], args.rate, args.seconds, args.steps,
-                                                      seed)
-    if bulk is not None:
-        images, errors = results.get(timeout=args.seconds + 180)
-        bulk.join(30)
-        out["images"], out["errors"] = images, out["errors"] + errors
+        self.state, self.window = ctx.Value("i", 0), ctx.Value("i", -1)
+        ready, self.results = ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=bulk_load, args=(address, args.bulk_clients, args.bulk_codes, self.state,
+                                                        self.window, ready, self.results), daemon=True)
+        self.proc.start()
+        if not ready.wait(120):
+            raise RuntimeError("the bulk load did not connect within 120 s")
+
+    def finish(self) -> tuple[dict, list]:
+        self.state.value = 2
+        counted, errors = self.results.get(timeout=300)
+        self.proc.join(30)
+        return counted, errors
+
+
+def queue_depth(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(float(v) for v in re.findall(r"^ifgan_batch_queue_depth\{[^}]*\} ([0-9.e+-]+)$", text, re.M))
+
+
+def run_slices(stack: dict, mode: str, bulk: Bulk, args, number: int, seed: int) -> dict:
+    """One idle, one mixed and one bulk slice of `mode`; returns {kind: {latencies, slice, errors}}."""
+    out = {}
+    bulk.state.value = 0
+    deadline = time.monotonic() + 120
+    while queue_depth(stack[f"metrics-{mode}"]) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the paused load's calls in flight finish first
+    time.sleep(0.5)
+    latencies, errors = interactive(stack[f"editor-{mode}"], args.rate, args.seconds, args.steps, seed)
+    out["idle"] = {"latencies": latencies, "errors": errors, "slice": None, "seconds": 0.0}
+    bulk.state.value = 1
+    time.sleep(args.warmup)  # the queue fills again
+    bulk.window.value, opened = 2 * number, time.perf_counter()
+    latencies, errors = interactive(stack[f"editor-{mode}"], args.rate, args.seconds, args.steps, seed + 500)
+    bulk.window.value = 2 * number + 1  # the last edit may end after --seconds: the windows keep their own time
+    switched = time.perf_counter()
+    out["mixed"] = {"latencies": latencies, "errors": errors, "slice": 2 * number, "seconds": switched - opened}
+    time.sleep(args.seconds)
+    bulk.window.value = -1
+    out["bulk"] = {"latencies": [], "errors": [], "slice": 2 * number + 1, "seconds": time.perf_counter() - switched}
     return out
 
 
@@ -155,7 +189,8 @@ def start_stack(workdir: Path, log_level: str = "WARNING") -> tuple[dict, list]:
     procs.append(boundary)
     addresses = {"boundary": boundary.address}
     for mode, flags in MODES.items():
-        generator = ServiceProcess.start("generator", [*common, *flags], log_dir=workdir / "logs" / f"generator-{mode}")
+        generator = ServiceProcess.start("generator", [*common, *flags], log_dir=workdir / "logs" / f"generator-{mode}",
+                                         metrics_port=free_port())
         procs.append(generator)
         editor = ServiceProcess.start("editor", common, env={
             "IFGAN_GENERATOR_ADDRESS": generator.address, "IFGAN_BOUNDARY_ADDRESS": boundary.address,
@@ -163,6 +198,7 @@ def start_stack(workdir: Path, log_level: str = "WARNING") -> tuple[dict, list]:
             log_dir=workdir / "logs" / f"editor-{mode}")
         procs.append(editor)
         addresses[f"generator-{mode}"], addresses[f"editor-{mode}"] = generator.address, editor.address
+        addresses[f"metrics-{mode}"] = generator.metrics_port
     for p in procs[1:]:
         p.wait_serving(300)
     buf = io.BytesIO()
@@ -173,11 +209,12 @@ def start_stack(workdir: Path, log_level: str = "WARNING") -> tuple[dict, list]:
     return addresses, procs
 
 
-def summarize(runs: list[dict]) -> dict:
+def summarize(runs: list[dict], counted: dict) -> dict:
     latencies = [x for r in runs for x in r["latencies"]]
+    slices = [r["slice"] for r in runs if r["slice"] is not None]
     seconds = sum(r["seconds"] for r in runs)
     return {"edits": len(latencies), "p50_ms": percentile_ms(latencies, 50), "p99_ms": percentile_ms(latencies, 99),
-            "bulk_images_per_s": round(sum(r["images"] for r in runs) / seconds, 1) if seconds else None,
+            "bulk_images_per_s": round(sum(counted.get(i, 0) for i in slices) / seconds, 1) if slices else None,
             "errors": sum(len(r["errors"]) for r in runs),
             "error_samples": sorted({e for r in runs for e in r["errors"]})[:3]}
 
@@ -185,9 +222,9 @@ def summarize(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes (the test's run)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of every phase of both modes")
-    p.add_argument("--seconds", type=float, default=25.0, help="measured seconds of one phase of one round")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of bulk load before its phase is measured")
+    p.add_argument("--rounds", type=int, default=6, help="rounds of idle, mixed and bulk slices of both modes")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds of one slice")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of bulk load before a mixed slice counts")
     p.add_argument("--rate", type=float, default=4.0, help="interactive edits per second")
     p.add_argument("--steps", type=int, default=3, help="images per interactive edit")
     p.add_argument("--bulk-clients", type=int, default=4, help="closed-loop bulk Synthesize clients")
@@ -202,28 +239,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting Redis, boundary, and a generator + editor per mode in {workdir} ...", flush=True)
     procs: list = []
     runs: dict = {(m, k): [] for m in MODES for k in ("idle", "bulk", "mixed")}
+    counted: dict = {m: {} for m in MODES}
+    bulk_errors: dict = {m: [] for m in MODES}
+    bulks: dict = {}
     try:
         stack, procs = start_stack(workdir)
         for mode in MODES:  # warm: first edits load the boundary into the editor's cache
             interactive(stack[f"editor-{mode}"], 20.0, 0.5, args.steps, 10_000)
+            bulks[mode] = Bulk(stack[f"generator-{mode}"], args)
         print(f"up in {time.perf_counter() - began:.1f} s", flush=True)
-        seed = 0
+        number = 0
         for r in range(args.rounds):
-            order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
-            for kind in ("idle", "bulk", "mixed"):
-                for mode in order:
-                    result = phase(kind, stack, mode, args, seed)
-                    seed += 1000
+            for mode in (list(MODES) if r % 2 == 0 else list(reversed(MODES))):
+                slices = run_slices(stack, mode, bulks[mode], args, number, 1000 * (number + 1))
+                number += 1
+                for kind, result in slices.items():
                     runs[(mode, kind)].append(result)
-                    s = summarize([result])
-                    print(f"round {r + 1} {kind:5s} lanes {mode:3s}: edits {s['edits']:4d} p50 {s['p50_ms']} ms "
-                          f"p99 {s['p99_ms']} ms, bulk {s['bulk_images_per_s']} images/s, errors {s['errors']}",
-                          flush=True)
+                print(f"round {r + 1} lanes {mode:3s}: " + "; ".join(
+                    f"{kind} p50 {percentile_ms(res['latencies'], 50)} p99 {percentile_ms(res['latencies'], 99)} ms"
+                    for kind, res in slices.items() if kind != "bulk"), flush=True)
+        for mode, bulk in bulks.items():
+            counted[mode], bulk_errors[mode] = bulk.finish()
     finally:
+        for bulk in bulks.values():
+            if bulk.proc.is_alive():
+                bulk.proc.kill()
         for proc in reversed(procs):
             proc.stop()
 
-    table = {mode: {kind: summarize(runs[(mode, kind)]) for kind in ("idle", "bulk", "mixed")} for mode in MODES}
+    table = {mode: {kind: summarize(runs[(mode, kind)], counted[mode])
+                    for kind in ("idle", "bulk", "mixed")} for mode in MODES}
+    for mode in MODES:
+        table[mode]["bulk"]["errors"] += len(bulk_errors[mode])
+        table[mode]["bulk"]["error_samples"] = sorted(set(bulk_errors[mode]))[:3]
     on, off = table["on"], table["off"]
     print(f"\n{'lanes':6s} {'idle p50':>9s} {'idle p99':>9s} {'mixed p50':>10s} {'mixed p99':>10s} "
           f"{'bulk alone':>11s} {'bulk mixed':>11s}  (ms; images/s)")
@@ -249,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"model": MODEL},
         "environment": {"cpus": multiprocessing.cpu_count(), "python": platform.python_version(),
                         "load_average_at_end": load_average(),
-                        "note": "shared 2-core machine; figures pool alternating rounds, ratios within the run count"},
+                        "note": "shared 2-core machine; figures pool interleaved slices, ratios within the run count"},
         "seconds": round(time.perf_counter() - began, 1),
     }
     result["settings"]["out"] = str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else args.out.name
