@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+#: The benchmarks of the table (others are listed under it by name).
 ORDER = ("generator", "scorer", "boundary", "inversion", "reliability")
 
 #: What each target compares, in words (a target missing here is shown by its name).
@@ -42,20 +43,20 @@ WHAT = {
     "wall_seconds_per_image_many": "wall seconds per image, many concurrent Invert calls at the server's defaults",
     "server_cpu_seconds_per_image_many": "server CPU seconds per image, same calls",
     "p50_seconds_one_request": "median latency of one Invert call at a time, seconds",
+    "server_cpu_seconds_per_image_one_request": "server CPU seconds per image, one Invert call at a time",
     "errors": "failed or wrong Invert calls",
     "warmup_errors": "errors in the warm-up (every reply checked)",
     "load_errors": "errors at 80% of the measured capacity (every reply checked)",
     "load_achieved_over_offered_min": "calls made and answered OK ÷ calls due, open loop at 80% of capacity "
                                       "(least over RPCs)",
     "memory_growth_max_pct": "resident memory growth over the loaded minutes, % (largest service)",
-    "all_serving_after": "services SERVING at the end",
+    "all_serving_after": "services SERVING at the end (the cluster and the capacity-limited replicas)",
 }
 
 
 def rows(results: Path) -> list[str]:
     out = ["| benchmark | figure (what it compares) | measured | target | met |", "|---|---|---|---|---|"]
-    others = sorted(p.stem for p in results.glob("*.json") if p.stem not in ORDER)
-    for name in (*ORDER, *others):
+    for name in ORDER:
         path = results / f"{name}.json"
         if not path.exists():
             continue
@@ -76,6 +77,11 @@ def rows(results: Path) -> list[str]:
             out.append(f"| | overload of every service ({', '.join(services)}): refused only with "
                        f"RESOURCE_EXHAUSTED with a retry hint, some calls served, no other "
                        f"error | {met} of {len(overload)} checks | all | {'yes' if met == len(overload) else '**no**'} |")
+    others = sorted(p.stem for p in results.glob("*.json") if p.stem not in ORDER)
+    if others:
+        out.append("")
+        out.append("Other benchmarks, with their targets in their own result files: "
+                   + ", ".join(f"`bench/{n}.py`" for n in others) + ".")
     return out
 
 
