@@ -18,6 +18,7 @@ import redis.exceptions
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2
 from services.common import editing, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found, unavailable
+from services.common.runtime import redact
 from services.common.settings import ServerSettings, setting
 from services.common.upstream import CallContext
 
@@ -83,7 +84,7 @@ def _handles_store_errors(fn):
 
     def translate(e: Exception, self) -> ServiceError:
         if isinstance(e, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
-            return unavailable(f"the boundary store (Redis at {self.settings.redis_url}) is unreachable: {e}; "
+            return unavailable(f"the boundary store (Redis at {redact(self.settings.redis_url)}) is unreachable: {e}; "
                                f"retry later", retry_after=2.0)
         return ServiceError(grpc.StatusCode.INTERNAL, f"boundary store error: {type(e).__name__}: {e}")
 
@@ -136,12 +137,12 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             if persistence and persistence.get("appendonly") != "yes":
                 log.warning("Redis runs without AOF (appendonly=%s): a restart can lose boundaries; start it with "
                             "--appendonly yes --appendfsync always", persistence.get("appendonly"))
-            log.info("store ready", extra={"redis": self.settings.redis_url, **persistence})
+            log.info("store ready", extra={"redis": redact(self.settings.redis_url), **persistence})
             if self.settings.bundled_boundaries:
                 await bundled.install(self.store)
         except redis.exceptions.RedisError as e:
             log.warning("Redis at %s unreachable at start (%s); store RPCs answer UNAVAILABLE until it is up",
-                        self.settings.redis_url, e)
+                        redact(self.settings.redis_url), e)
 
     async def close(self) -> None:
         await self.jobs.close()

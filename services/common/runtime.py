@@ -267,9 +267,14 @@ def bounded(error: ServiceError, limit: int = MAX_ERROR_CHARS) -> ServiceError:
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
 
 
+def redact(text: str) -> str:
+    """`text` with the credentials of URLs in it (redis://:PASSWORD@host) masked, for logs and messages."""
+    return _URL_CREDENTIALS.sub("***@", text)
+
+
 def redact_urls(values: dict) -> dict:
     """`values` with the credentials of URLs (redis://:PASSWORD@host) masked, for logs."""
-    return {k: _URL_CREDENTIALS.sub("***@", v) if isinstance(v, str) else v for k, v in values.items()}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in values.items()}
 
 
 def _code_of(context, error: Exception) -> str:
