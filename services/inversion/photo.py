@@ -15,14 +15,51 @@ class FaceSelectionError(ValueError):
     """A face selection the photo cannot satisfy; the message says what was found and what is accepted."""
 
 
-def plausible(faces: list[Face], min_score: float, min_side: float) -> tuple[list[Face], list[Face]]:
-    """(kept, dropped): detections under `min_score` confidence or `min_side` pixels wide are dropped.
+class FaceVerifier:
+    """dlib's CNN face detector run on one detection's neighbourhood: the second check of uncertain detections.
 
-    dlib's HOG detector scores real frontal faces from about 0.5 up (1.1-1.4 on the test portraits); the
-    false detections it makes on textured objects (the astronaut photo's mission patch: 0.12) score low.
+    dlib's HOG detector finds real frontal faces with confidence about 0.7-1.4 but also textured objects (the
+    astronaut photo's mission patch: 0.1-0.45, depending on rotation). The CNN detector, run on a 160 px
+    window twice the detection's size, finds every real face of the test photos (confidence about 1.05) and
+    none of those objects, at about 0.14 CPU-seconds a check.
+
+    Args:
+        model_path: mmod_human_face_detector.dat.
+        window: Side of the window the neighbourhood is resampled to.
     """
-    kept = [f for f in faces if f.score >= min_score and min(f.box[2], f.box[3]) >= min_side]
-    dropped = [f for f in faces if f not in kept]
+
+    def __init__(self, model_path, window: int = 160):
+        import dlib
+        import threading
+
+        self.net = dlib.cnn_face_detection_model_v1(str(model_path))
+        self.window = window
+        self._lock = threading.Lock()
+
+    def confirms(self, image: np.ndarray, face: Face) -> bool:
+        x, y, w, h = face.box
+        cx, cy, side = x + w / 2, y + h / 2, 2.0 * max(w, h)
+        k = self.window / side
+        m = np.array([[k, 0, self.window / 2 - cx * k], [0, k, self.window / 2 - cy * k]])
+        crop = cv2.warpAffine(image, m, (self.window, self.window), flags=cv2.INTER_AREA,
+                              borderMode=cv2.BORDER_REPLICATE)
+        with self._lock:
+            return len(self.net(np.ascontiguousarray(crop), 0)) > 0
+
+
+def plausible(faces: list[Face], min_score: float, min_side: float, image: np.ndarray | None = None,
+              verifier: FaceVerifier | None = None, trusted_score: float = 1.0, max_checks: int = 64
+              ) -> tuple[list[Face], list[Face]]:
+    """(kept, dropped): detections under `min_score` confidence or `min_side` pixels wide are dropped, and
+    those under `trusted_score` that the verifier does not confirm (at most `max_checks` are checked; the
+    rest of the uncertain ones are dropped)."""
+    kept, dropped, checks = [], [], 0
+    for f in faces:
+        ok = f.score >= min_score and min(f.box[2], f.box[3]) >= min_side
+        if ok and verifier is not None and f.score < trusted_score:
+            checks += 1
+            ok = checks <= max_checks and verifier.confirms(image, f)
+        (kept if ok else dropped).append(f)
     return kept, dropped
 
 

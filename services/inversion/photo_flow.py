@@ -42,7 +42,8 @@ def find_faces(svc, request, resolution: int, model_name: str):
     image = images.decode(request.image, "image", max_pixels=s.max_image_pixels, min_side=s.min_photo_side)
     h, w = image.shape[:2]
     found = svc.faces.find(image, s.detect_upsample)
-    kept, dropped = photo.plausible(found, s.min_face_score, s.min_face_side)
+    kept, dropped = photo.plausible(found, s.min_face_score, s.min_face_side, image, svc.verifier,
+                                    s.trusted_face_score, 3 * s.max_faces)
     try:
         chosen = photo.select(kept, SELECTIONS[request.face_selection], list(request.face_indices), s.max_faces)
     except photo.FaceSelectionError as e:
@@ -60,8 +61,8 @@ def find_faces(svc, request, resolution: int, model_name: str):
         picked.append((i, kept[i], matrix, warp_crop(image, matrix, resolution)))
     warnings = []
     if dropped:
-        warnings.append(f"{len(dropped)} detection(s) dropped as implausible (confidence under "
-                        f"{s.min_face_score} or narrower than {s.min_face_side} px)")
+        warnings.append(f"{len(dropped)} detection(s) dropped as implausible (narrower than {s.min_face_side} px, "
+                        f"or not confirmed by the second face detector)")
     if request.face_selection in (inversion_pb2.FACE_SELECTION_UNSPECIFIED, inversion_pb2.FACE_SELECTION_LARGEST) \
             and len(kept) > 1:
         x, y, bw, bh = kept[0].box

@@ -29,6 +29,7 @@ from .framing import template_for
 from .quality import psnr as psnr_of
 from .quality import ssim as ssim_of
 from .refine import STOP_ENCODER, Inverter, Options, invertible_spaces
+from .photo import FaceVerifier
 from .photo_flow import blend as blend_photo
 from .photo_flow import invert_photo
 from .tuned import PhotoTuner
@@ -77,9 +78,10 @@ class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
     variant_ttl_seconds: int = setting(3600, "how long a tuned variant stays in the store")
     max_variant_mb: float = setting(16.0, "largest variant stored, in MiB (bigger ones are refused)")
     max_faces: int = setting(20, "most faces one photo may invert")
-    min_face_score: float = setting(0.4, "detections under this detector confidence are dropped as implausible "
-                                         "(real faces score about 0.5 and up; a patch on a shirt 0.1)")
-    min_face_side: int = setting(24, "detections narrower than this, in pixels, are dropped")
+    min_face_score: float = setting(0.0, "detections under this HOG detector confidence are dropped")
+    trusted_face_score: float = setting(1.0, "detections under this confidence must be confirmed by dlib's CNN face "
+                                             "detector (real faces score about 0.7-1.4; a patch on a shirt 0.1-0.45)")
+    min_face_side: int = setting(16, "detections narrower than this, in pixels, are dropped")
 
     service_name = "inversion"
 
@@ -117,6 +119,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         self.worker: RefineWorker | None = None
         self.budget = PixelBudget("inversion", settings.max_pixels_in_flight)
         self.tuner: PhotoTuner | None = None
+        self.verifier: FaceVerifier | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         inversion_pb2_grpc.add_InversionServiceServicer_to_server(self, server)
@@ -130,6 +133,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
             self.registry.register_json(self.settings.models_json)
         await asyncio.to_thread(self._model, self.settings.default_model)
         self.faces = FaceFinder(assets.path_of("shape_predictor_5_face_landmarks.dat", self.settings.models_dir))
+        self.verifier = FaceVerifier(assets.path_of("mmod_human_face_detector.dat", self.settings.models_dir))
         s = self.settings
         store = variants.VariantStore(s.redis_url, s.variant_ttl_seconds, int(s.max_variant_mb * (1 << 20))) \
             if s.redis_url else None

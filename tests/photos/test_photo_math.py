@@ -45,15 +45,32 @@ def _crop(image, face, size=64):
     return warp_crop(image, similarity_transform(face.landmarks, template_for("dcgan-digiface-64", size)), size)
 
 
-def test_mission_patch_is_filtered_and_the_face_kept(finder, models_dir):
+@pytest.mark.parametrize("degrees", [0, 10, -10])
+def test_mission_patch_is_filtered_and_the_face_kept(finder, models_dir, degrees):
+    import cv2
     astronaut = _photo("astronaut.png", models_dir)
-    found = finder.find(astronaut, 1)
-    assert len(found) == 2  # the face and the mission patch
-    kept, dropped = photo.plausible(found, min_score=0.4, min_side=24)
+    rotation = cv2.getRotationMatrix2D((256, 256), degrees, 1.0)
+    image = cv2.warpAffine(astronaut, rotation, (512, 512), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    found = finder.find(image, 1)
+    assert len(found) == 2  # the face and the mission patch (HOG confidence 0.1-0.45)
+    verifier = photo.FaceVerifier(assets.path_of("mmod_human_face_detector.dat", models_dir))
+    kept, dropped = photo.plausible(found, 0.0, 16, image, verifier)
     assert len(kept) == 1 and len(dropped) == 1
     x, y, w, h = kept[0].box
-    assert y < 200 and 60 < w < 140  # the face sits in the upper half; the patch is at y 335
+    assert y < 200 and 60 < w < 140  # the face sits in the upper half; the patch is at y 320-340
     assert dropped[0].box[1] > 300
+    # Without the second check the patch of the rotated photos passes a confidence threshold a real face meets.
+    assert all(f.score > 0 for f in found)
+
+
+def test_small_real_faces_are_confirmed(finder, models_dir):
+    import cv2
+    verifier = photo.FaceVerifier(assets.path_of("mmod_human_face_detector.dat", models_dir))
+    for name, width in [("grace_hopper.jpg", 96), ("astronaut.png", 96)]:
+        image = _photo(name, models_dir)
+        small = cv2.resize(image, (width, round(image.shape[0] * width / image.shape[1])), interpolation=cv2.INTER_AREA)
+        kept, _ = photo.plausible(finder.find(small, 1), 0.0, 16, small, verifier)
+        assert len(kept) == 1 and kept[0].box[2] < 45
 
 
 def test_face_selection_modes_and_limits(finder, models_dir):
