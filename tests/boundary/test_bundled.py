@@ -35,8 +35,8 @@ def test_the_bundle_holds_the_default_models_boundaries_with_their_metadata():
         if "|" in m["attribute"]:
             assert [p["attribute"] for p in m["parents"]] == ["gender", "age"]
             continue
-        assert m["num_samples"] >= 3000 and m["chosen_ratio"] == pytest.approx(0.02) and m["seed"] == 0
-        assert m["solver"] and m["model_version"] and 0.5 < m["validation_accuracy"] <= 1
+        assert m["num_samples"] >= 100_000 and m["chosen_ratio"] == pytest.approx(0.02) and m["seed"] == 0
+        assert m["solver"] and m["model_version"] and 0.7 < m["validation_accuracy"] <= 1
     # The held gender is the gender normal projected off the age normal.
     by = {b.meta["attribute"]: b.normal[0] for b in shipped}
     held = by["gender|age"]
