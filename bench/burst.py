@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 targets[f"burst_{name}_{service}_kept_mb"] = at_most(mm["after"] - mm["before"], KEPT_MB)
     targets["burst_all_serving_after"] = at_least(sum(v == "SERVING" for v in healthy.values()), len(healthy))
 
-    print(f"\n{'burst':10s} {'service':10s} {'before':>8s} {'peak':>8s} {'after':>8s}   large ok/refused   small p50/p99 s")
+    print(f"\n{'burst':10s} {'service':10s} {'before':>8s} {'peak':>8s} {'after':>8s}   large ok/refused   "
+          f"small p50/p99 s")
     for name, r in results.items():
         for service, mm in r["memory_mb"].items():
             print(f"{name:10s} {service:10s} {mm['before']:8.0f} {mm['peak']:8.0f} {mm['after']:8.0f}   "

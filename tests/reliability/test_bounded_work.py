@@ -127,7 +127,7 @@ def test_a_burst_of_large_images_stays_within_the_scorer_budget_and_small_reques
     scorer = launch_service("scorer", "--max-request-pixels", str(8 << 20), "--max-pixels-in-flight", str(16 << 20))
     large = scorer_pb2.ScoreRequest(images=[face(i, 1024) for i in range(8)])
     small = scorer_pb2.ScoreRequest(images=[face(20)])
-    outcomes, small_outcomes, stop = [], [], threading.Event()
+    small_outcomes, stop = [], threading.Event()
     with grpc.insecure_channel(scorer.address, options=OPTIONS) as channel:
         stub = scorer_pb2_grpc.ScorerServiceStub(channel)
         list(stub.Score(large, timeout=300))  # every path warm
