@@ -46,10 +46,10 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     page = (out / "index.html").read_text()
     parsed = Collect()
     parsed.feed(page)
-    for heading in ("Edit grids", "Gender edit: raw vs age held fixed", "Boundary cosine matrix", "SVM accuracies",
-                    "Timings"):
+    for heading in ("Edit grids", "Gender edit: raw vs age held fixed", "Calibrated edits", "Boundary cosine matrix",
+                    "SVM accuracies", "Timings"):
         assert heading in parsed.headings, parsed.headings
-    assert len(parsed.images) == 5 and "<svg" in page
+    assert len(parsed.images) == 6 and "<svg" in page
     for src in parsed.images:
         with Image.open(out / src) as im:
             assert im.format == "PNG" and im.width > 7 * 128
@@ -73,6 +73,11 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     yaw = data["response"]["yaw"]["yaw"]
     assert yaw[-1] - yaw[0] > 15  # the yaw boundary turns heads
     assert data["response"]["gender"]["gender"][-1] > data["response"]["gender"]["gender"][0]
+    # Calibrated edits: every edit asked in its unit, on each grid face, with what was reached.
+    rows = {r["edit"]: r for r in data["calibrated"]["rows"]}
+    assert "age:+10y" in rows and "gender:to=0.9:hold=auto" in rows
+    assert all(r["faces"] == 3 and len(r["after"]) == 3 and 0 <= r["met"] <= 3 for r in rows.values())
+    assert rows["yaw:to=20"]["met"] >= 2  # yaw, the cleanest attribute, reaches its target
     for stage in ("cluster up", "training", "editing", "analysis", "cluster down", "total"):
         assert data["timings"][stage] >= 0
     assert f"{data['timings']['total'] / 60:.1f} min" in page
