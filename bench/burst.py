@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a smaller burst (the test's run)")
     p.add_argument("--large-calls", type=int, default=24, help="concurrent large calls per service")
-    p.add_argument("--deadline", type=float, default=300.0, help="deadline of each large call, seconds")
+    p.add_argument("--deadline", type=float, default=600.0, help="deadline of each large call, seconds")
     p.add_argument("--attach", type=Path, default=None, help="use the cluster running from this folder")
     p.add_argument("--services", default="scorer,inversion,editor", help="services to burst, in order")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability.json",

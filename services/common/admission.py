@@ -22,6 +22,10 @@ REFUSED = Counter("ifgan_pixel_budget_refused_total", "Requests the pixel budget
                   ["service", "reason"])
 
 
+#: Seconds without large requests after which freed memory is returned to the OS.
+TRIM_DELAY = 1.0
+
+
 def _libc_trim():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -81,6 +85,7 @@ class PixelBudget:
         self._changed = asyncio.Condition()
         self._hold_seconds = 1.0  # moving average of large holds: the retry hint
         self._trim_pending = False
+        self._trimmer: asyncio.Task | None = None
         self._gauge = USED.labels(service)
         CAPACITY.labels(service).set(capacity)
 
@@ -134,12 +139,25 @@ class PixelBudget:
                     self._large_used -= pixels
                     self._hold_seconds = 0.8 * self._hold_seconds + 0.2 * (time.monotonic() - started)
                     self._trim_pending = True
-                trim = self._trim_pending and self._large_used == 0
-                if trim:
-                    self._trim_pending = False
+                if self._trim_pending and self._large_used == 0 and self._trimmer is None:
+                    self._trimmer = asyncio.create_task(self._trim_when_idle())
                 self._changed.notify_all()
-            if trim:
-                await asyncio.to_thread(release_memory)
+
+    async def _trim_when_idle(self) -> None:
+        """Returns memory once no large request has been held for TRIM_DELAY seconds.
+
+        Later, not at the release: the request's arrays are freed only after its handler's frame lets go of
+        them, and pages freed after a trim stay resident.
+        """
+        try:
+            while True:
+                await asyncio.sleep(TRIM_DELAY)
+                if self._large_used == 0:
+                    self._trim_pending = False
+                    await asyncio.to_thread(release_memory)
+                    return
+        finally:
+            self._trimmer = None
 
     def _refusal(self, pixels: int, reason: str):
         REFUSED.labels(self.service, reason).inc()
