@@ -220,15 +220,6 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
     async def ConditionBoundary(self, request, context):
         if not 1 <= len(request.conditions) <= 16:
             raise invalid_argument("conditions", f"{len(request.conditions)} given; accepted 1 .. 16 boundaries")
-        if request.request_id:
-            # The id is claimed with the request's fingerprint (SET NX): a reused id carrying another target or
-            # other conditions is refused, instead of answered with the first request's boundary.
-            mine = fingerprint(request)
-            first = await self.store.claim_request(f"condition-request:{request.request_id}", mine, self._request_ttl)
-            if first != mine:
-                raise invalid_argument("request_id", f"{request.request_id!r} was already used by ConditionBoundary "
-                                                     f"for a different request (target or conditions); use a new "
-                                                     f"request_id for a new request")
         target = await self._get(request.target, "target")
         conditions = [await self._get(c, f"conditions[{i}]") for i, c in enumerate(request.conditions)]
         for i, c in enumerate(conditions):
@@ -250,6 +241,16 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
                 "intercept": 0.0, "timings": {}}
         if len(names) > 17 or len(meta["attribute"]) > 1024:
             raise invalid_argument("conditions", "the derived name is too long")
+        if request.request_id:
+            # Claimed with the request's fingerprint (SET NX) once the request is known to be valid (a refused
+            # one stores nothing): a reused id carrying another target or other conditions is refused, instead of
+            # answered with the first request's boundary.
+            mine = fingerprint(request)
+            first = await self.store.claim_request(f"condition-request:{request.request_id}", mine, self._request_ttl)
+            if first != mine:
+                raise invalid_argument("request_id", f"{request.request_id!r} was already used by ConditionBoundary "
+                                                     f"for a different request (target or conditions); use a new "
+                                                     f"request_id for a new request")
         stored, _ = await self.store.put(meta, normal, request_id=f"condition:{request.request_id}"
                                          if request.request_id else "", request_ttl=self._request_ttl)
         return convert.boundary_of(stored)
