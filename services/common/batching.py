@@ -28,8 +28,9 @@ Semantics:
   device goes from batch to batch without waiting for a busy event loop; that batch keeps gathering
   company until about when a worker frees up. An interactive arrival takes back the prefetched batches of bulk
   work that no worker has started (their slices return to the front of the bulk queue), so it waits for the
-  running batch only. Where a batch's time grows with its size (a CPU), `bulk_max_batch_size` caps the bulk
-  items per batch while interactive requests are seen, which bounds that wait too.
+  running batch only; and while bulk batches hold every shared worker, batches led by interactive requests run
+  on workers of their own (`interactive_instances`), so it does not wait for that either. `bulk_fill` bounds
+  the bulk items such a batch takes (a batch's time grows with its size on a CPU, hardly on a GPU).
 - A lone client on an idle device never waits: when no batch is running the queue is dispatched at once.
   The batcher waits (at most `max_queue_delay_microseconds`) only when there is evidence of concurrent load:
   another instance is running a batch, or the last batch served several requests whose clients are expected
