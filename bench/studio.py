@@ -4,7 +4,9 @@ A person dragging a slider sends one POST /api/edit per position (the page keeps
 positions it passed meanwhile); each is timed here from request to decoded JSON reply, the way the page sees it.
 Scenarios, one client, one move after another, on an idle cluster: one slider dragged on a seed; the same with
 another slider set (its code is cached, so still one edit a move); holding another attribute (a conditional
-boundary, cached after the first move); a 7-image grid; the first drag again while a boundary training job
+boundary, cached after the first move); a 7-image grid; yaw (a scored attribute: the shipped boundary) holding
+automatically (the editor measures the others along each move) and in degrees (each move a target search); the
+first drag again while a boundary training job
 samples and scores on the same cluster (no priority lanes yet: the drag shares the generator and scorer with the
 job); a photo's first upload (inversion, once per photo) and a drag on that photo. Each row gives the median, 90th percentile and mean wall milliseconds and, from the
 reply's `editor_ms`, how much of a move the editor's Edit call is (the rest is HTTP, JSON and PNG transfer).
@@ -67,12 +69,13 @@ def import_boundaries(editor: str) -> None:
                 model=MODEL, attribute=name, space=common_pb2.LATENT_SPACE_Z, npy=buf.getvalue()), timeout=60)
 
 
-def drag(url: str, source: dict, moves: int, others: dict, hold: list[str]) -> list[dict]:
-    """`moves` positions of slider A from -3 to +3 (a drag), each timed."""
+def drag(url: str, source: dict, moves: int, others: dict, hold: list[str], *, slider: str = A, span: float = 3.0,
+         **options) -> list[dict]:
+    """`moves` positions of a slider from -span to +span (a drag), each timed."""
     rows = []
-    for d in np.linspace(-3, 3, moves):
-        reply, ms = post(url + "api/edit", {"source": source, "values": {A: round(float(d), 3), **others},
-                                            "active": A, "hold": hold})
+    for d in np.linspace(-span, span, moves):
+        reply, ms = post(url + "api/edit", {"source": source, "values": {slider: round(float(d), 3), **others},
+                                            "active": slider, "hold": hold, **options})
         rows.append({"ms": ms, "editor_ms": reply["editor_ms"]})
     return rows
 
@@ -128,6 +131,12 @@ def run(url: str, editor: str, moves: int, photo: bool) -> list[dict]:
         grids.append({"ms": ms, "editor_ms": None})
     table.append(summary("grid of 7 images, seed", grids))
     if photo:
+        sliders = {s["attribute"]: s for s in json.loads(urllib.request.urlopen(url + "api/catalog").read())["sliders"]}
+        if (sliders.get("yaw") or {}).get("unit_range"):  # a scored attribute's boundary (the shipped yaw)
+            table.append(summary("drag yaw holding automatically, seed",
+                                 drag(url, seed, moves, {}, [], slider="yaw", hold_auto=True)))
+            table.append(summary("drag yaw in degrees (target search), seed",
+                                 drag(url, seed, moves, {}, [], slider="yaw", span=20.0, units=True)))
         table.append(summary("drag one slider, seed, during a training job",
                              drag_during_training(url, editor, seed, min(moves, 20))))
         data = assets.path_of("grace_hopper.jpg").read_bytes()

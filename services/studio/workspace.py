@@ -321,14 +321,14 @@ class Workspace:
         end = integer(body.get("layer_end", 0), "layer_end", low=0, high=layers)
         if end and end <= start:
             raise invalid_argument("layer_end", f"{end} must be above layer_start {start} (0 = to the last layer)")
-        scored = {a.name: a.unit for a in catalog.attributes} if units else {}
+        scored = {a.name: a.unit for a in catalog.attributes}  # what the editor's searches and auto holds measure
         moves = {}
         for name, value in values.items():
             text(name, "values")
-            unit = scored.get(name, "") if scored.get(name) in UNIT_SLIDERS else ""
+            unit = scored[name] if units and scored.get(name) in UNIT_SLIDERS else ""
             bound = 4 * UNIT_SLIDERS[unit][0] if unit else self.settings.max_distance
             moves[name] = Move(name, number(value, f"values.{name}", bound=bound),
-                               tuple(h for h in held if h != name), start, end, unit, hold_auto)
+                               tuple(h for h in held if h != name), start, end, unit, hold_auto and name in scored)
         return moves, held, (start, end)
 
     async def _code(self, source: Source, moves: list[Move]) -> common_pb2.LatentBatch:
@@ -377,8 +377,9 @@ class Workspace:
         end = number(body.get("end"), "end", bound=bound)
         steps = integer(body.get("steps"), "steps", low=2, high=self.settings.max_grid_steps)
         code = await self._code(source, self._base(moves, attribute))
+        scored = {a.name for a in (await self.catalog()).attributes}
         move = Move(attribute, 0.0, tuple(h for h in held if h != attribute), first, last,
-                    hold_auto=body.get("hold_auto") is True)
+                    hold_auto=body.get("hold_auto") is True and attribute in scored)
         replies = await self._edit(editor_pb2.EditRequest(
             model=source.model, code=code, edits=[move.message(start, end, steps)], rescore=True,
             format=common_pb2.IMAGE_FORMAT_PNG))

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from interfacegan.v1 import studio_pb2, studio_pb2_grpc
+from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2, studio_pb2, studio_pb2_grpc
 from services.cluster import free_port
 from services.common import assets
 
@@ -122,6 +122,16 @@ def test_sliders_in_units_and_automatic_holds(studio):
     reports = {h["attribute"]: h for h in held["extras"]["holds"]}
     assert "smile" in reports and "yaw" not in reports
     assert all("drift" in h for h in reports.values())
+    # An attribute the scorer does not measure keeps moving by distance, without a search or automatic holds.
+    normal = np.random.default_rng(9).standard_normal((1, 100))
+    buf = io.BytesIO()
+    np.save(buf, normal / np.linalg.norm(normal))
+    with grpc.insecure_channel(studio["editor"]) as channel:
+        boundary_pb2_grpc.BoundaryServiceStub(channel).ImportBoundary(boundary_pb2.ImportBoundaryRequest(
+            model="dcgan-digiface-64", attribute="studio-unscored", space=common_pb2.LATENT_SPACE_Z,
+            npy=buf.getvalue()), timeout=30)
+    plain = edit(url, {"studio-unscored": 2.0, "yaw": 0}, "studio-unscored", units=True, hold_auto=True)
+    assert plain["distance"] == 2.0 and "target" not in plain["extras"] and "holds" not in plain["extras"]
     chosen = {a for a, h in reports.items() if h.get("held")}
     assert set(held["extras"]["receipt"].get("held", [])) == chosen
     assert held["boundary"] == "yaw v" + held["boundary"].split(" v")[1] if not chosen else "|" in held["boundary"]
