@@ -17,7 +17,7 @@ Invert (a generated face, 20 steps). Every RPC of the mix has client threads of 
    and the services' resident memory (VmRSS of /proc/PID/status) after warm-up and at the end;
 4. overload, every service in turn: `--overload-clients` threads with no pause against its capacity-limited
    replica: what exceeds its limit (the queue of generator, scorer and inversion, the concurrent-call limit
-   of boundary and editor) must be refused at once with RESOURCE_EXHAUSTED and a RetryInfo, every other
+   of boundary and editor, set above half the overload clients, see `limits`) must be refused at once with RESOURCE_EXHAUSTED and a RetryInfo, every other
    call must succeed, nothing else (no timeouts, no INTERNAL).
 
 Every reply is checked (the number of images, results, codes or steps asked for, a final inversion message
@@ -71,10 +71,17 @@ MIX = {"synthesize": "generator", "score": "scorer", "edit_latents": "boundary",
 #: What floods each service's capacity-limited replica.
 OVERLOAD = {"generator": "synthesize_16", "scorer": "score", "boundary": "edit_latents", "inversion": "invert",
             "editor": "edit"}
-LIMITS = {"generator": ["--max-queue-size", "4", "--max-batch-size", "16"],
-          "scorer": ["--max-queue-size", "2", "--max-batch-size", "4"],
-          "inversion": ["--max-queue-size", "2", "--max-batch-size", "2"],
-          "boundary": ["--max-concurrent-rpcs", "2"], "editor": ["--max-concurrent-rpcs", "2"]}
+
+
+def limits(overload_clients: int) -> dict[str, list[str]]:
+    """The capacity-limited replicas' flags. Boundary and editor refuse past their concurrent-call limit with a
+    retry hint; gRPC's own backstop at twice that limit refuses without one, so the limit is set above half the
+    overload clients: the flood meets the service's refusal, not the backstop."""
+    calls = str(overload_clients // 2 + 1)
+    return {"generator": ["--max-queue-size", "4", "--max-batch-size", "16"],
+            "scorer": ["--max-queue-size", "2", "--max-batch-size", "4"],
+            "inversion": ["--max-queue-size", "2", "--max-batch-size", "2"],
+            "boundary": ["--max-concurrent-rpcs", calls], "editor": ["--max-concurrent-rpcs", calls]}
 MISSED = "MISSED_SLOT"  # a call of the open loop's schedule that was due but never made (the load fell behind)
 MEMORY_GROWTH_TARGET_PCT = 10.0
 MIN_ACHIEVED_OVER_OFFERED = 0.95
@@ -178,7 +185,7 @@ def client_process(args: dict) -> list[tuple]:
                     if now < slot:
                         time.sleep(slot - now)
                     j += 1  # a late thread starts at once and catches up (the schedule is not shifted)
-                elif time.time() >= until:
+                elif time.time() >= until and i != k:  # closed loop: at least one call per thread
                     break
                 started = time.time()
                 t0 = time.perf_counter()
@@ -208,6 +215,11 @@ def client_process(args: dict) -> list[tuple]:
     for channel in channels.values():
         channel.close()
     return records
+
+
+def ready(_: int) -> bool:
+    """A no-op a pool worker runs once, so its imports are done before any phase's clock starts."""
+    return True
 
 
 def run_phase(pool, addresses: dict, plan: list[tuple], seconds: float, processes: int, faces, deadline: float):
@@ -303,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.capacity_seconds, args.duration, args.overload = 3.0, 5.0, 6.0, 3.0
         args.clients, args.capacity_clients, args.processes, args.overload_clients = 1, 2, 2, 12
 
+    flags = limits(args.overload_clients)
     workdir = Path(tempfile.mkdtemp(prefix="ifgan-reliability-"))
     began = time.perf_counter()
     print(f"starting the cluster in {workdir} ...", flush=True)
@@ -324,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         wiring = {"IFGAN_REDIS_URL": redis_url, "IFGAN_DATA_DIR": str(workdir / "data-limited"),
                   **{f"IFGAN_{n.upper()}_ADDRESS": a for n, a in addresses.items()}}
         for name in OVERLOAD:
-            limited[name] = ServiceProcess.start(name, [*LIMITS[name], "--drain-seconds", "0", "--log-level",
+            limited[name] = ServiceProcess.start(name, [*flags[name], "--drain-seconds", "0", "--log-level",
                                                         "WARNING"], env=wiring, log_dir=workdir / "logs" / "limited")
         for proc in limited.values():
             proc.wait_serving(300)
@@ -333,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster and limited replicas up in {time.perf_counter() - began:.1f} s", flush=True)
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(args.processes) as pool:
+            pool.map(ready, range(args.processes))
             def phase(name: str, plan: list, seconds: float, where: dict, processes: int = args.processes):
                 print(f"{name}: {seconds:.0f} s, {sum(t for _, t, _ in plan)} threads ...", flush=True)
                 return run_phase(pool, where, plan, seconds, processes, faces, args.deadline)
@@ -397,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             table.append({"phase": phase_name, "rpc": kind, **row, **extra})
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "limits": LIMITS,
+        "limits": flags,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_at_end": load_average()},
         "warmup": warm, "capacity": capacity, "load": load, "offered_rps": offered, "overload": overloads,
