@@ -572,7 +572,8 @@ class DynamicBatcher:
         if request.deadline is not None:
             self._purge_at = min(self._purge_at, request.deadline)
         queue.append(request)
-        if index == 0 and self.lanes.enabled:
+        if index == 0 and self.lanes.enabled and not self._reserved_free():
+            # No reserved worker can take it at once: a bulk batch formed ahead would run first.
             self._withdraw_prefetched()
         self._wakeup.set()
         return request
