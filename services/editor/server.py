@@ -433,8 +433,12 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                                     for f, r, sf in zip(group[1:], unedited[1:], source.faces[1:])]), call)
             return list(await asyncio.gather(*(one(group) for group in groups)))
 
-        scores, blended = await asyncio.gather(score(), blend())
-        identity = await self._identity(source, groups, blended, unedited, call)
+        blending = asyncio.ensure_future(blend())
+
+        async def identity_of():  # a seed's starts at once, beside the scoring; a photo's waits for its blends
+            return await self._identity(source, groups, await blending, unedited, call)
+
+        scores, blended, identity = await asyncio.gather(score(), blending, identity_of())
         fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
         out = []
         for face, s, b, ids in zip(faces, scores, blended, identity):

@@ -234,7 +234,8 @@ def _upstream_calls(proc) -> dict[tuple[str, str], float]:
 
 
 def test_an_edit_of_a_seed_makes_two_round_trips_on_a_warm_cache(editor, launch_service):
-    """Counted by the editor's upstream client: Synthesize and Score, nothing before them.
+    """Counted by the editor's upstream client: Synthesize, then Score and CompareIdentity side by side, nothing
+    before them.
 
     The code of a Z seed is sampled in-process, the normals come from the editor's cache (by versioned ref)
     and the edit math runs in-process; before this design the same Edit made five serial calls on a warm
@@ -259,11 +260,12 @@ def test_an_edit_of_a_seed_makes_two_round_trips_on_a_warm_cache(editor, launch_
         _, cold = counted(seed_edit(40))
         assert ("boundary", "GetBoundary") in cold and ("generator", "GetModelInfo") in cold
         replies, warm = counted(seed_edit(41))  # another seed: nothing of it is cached
-        assert warm == {("generator", "Synthesize"): 1, ("scorer", "Score"): 1}, warm
+        warm_calls = {("generator", "Synthesize"): 1, ("scorer", "Score"): 1, ("scorer", "CompareIdentity"): 1}
+        assert warm == warm_calls, warm
         assert len(replies) == 3 and all(r.scores for r in replies)
         counted(seed_edit(42, hold=[f"{P}-b"]))  # the conditional boundary is made once per parent versions
         _, held = counted(seed_edit(43, hold=[f"{P}-b"]))
-        assert held == {("generator", "Synthesize"): 1, ("scorer", "Score"): 1}, held
+        assert held == warm_calls, held
         # The in-process seed code is the generator's, and the in-process edit is EditLatents' (one library).
         with grpc.insecure_channel(cluster.services["generator"].address) as gch:
             sampled = generator_pb2_grpc.GeneratorServiceStub(gch).SampleLatents(generator_pb2.SampleLatentsRequest(
