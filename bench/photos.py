@@ -218,6 +218,50 @@ def _scaled(matrix: np.ndarray, k: float) -> np.ndarray:
     return (up @ np.vstack([matrix, [0, 0, 1]]))[:2]
 
 
+def figure(bench: Bench, portraits: dict[str, np.ndarray], path: Path, crop: int = 300) -> None:
+    """The README's before/after strip: each portrait as sent ("original"), then edits pasted back, each
+    captioned with the edit and the identity distance of its face to the photo's."""
+    from PIL import ImageDraw
+
+    cells = [("original", None, 0.0), ("age -3", "age", -3.0), ("age +3", "age", 3.0), ("gender +3", "gender", 3.0),
+             ("smile +3", "smile", 3.0)]
+    rows = []
+    for name, image in portraits.items():
+        faces, _ = bench.faces_of(image)
+        inv = bench.invert(image, faces[:1], TuningOptions())
+        m = inv["matrices"][0]
+        big = _scaled(m, IDENTITY_CROP / 64)
+        with torch.no_grad():
+            recon = to_uint8(inv["net"].render(inv["pivots"]))[0]
+        x, y, w, h = faces[0].box
+        cx, cy = x + w / 2, y + h / 2
+        half = min(1.6 * max(w, h), cx, cy, image.shape[1] - cx, image.shape[0] - cy)
+        tiles = []
+        for label, attribute, d in cells:
+            out = image
+            if attribute is not None:
+                normal = torch.from_numpy(bench.normals[attribute])
+                with torch.no_grad():
+                    edited = to_uint8(inv["net"].render(inv["pivots"] + d * normal))[0]
+                out, _ = photo.paste_change(image, edited, recon, m, photo.face_mask(64, 0.08))
+            ident = distance(*bench.identity.embed([warp_crop(image, big, IDENTITY_CROP),
+                                                    warp_crop(out, big, IDENTITY_CROP)]))
+            window = out[int(cy - half):int(cy + half), int(cx - half):int(cx + half)]
+            view = Image.fromarray(window).resize((crop, crop))
+            canvas = Image.new("RGB", (crop, crop + 22), "white")
+            canvas.paste(view, (0, 0))
+            ImageDraw.Draw(canvas).text((6, crop + 5), f"{label}  identity {ident:.2f}", fill="black")
+            tiles.append(canvas)
+        rows.append(tiles)
+    sheet = Image.new("RGB", (crop * len(cells), (crop + 22) * len(rows)), "white")
+    for r, tiles in enumerate(rows):
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile, (c * crop, r * (crop + 22)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    print(f"wrote {path}")
+
+
 def direction_rate(edit_rows: list[dict], photo_names: list[str]) -> tuple[float, int]:
     """Share of (photo, face, attribute) whose score at the largest positive distance beats the most negative."""
     hits, total = 0, 0
@@ -244,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one portrait, no variants, no group photo, 20 tuning "
                                                         "steps, +-3 only, 600 boundary samples, 2 trade-off rows")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "photos.json", help="result JSON")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="only write the before/after strip of both portraits to this PNG (the README's figure)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
@@ -252,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"boundaries: validation accuracy {bench.accuracy}", flush=True)
     portraits = {n: np.asarray(Image.open(assets.path_of(n, args.models_dir)).convert("RGB"))
                  for n in ("astronaut.png", "grace_hopper.jpg")}
+    if args.figure:
+        figure(bench, portraits, args.figure)
+        return 0
     if args.quick:
         photos = {"grace_hopper.jpg": portraits["grace_hopper.jpg"]}
     else:

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +31,13 @@ class Collect(HTMLParser):
             self.headings.append(data.strip())
 
 
+@pytest.mark.timeout(1500)  # N=4000 through the real services: minutes on 2 cores, more when they are shared
 def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path):
     out, run_dir = tmp_path / "demo", tmp_path / "run"
     command = [sys.executable, "-m", "examples.demo", "--out", str(out), "--run-dir", str(run_dir),
-               "--num-samples", "1500", "--ratio", "0.1", "--grid-seeds", "3", "--drift-seeds", "12",
+               "--num-samples", "4000", "--ratio", "0.1", "--grid-seeds", "3", "--drift-seeds", "24",
                "--rescore-samples", "40", "--quiet"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1400,
                             env={**__import__("os").environ, "IFGAN_MODELS_DIR": str(models_dir)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "done in" in result.stdout and "index.html" in result.stdout
@@ -46,10 +48,10 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     page = (out / "index.html").read_text()
     parsed = Collect()
     parsed.feed(page)
-    for heading in ("Edit grids", "Gender edit: raw vs age held fixed", "Calibrated edits", "Boundary cosine matrix",
-                    "SVM accuracies", "Timings"):
+    for heading in ("Edit grids", "Gender edit: raw vs age held fixed", "Calibrated edits", "Real photos",
+                    "Boundary cosine matrix", "SVM accuracies", "Timings"):
         assert heading in parsed.headings, parsed.headings
-    assert len(parsed.images) == 6 and "<svg" in page
+    assert len(parsed.images) == 7 and "<svg" in page
     for src in parsed.images:
         with Image.open(out / src) as im:
             assert im.format == "PNG" and im.width > 7 * 128
@@ -57,11 +59,11 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     data = json.loads((out / "report.json").read_text())
     accuracies = {a: b["validation_accuracy"] for a, b in data["boundaries"].items()}
     assert set(accuracies) == {"gender", "age", "yaw", "smile"}
-    # At this small N the age and gender scorers' noise on 64 px synthetic faces dominates (make demo trains on
-    # far more samples); pose and smile, measured from the face mesh, separate cleanly already.
-    assert all(0.4 <= v <= 1 for v in accuracies.values()), accuracies
+    # Every boundary better than chance; at N=4000 (379 faces a side) the run measured gender 0.82, age 0.66,
+    # yaw 0.996, smile 0.934 (at N=1500 age fell to 0.49: too few samples for the age scorer's noise).
+    assert all(0.55 < v <= 1 for v in accuracies.values()), accuracies
     assert accuracies["yaw"] >= 0.9 and accuracies["smile"] >= 0.8, accuracies
-    assert all(b["num_samples"] == 1500 and b["num_positive"] == b["num_negative"] > 100
+    assert all(b["num_samples"] == 4000 and b["num_positive"] == b["num_negative"] > 300
                for b in data["boundaries"].values())
     cos = np.array(data["cosine"]["matrix"])
     labels = data["cosine"]["labels"]
@@ -69,7 +71,12 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     assert labels[-1].startswith("gender|age@") and abs(cos[1, 4]) < 1e-4  # orthogonal to age
     assert np.array(data["rescore"]["matrix"]).shape == (5, 4)
     for name in ("gender", "gender|age"):
-        assert data["drift"][name]["age"]["n"] >= 6 and np.isfinite(data["drift"][name]["age"]["mean"])
+        assert data["drift"][name]["age"]["n"] >= 18 and np.isfinite(data["drift"][name]["age"]["mean"])
+    # The headline claim: holding age cuts the age drift of the gender edit (measured +6.1 -> +2.8 years over
+    # 24 faces) while the gender change stays (P(male) +0.64 both ways).
+    raw, held = data["drift"]["gender"], data["drift"]["gender|age"]
+    assert abs(held["age"]["mean"]) < 0.75 * abs(raw["age"]["mean"]), (raw["age"], held["age"])
+    assert held["gender"]["mean"] > 0.75 * raw["gender"]["mean"] > 0, (raw["gender"], held["gender"])
     yaw = data["response"]["yaw"]["yaw"]
     assert yaw[-1] - yaw[0] > 15  # the yaw boundary turns heads
     assert data["response"]["gender"]["gender"][-1] > data["response"]["gender"]["gender"][0]
@@ -81,3 +88,9 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     for stage in ("cluster up", "training", "editing", "analysis", "cluster down", "total"):
         assert data["timings"][stage] >= 0
     assert f"{data['timings']['total'] / 60:.1f} min" in page
+    # Real portraits: tuned into a variant, the change pasted back, an identity distance on every edit.
+    photos = data["photos"]["rows"]
+    assert [r["photo"] for r in photos] == ["grace_hopper.jpg", "astronaut.png"]
+    for r in photos:
+        assert r["faces"] == 1 and r["blend"] == "change" and r["variant"] and r["psnr"] > 30
+        assert len(r["identity"]) == 6 and all(0 <= d < 1.5 for d in r["identity"])
