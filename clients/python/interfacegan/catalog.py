@@ -2,7 +2,8 @@
 
 Layout of the output folder:
     catalog.json     the settings of the run (every resumed run and every shard must use the same ones)
-    <key>/           per photo: original.png (the inverted reconstruction), <edit>_<k>.png, grid.png; the key is
+    <key>/           per photo: original.png (the photo as sent, with blend; the face's reconstruction without),
+                     <edit>_<k>.png, grid.png; the key is
                      the photo's id made file-name safe plus a hash of the exact id ("a b.png" ->
                      "a_b.png-3f2a9c1d0e"), so two photos never share a folder and a key never changes
     journal.jsonl    one line per finished photo (done or failed), fsync'ed: the resume point
