@@ -35,10 +35,6 @@ if [ "$MODE" = "--prepare" ]; then
 fi
 
 export PYTHONPATH="$ROOT:$ROOT/clients/python${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .gpu/wheels ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ifgan-site .gpu/wheels/*.whl
-  export PYTHONPATH="/tmp/ifgan-site:$PYTHONPATH"
-fi
 [ -d .gpu/models ] && export IFGAN_MODELS_DIR="$ROOT/.gpu/models"
 export PYTHONUNBUFFERED=1
 
@@ -55,6 +51,11 @@ fi
 
 OUTDIR=${OUT:-bench/results}
 mkdir -p "$OUTDIR"
+if [ -d .gpu/wheels ]; then  # the device's Python 3.12 gets the packages its image lacks
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ifgan-site \
+    .gpu/wheels/*.whl
+  export PYTHONPATH="/tmp/ifgan-site:$PYTHONPATH"
+fi
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 set -o pipefail
 timeout 420 "$PY" bench/generator.py --device cuda --precision float16 --backend torch --max-batch-size 256 \
