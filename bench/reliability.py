@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"offered_rps": round(offered[kind], 2)} if phase_name == "load" else {}
             table.append({"phase": phase_name, "rpc": kind, **row, **extra})
     result = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "attach")},  # no machine paths
         "limits": flags,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_at_end": load_average()},
