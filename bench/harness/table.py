@@ -80,8 +80,8 @@ def rows(results: Path) -> list[str]:
     others = sorted(p.stem for p in results.glob("*.json") if p.stem not in ORDER)
     if others:
         out.append("")
-        out.append("Other benchmarks, with their targets in their own result files: "
-                   + ", ".join(f"`bench/{n}.py`" for n in others) + ".")
+        out.append("Other benchmarks' figures and targets are in their own result files: "
+                   + ", ".join(f"`bench/results/{n}.json`" for n in others) + ".")
     return out
 
 
