@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import json
+import math
 import os
 import platform
 import statistics
@@ -85,7 +86,9 @@ def summarise(rows: list[dict], text: str, target: float) -> dict:
             "mean_calls": statistics.fmean(2 * (r["rounds"] + 1) for r in mine),
             "mean_images_measured": statistics.fmean(r["evaluations"] for r in mine),
             "seconds_per_edit": statistics.fmean(r["seconds"] for r in mine),
-            "median_abs_error": statistics.median(abs(r["after"] - r["goal"]) for r in mine),
+            # over the faces with a measured value (a face the scorer finds no face in has none)
+            "median_abs_error": statistics.median([e for r in mine if math.isfinite(e := abs(r["after"] - r["goal"]))]
+                                                  or [math.nan]),
             "mean_abs_distance": statistics.fmean(abs(r["distance"]) for r in mine),
             "noise_stable_hits": (sum(stable) / len(stable)) if stable else None,
             "misses_by_stop": stops, "boundary": mine[0]["boundary"] if mine else ""}
