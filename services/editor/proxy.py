@@ -58,7 +58,11 @@ class ServiceProxy(grpc.GenericRpcHandler):
     def _start(self, name: str, request: bytes, call: CallContext):
         index = self.upstream.pick()
         self.upstream.count(name)
-        return self._calls[name][index](request, timeout=call.timeout(f"{self.upstream.name} {name}"),
+        # A relayed stream (a training job's progress) lives as long as its caller: without the caller's deadline
+        # it gets none either, and the caller's cancel reaches it (the handler's finally cancels the stream).
+        no_deadline = self.streaming[name] and call.deadline is None
+        timeout = None if no_deadline else call.timeout(f"{self.upstream.name} {name}")
+        return self._calls[name][index](request, timeout=timeout,
                                         metadata=self.upstream.metadata(call.request_id, call.lane))
 
     def _unary(self, name: str):

@@ -305,3 +305,18 @@ def test_edits_are_balanced_over_generator_replicas_and_a_dead_replica_is_skippe
             wiring = [json.loads(line) for line in ed.log_path.read_text().splitlines() if '"downstream"' in line]
             assert wiring[-1]["generator"] == [f"ipv4:{g1.address},{dead},{g2.address}"], wiring
         ed.stop()
+
+
+def test_a_relayed_training_stream_without_a_deadline_outlives_the_editors_call_timeout(editor, launch_service):
+    """A client following a training job through the editor sets no deadline (jobs take minutes); the relay then
+    sets none either, instead of cutting the stream at --call-timeout."""
+    cluster = editor["cluster"]
+    env = {f"IFGAN_{name.upper()}_ADDRESS": cluster.services[name].address
+           for name in ("generator", "scorer", "boundary", "inversion")}
+    ed = launch_service("editor", "--call-timeout", "1", "--drain-seconds", "0", env=env)
+    request = boundary_pb2.TrainBoundariesRequest(attributes=["yaw"], num_samples=3000, chosen_ratio=0.1, seed=11)
+    with grpc.insecure_channel(ed.address) as ch:
+        started = time.monotonic()
+        updates = list(boundary_pb2_grpc.BoundaryServiceStub(ch).TrainBoundaries(request))
+    assert updates[-1].state == boundary_pb2.JOB_STATE_SUCCEEDED, updates[-1]
+    assert time.monotonic() - started > 1.0  # the job outlived the relay's default timeout
