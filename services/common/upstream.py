@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import itertools
+import logging
 import socket
 import time
 from typing import AsyncIterator, Sequence
@@ -40,6 +41,8 @@ from .batching import LANE_METADATA, request_lane
 from .errors import ServiceError, deadline_exceeded, resource_exhausted, unavailable
 from .runtime import MAX_REQUEST_ID_CHARS
 from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 #: A replica that went away is tried again soon, not after gRPC's default reconnect backoff (up to 2 minutes).
 RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2_000))
@@ -182,6 +185,7 @@ class Upstream:
         #: Calls made, by method: what a test or a log reads to see the round trips of a request.
         self.calls: collections.Counter[str] = collections.Counter()
         self._turn = itertools.count()
+        self._idempotent = set(sdk.IDEMPOTENT_METHODS.get(stub_cls.__name__.removesuffix("Stub"), ()))
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.channels), return_exceptions=True)
@@ -247,8 +251,23 @@ class Upstream:
             stream.cancel()
 
     async def collect(self, method: str, request, call: CallContext) -> list:
-        """Calls a server-streaming `method` and returns every message."""
-        return [m async for m in self.stream(method, request, call)]
+        """Calls a server-streaming `method` and returns every message.
+
+        gRPC's retry policy cannot redo a stream once its first message arrived, so a replica lost mid-stream
+        would fail the call. Nothing of a collected stream has been passed on yet, so an idempotent one is
+        redone whole, once, on the next replica (within the caller's deadline): the only retry this client adds
+        to the channel's, and only where the channel's cannot act.
+        """
+        got: list = []
+        try:
+            async for m in self.stream(method, request, call):
+                got.append(m)
+            return got
+        except ServiceError as e:
+            if not (got and e.code == grpc.StatusCode.UNAVAILABLE and method in self._idempotent):
+                raise
+            log.info("stream from a lost replica redone", extra={"service": self.name, "method": method})
+            return [m async for m in self.stream(method, request, call)]
 
 
 class UpstreamError(ServiceError):

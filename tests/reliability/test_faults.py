@@ -48,8 +48,10 @@ def faulty(launch_service, cluster, redis_proc, tmp_path_factory):
     g1 = launch_service("generator", "--drain-seconds", "0")
     g2 = launch_service("generator", "--drain-seconds", "0")
     replicas = f"{g1.address},{g2.address}"
+    # No shipped boundaries: the Redis fault test counts exactly the versions it stores.
     boundary = launch_service("boundary", "--redis-url", redis_proc.url, "--data-dir",
                               str(tmp_path_factory.mktemp("fault-data")), "--drain-seconds", "0",
+                              "--no-bundled-boundaries",
                               env={"IFGAN_GENERATOR_ADDRESS": replicas,
                                    "IFGAN_SCORER_ADDRESS": cluster.services["scorer"].address})
     editor = launch_service("editor", "--drain-seconds", "0", "--chunk-size", "4",
