@@ -18,7 +18,6 @@ shows the overhead of spreading, not a speed-up (on separate machines each repli
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import sys
@@ -33,7 +32,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import at_least, at_most, load_average, print_targets  # noqa: E402
+from bench.harness import at_least, at_most, load_average, print_targets, write_result  # noqa: E402
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc  # noqa: E402
 from services.cluster import RedisProcess, ServiceProcess, free_port  # noqa: E402
 
@@ -162,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
               "environment": {"python": platform.python_version(), "load_average_at_end": load_average(),
                               "note": "2 shared cores: 2+2 cannot outrun 1+1 here; the ratio is the overhead"},
               "seconds": round(time.perf_counter() - began, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0 if all(t["met"] for t in targets.values()) else 1
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import at_least, at_most, load_average, print_targets  # noqa: E402
+from bench.harness import at_least, at_most, load_average, print_targets, write_result  # noqa: E402
 from interfacegan import Client  # noqa: E402
 from interfacegan.edits import EditSpec  # noqa: E402
 from services.cluster import Cluster  # noqa: E402
@@ -189,9 +189,7 @@ def main() -> int:
               "targets": targets, "noise_step": NOISE_STEP, "noise_every": NOISE_EVERY, "load_average_before": load_before,
               "load_average_after": load_average(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

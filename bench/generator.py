@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import at_least, at_most, print_targets, proc_cpu_seconds  # noqa: E402
+from bench.harness import at_least, at_most, print_targets, proc_cpu_seconds, write_result  # noqa: E402
 
 #: Thresholds (see the module help for the measurements they are set against); on CUDA the issue's: served at
 #: least 0.8 of raw, batched at least 10x unbatched, a lone client at least 0.9x unbatched.
@@ -405,9 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_efficiency": efficiency,
     }
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    say(f"wrote {args.out}")
+    write_result(args.out, result, say)
     return 0
 
 

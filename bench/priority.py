@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import multiprocessing
 import platform
 import re
@@ -46,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import at_least, at_most, load_average, percentile_ms, print_targets  # noqa: E402
+from bench.harness import at_least, at_most, load_average, percentile_ms, print_targets, write_result  # noqa: E402
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,  # noqa: E402
                              generator_pb2, generator_pb2_grpc)
 from services.cluster import RedisProcess, ServiceProcess, free_port  # noqa: E402
@@ -301,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - began, 1),
     }
     result["settings"]["out"] = str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else args.out.name
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0 if all(t["met"] for t in targets.values()) else 1
 
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2, studio_pb2, studio_pb2_grpc  # noqa: E402
 from services.cluster import Cluster  # noqa: E402
 from services.common import assets  # noqa: E402
-from bench.harness import at_most, load_average, print_targets  # noqa: E402
+from bench.harness import at_most, load_average, print_targets, write_result  # noqa: E402
 
 MODEL = "dcgan-digiface-64"
 TARGET_MS = 150.0
@@ -188,9 +188,7 @@ def main() -> int:
     result = {"benchmark": "studio", "quick": args.quick, "moves_per_drag": moves, "table": table,
               "targets": targets, "load_average_before": load_before, "load_average_after": load_average(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -50,3 +50,11 @@ def print_targets(targets: dict, say=print) -> None:
 
 def percentile_ms(seconds: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(seconds) * 1000, q)), 1) if seconds else None
+
+
+def write_result(path: Path, result: dict, say=print) -> None:
+    """Writes a benchmark's results file (JSON, parents created) and says where."""
+    import json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"wrote {path}")
