@@ -52,6 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from interfacegan import codec  # noqa: E402
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, generator_pb2,  # noqa: E402
                              generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc)
 from services.boundary import math as bm  # noqa: E402
@@ -184,7 +185,7 @@ def run_baseline(generator_address: str, scorer_addresses: list[str], n: int, se
         for k, lo in enumerate(range(0, n, 4)):
             batch = codes[lo:lo + 4]
             images = [img for reply in gen.Synthesize(generator_pb2.SynthesizeRequest(
-                model=model, codes=tensors.latents_from_numpy(common_pb2.LATENT_SPACE_Z, batch),
+                model=model, codes=codec.latents(batch, common_pb2.LATENT_SPACE_Z),
                 format=common_pb2.IMAGE_FORMAT_RAW)) for img in reply.images]
             results = [r for reply in scorers[k % len(scorers)].Score(
                 scorer_pb2.ScoreRequest(images=images, attributes=ATTRIBUTES)) for r in reply.results]

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import at_least, at_most, print_targets, proc_cpu_seconds, write_result  # noqa: E402
+from interfacegan import codec  # noqa: E402
 
 #: Thresholds (see the module help for the measurements they are set against); on CUDA the issue's: served at
 #: least 0.8 of raw, batched at least 10x unbatched, a lone client at least 0.9x unbatched.
@@ -119,12 +120,11 @@ def load_main(args: argparse.Namespace) -> int:
     import grpc
 
     from interfacegan.v1 import generator_pb2, generator_pb2_grpc
-    from services.common import tensors
 
     rng = np.random.default_rng(args.clients)
     codes = rng.standard_normal((256, args.dim)).astype(np.float32)
     requests = [generator_pb2.SynthesizeRequest(model={"name": args.model}, format=args.format_code,
-                                                codes=tensors.latents_from_numpy(1, codes[i:i + 1]))
+                                                codes=codec.latents(codes[i:i + 1], 1))
                 for i in range(len(codes))]
     addresses = args.addresses.split(",")
     pids = [int(p) for p in args.server_pids.split(",")]

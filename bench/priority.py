@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import at_least, at_most, load_average, percentile_ms, print_targets, write_result  # noqa: E402
+from interfacegan import codec  # noqa: E402
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,  # noqa: E402
                              generator_pb2, generator_pb2_grpc)
 from services.cluster import RedisProcess, ServiceProcess, free_port  # noqa: E402
-from services.common import tensors  # noqa: E402
 from services.common.batching import LANE_METADATA  # noqa: E402
 
 MODEL = "dcgan-digiface-64"
@@ -67,7 +67,7 @@ def bulk_load(address: str, clients: int, codes: int, state, window, ready, out)
     async def main():
         rng = np.random.default_rng(7)
         request = generator_pb2.SynthesizeRequest(
-            codes=tensors.latents_from_numpy(Z, rng.standard_normal((codes, 100)).astype(np.float32)),
+            codes=codec.latents(rng.standard_normal((codes, 100)).astype(np.float32), Z),
             format=common_pb2.IMAGE_FORMAT_RAW)
         counted: dict[int, int] = {}
         errors: list[str] = []

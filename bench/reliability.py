@@ -56,11 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import at_least, at_most, load_average, print_targets, proc_memory_mb  # noqa: E402
+from interfacegan import codec  # noqa: E402
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,  # noqa: E402
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
 from services.cluster import SERVICES, Cluster, ServiceProcess, check_health  # noqa: E402
-from services.common import errors, tensors  # noqa: E402
+from services.common import errors  # noqa: E402
 
 MODEL = "dcgan-digiface-64"
 Z = common_pb2.LATENT_SPACE_Z
@@ -91,7 +92,7 @@ MIN_ACHIEVED_OVER_OFFERED = 0.95
 
 def _requests(faces: list[bytes], seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    codes = tensors.latents_from_numpy(Z, rng.standard_normal((4, 100)).astype(np.float32))
+    codes = codec.latents(rng.standard_normal((4, 100)).astype(np.float32), Z)
     return {
         "synthesize": generator_pb2.SynthesizeRequest(codes=codes),
         "score": scorer_pb2.ScoreRequest(images=[common_pb2.Image(encoded=f) for f in faces[:2]]),
@@ -100,8 +101,7 @@ def _requests(faces: list[bytes], seed: int) -> dict:
             steps=5)]),
         "invert": inversion_pb2.InvertRequest(image=common_pb2.Image(encoded=faces[seed % len(faces)]),
                                               space=Z, max_steps=20),
-        "synthesize_16": generator_pb2.SynthesizeRequest(codes=tensors.latents_from_numpy(
-            Z, rng.standard_normal((16, 100)).astype(np.float32)), format=common_pb2.IMAGE_FORMAT_RAW),
+        "synthesize_16": generator_pb2.SynthesizeRequest(codes=codec.latents(rng.standard_normal((16, 100)).astype(np.float32), Z), format=common_pb2.IMAGE_FORMAT_RAW),
     }
 
 
@@ -274,7 +274,7 @@ def summarise(records: list[tuple], seconds: float) -> dict:
 def faces_from(generator_address: str, count: int = 4) -> list[bytes]:
     with grpc.insecure_channel(generator_address) as channel:
         stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        codes = tensors.latents_from_numpy(Z, np.random.default_rng(0).standard_normal((count, 100)).astype(np.float32))
+        codes = codec.latents(np.random.default_rng(0).standard_normal((count, 100)).astype(np.float32), Z)
         return [im.encoded for r in stub.Synthesize(generator_pb2.SynthesizeRequest(codes=codes), timeout=60)
                 for im in r.images]
 

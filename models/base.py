@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.common.editing import sample_z
+
 #: Latent space keys of the model zoo and their labels in messages. The contract package (interfacegan.codec,
 #: SPACE_KEYS / SPACE_NAMES) maps the proto enum onto exactly these; tests/common/test_spaces.py checks they agree.
 SPACES = ("z", "w", "wp")
@@ -292,8 +294,7 @@ class GeneratorModel:
         space = parse_space(space)
         if space not in self.net.latent_shapes:
             self.check_codes(np.zeros((1, *self.net.latent_shapes["z"]), np.float32), space)
-        rng = np.random.Generator(np.random.PCG64(seed))
-        z = rng.standard_normal((count, *self.net.latent_shapes["z"]), dtype=np.float64).astype(np.float32)
+        z = sample_z(seed, count, tuple(self.net.latent_shapes["z"]))
         if space == "z":
             return z
         if space == "w" and (truncation_psi not in (None, 0, 1) or truncation_layers):

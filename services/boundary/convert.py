@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from interfacegan import codec
 from interfacegan.v1 import boundary_pb2, common_pb2
-from services.common import tensors
 
 from .store import StoredBoundary
 
@@ -38,4 +38,4 @@ def info_of(b: StoredBoundary) -> boundary_pb2.BoundaryInfo:
 
 
 def boundary_of(b: StoredBoundary) -> boundary_pb2.Boundary:
-    return boundary_pb2.Boundary(info=info_of(b), normal=tensors.from_numpy(b.normal))
+    return boundary_pb2.Boundary(info=info_of(b), normal=codec.tensor(b.normal))

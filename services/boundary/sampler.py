@@ -7,6 +7,7 @@ import dataclasses
 import grpc
 import numpy as np
 
+from interfacegan import codec
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from services.common import tensors
 from services.common.batching import LANES
@@ -87,7 +88,7 @@ class Sampler:
                          request_id: str = "", call: CallContext | None = None) -> list[common_pb2.Image]:
         """Raw RGB images (no PNG cost), in order."""
         request = generator_pb2.SynthesizeRequest(request_id=request_id, model=model,
-                                                  codes=tensors.latents_from_numpy(space, codes),
+                                                  codes=codec.latents(codes, space),
                                                   format=common_pb2.IMAGE_FORMAT_RAW)
         images: list[common_pb2.Image] = []
         async for reply in self.generator.stream("Synthesize", request, self._call(call, request_id)):

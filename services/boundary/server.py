@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import redis.exceptions
 
+from interfacegan import codec
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2
 from services.common import editing, tensors
 from services.common.errors import ServiceError, invalid_argument, not_found, unavailable
@@ -378,8 +379,8 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         self._check_output(out_shape, "edits")
         edited = await asyncio.to_thread(editing.edit, codes, np.stack(normals), dist, absolute=np.array(absolute),
                                          layers=np.array(layers) if layers else None)
-        return boundary_pb2.EditLatentsResponse(codes=tensors.latents_from_numpy(space, edited),
-                                                distances=tensors.from_numpy(dist))
+        return boundary_pb2.EditLatentsResponse(codes=codec.latents(edited, space),
+                                                distances=codec.tensor(dist))
 
     async def InterpolateLatents(self, request, context):
         start = self._codes(request.start, "start")
@@ -391,7 +392,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             raise invalid_argument("steps", f"{request.steps}; accepted 2 .. 256 (both ends included)")
         self._check_output((len(start), request.steps, *start.shape[1:]), "steps")
         out = editing.interpolate(start, end, request.steps)
-        return boundary_pb2.InterpolateLatentsResponse(codes=tensors.latents_from_numpy(request.start.space, out))
+        return boundary_pb2.InterpolateLatentsResponse(codes=codec.latents(out, request.start.space))
 
     # -- analysis ----------------------------------------------------------------------------------------
 
@@ -409,7 +410,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         cosine = editing.cosine_matrix(normals)
         png = render.heatmap_png(cosine, names, names, title="cosine of boundary normals")
         yield boundary_pb2.AnalyzeBoundariesResponse(
-            labels=labels, cosine=tensors.from_numpy(cosine), cosine_image=common_pb2.Image(encoded=png),
+            labels=labels, cosine=codec.tensor(cosine), cosine_image=common_pb2.Image(encoded=png),
             progress=common_pb2.Progress(stage="cosine", done=1, total=1, eta_seconds=-1 if request.rescore_samples else 0))
         if not request.rescore_samples:
             return
@@ -469,9 +470,9 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         png = render.heatmap_png(result.mean, names, attributes, colour_matrix=scaled, fmt="{:+.3f}",
                                  title=f"score change per unit edit (d={distance:g}, n={request.rescore_samples})")
         yield boundary_pb2.AnalyzeBoundariesResponse(
-            labels=labels, cosine=tensors.from_numpy(cosine), scored_attributes=attributes,
-            rescore=tensors.from_numpy(result.mean), rescore_stderr=tensors.from_numpy(result.stderr),
-            rescore_counts=tensors.from_numpy(result.counts.astype(np.float32)),
+            labels=labels, cosine=codec.tensor(cosine), scored_attributes=attributes,
+            rescore=codec.tensor(result.mean), rescore_stderr=codec.tensor(result.stderr),
+            rescore_counts=codec.tensor(result.counts.astype(np.float32)),
             rescore_image=common_pb2.Image(encoded=png),
             progress=common_pb2.Progress(stage="done", done=1, total=1, eta_seconds=0,
                                          elapsed_seconds=time.monotonic() - started))

@@ -1,4 +1,4 @@
-"""Server-side checks of Tensor and LatentBatch messages (sizes, finiteness, shapes) on top of the SDK's codec."""
+"""Server-side decoding of Tensor and LatentBatch messages with checks (sizes, finiteness, shapes); encoding is the SDK's codec."""
 
 from __future__ import annotations
 
@@ -12,16 +12,7 @@ from interfacegan.v1 import common_pb2
 
 from .errors import invalid_argument
 
-__all__ = ["space_name", "to_numpy", "latents_to_numpy", "from_numpy", "latents_from_numpy"]
-
-#: Encoding has nothing to check: servers use the codec's encoders (these names are kept for existing callers).
-from_numpy = codec.tensor
-
-
-def latents_from_numpy(space: int, codes: np.ndarray) -> common_pb2.LatentBatch:
-    """A LatentBatch of `codes` in `space` (the codec's `latents` with the space given first)."""
-    return codec.latents(codes, space)
-
+__all__ = ["space_name", "to_numpy", "latents_to_numpy"]
 
 def to_numpy(tensor: common_pb2.Tensor, field: str, *, max_elements: int = 64 * 1024 * 1024,
              allow_empty: bool = False) -> np.ndarray:

@@ -9,9 +9,9 @@ import time
 import grpc
 import numpy as np
 
-from interfacegan import defaults
+from interfacegan import codec, defaults
 from interfacegan.v1 import boundary_pb2, editor_pb2, generator_pb2, scorer_pb2
-from services.common import editing, tensors
+from services.common import editing
 from services.common.errors import ServiceError, invalid_argument
 from services.common.upstream import CallContext
 
@@ -91,7 +91,7 @@ class CalibratedEdits:
         """Renders codes (one generator batch) and scores `attributes` (all when empty) on them (one scorer batch)."""
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
             request_id=call.derived_id(tag), model=model,
-            codes=tensors.latents_from_numpy(source.space, codes), format=RAW, variant=source.variant), call)
+            codes=codec.latents(codes, source.space), format=RAW, variant=source.variant), call)
         faces = [image for reply in replies for image in reply.images]
         if len(faces) != len(codes):
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"generator returned {len(faces)} images for "

@@ -16,7 +16,7 @@ import numpy as np
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
-from interfacegan import channel as sdk
+from interfacegan import channel as sdk, codec
 from services.common import editing, images, logs, pipeline, tensors
 from services.common.admission import PixelBudget
 from services.common.errors import ServiceError, invalid_argument, not_found
@@ -392,7 +392,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         # that render the edits, so an unedited face adds exactly nothing to the photo.
         codes = np.concatenate(per_item + [source.codes])
         replies = await self.generator.collect("Synthesize", generator_pb2.SynthesizeRequest(
-            request_id=call.derived_id(str(chunk)), model=model, codes=tensors.latents_from_numpy(source.space, codes),
+            request_id=call.derived_id(str(chunk)), model=model, codes=codec.latents(codes, source.space),
             format=RAW, variant=source.variant), call)
         rendered = [image for reply in replies for image in reply.images]
         if len(rendered) != len(codes):
@@ -517,7 +517,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                 elapsed = time.monotonic() - started
                 response = editor_pb2.EditResponse(
                     edit_index=item.edit, step_index=item.step, distance=item.distance, image=image,
-                    code=tensors.latents_from_numpy(source.space, item.code[None]), scores=scores or [],
+                    code=codec.latents(item.code[None], source.space), scores=scores or [],
                     progress=common_pb2.Progress(stage="editing", done=sent, total=total, elapsed_seconds=elapsed,
                                                  eta_seconds=elapsed / sent * (total - sent)),
                     request_id=call.request_id, inversion_psnr=source.psnr, variant=source.variant,

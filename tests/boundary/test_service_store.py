@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from interfacegan import codec
 from interfacegan.v1 import boundary_pb2, boundary_pb2_grpc, common_pb2
 from services.common import editing, tensors
 
@@ -145,9 +146,9 @@ def test_edit_latents_many_codes_many_edits_absolute_and_relative(stub):
     codes = rng.standard_normal((6, 512)).astype(np.float32)
     vector = rng.standard_normal(512).astype(np.float32)
     reply = stub.EditLatents(boundary_pb2.EditLatentsRequest(
-        codes=tensors.latents_from_numpy(Z, codes),
+        codes=codec.latents(codes, Z),
         edits=[boundary_pb2.Edit(boundary=ref("stylegan_ffhq", "gender"), mode=boundary_pb2.DISTANCE_MODE_ABSOLUTE),
-               boundary_pb2.Edit(vector=tensors.from_numpy(vector), start=0, end=2, steps=3)]))
+               boundary_pb2.Edit(vector=codec.tensor(vector), start=0, end=2, steps=3)]))
     out = tensors.to_numpy(reply.codes.codes, "codes")
     dist = tensors.to_numpy(reply.distances, "distances")
     assert out.shape == (6, 2, 10, 512)
@@ -167,7 +168,7 @@ def test_edit_wplus_layer_ranges_and_space_rules(stub):
     smile_w = np.load(REFERENCE / "stylegan_ffhq_smile_w_boundary.npy")[0].astype(np.float32)
     codes = np.random.default_rng(1).standard_normal((2, 18, 512)).astype(np.float32)
     reply = stub.EditLatents(boundary_pb2.EditLatentsRequest(
-        codes=tensors.latents_from_numpy(WP, codes),
+        codes=codec.latents(codes, WP),
         edits=[boundary_pb2.Edit(boundary=ref("stylegan_ffhq", "smile", W), start=1, end=1, steps=1,
                                  layer_start=4, layer_end=8)]))
     out = tensors.to_numpy(reply.codes.codes, "codes")
@@ -180,19 +181,19 @@ def test_edit_wplus_layer_ranges_and_space_rules(stub):
         "W boundary on Z codes": (Z, codes[:, 0], boundary_pb2.Edit(boundary=ref("stylegan_ffhq", "smile", W))),
         "absolute with a layer range": (WP, codes, boundary_pb2.Edit(
             boundary=ref("stylegan_ffhq", "smile", W), mode=boundary_pb2.DISTANCE_MODE_ABSOLUTE, layer_end=4)),
-        "layer range on Z": (Z, codes[:, 0], boundary_pb2.Edit(vector=tensors.from_numpy(smile_w), layer_end=3)),
-        "dimension": (Z, codes[:, 0, :100], boundary_pb2.Edit(vector=tensors.from_numpy(smile_w))),
-        "steps": (Z, codes[:, 0], boundary_pb2.Edit(vector=tensors.from_numpy(smile_w), steps=1000)),
+        "layer range on Z": (Z, codes[:, 0], boundary_pb2.Edit(vector=codec.tensor(smile_w), layer_end=3)),
+        "dimension": (Z, codes[:, 0, :100], boundary_pb2.Edit(vector=codec.tensor(smile_w))),
+        "steps": (Z, codes[:, 0], boundary_pb2.Edit(vector=codec.tensor(smile_w), steps=1000)),
     }
     for what, (space, c, edit) in bad.items():
         with pytest.raises(grpc.RpcError) as e:
-            stub.EditLatents(boundary_pb2.EditLatentsRequest(codes=tensors.latents_from_numpy(space, c), edits=[edit]))
+            stub.EditLatents(boundary_pb2.EditLatentsRequest(codes=codec.latents(c, space), edits=[edit]))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
     # A result larger than a message is refused up front, saying what to shrink.
     many = np.zeros((4096, 512), np.float32)
     with pytest.raises(grpc.RpcError) as e:
-        stub.EditLatents(boundary_pb2.EditLatentsRequest(codes=tensors.latents_from_numpy(Z, many), edits=[
-            boundary_pb2.Edit(vector=tensors.from_numpy(smile_w), start=-3, end=3, steps=50)]))
+        stub.EditLatents(boundary_pb2.EditLatentsRequest(codes=codec.latents(many, Z), edits=[
+            boundary_pb2.Edit(vector=codec.tensor(smile_w), start=-3, end=3, steps=50)]))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fewer codes" in e.value.details()
 
 
@@ -200,13 +201,13 @@ def test_interpolate(stub):
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((2, 3, 100)).astype(np.float32)
     reply = stub.InterpolateLatents(boundary_pb2.InterpolateLatentsRequest(
-        start=tensors.latents_from_numpy(Z, a), end=tensors.latents_from_numpy(Z, b), steps=5))
+        start=codec.latents(a, Z), end=codec.latents(b, Z), steps=5))
     out = tensors.to_numpy(reply.codes.codes, "codes")
     assert out.shape == (3, 5, 100)
     np.testing.assert_allclose(out[:, 2], (a + b) / 2, atol=1e-6)
     with pytest.raises(grpc.RpcError) as e:
         stub.InterpolateLatents(boundary_pb2.InterpolateLatentsRequest(
-            start=tensors.latents_from_numpy(Z, a), end=tensors.latents_from_numpy(Z, b[:2]), steps=5))
+            start=codec.latents(a, Z), end=codec.latents(b[:2], Z), steps=5))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -238,8 +239,8 @@ def test_without_redis_the_math_serves_and_the_store_says_unavailable(launch_ser
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "Redis" in e.value.details()
         codes = np.zeros((1, 4), np.float32)
         reply = stub.EditLatents(boundary_pb2.EditLatentsRequest(
-            codes=tensors.latents_from_numpy(Z, codes),
-            edits=[boundary_pb2.Edit(vector=tensors.from_numpy(np.array([1, 0, 0, 0], np.float32)), start=2, end=2,
+            codes=codec.latents(codes, Z),
+            edits=[boundary_pb2.Edit(vector=codec.tensor(np.array([1, 0, 0, 0], np.float32)), start=2, end=2,
                                     steps=1)]),
             timeout=30)
         np.testing.assert_allclose(tensors.to_numpy(reply.codes.codes, "c")[0, 0, 0], [2, 0, 0, 0])

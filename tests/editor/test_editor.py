@@ -16,6 +16,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
+from interfacegan import codec
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc)
 from services.cluster import free_port
@@ -105,7 +106,7 @@ def test_single_absolute_step_png_and_code_source(editor):
     code = np.random.default_rng(3).standard_normal((1, 100)).astype(np.float32)
     n = editor["normals"]["a"][0]
     replies, _ = run(stub, editor_pb2.EditRequest(
-        code=tensors.latents_from_numpy(Z, code), edits=[edit(f"{P}-a", 1.5, 1.5, 1, mode=boundary_pb2.DISTANCE_MODE_ABSOLUTE)]))
+        code=codec.latents(code, Z), edits=[edit(f"{P}-a", 1.5, 1.5, 1, mode=boundary_pb2.DISTANCE_MODE_ABSOLUTE)]))
     assert len(replies) == 1 and replies[0].distance == pytest.approx(1.5)  # one distance: start = end, steps 1
     edited = tensors.to_numpy(replies[0].code.codes, "code")[0]
     assert float(edited @ n) == pytest.approx(1.5, abs=1e-4)  # absolute: signed distance from the hyperplane
@@ -113,7 +114,7 @@ def test_single_absolute_step_png_and_code_source(editor):
     # The same code given explicitly or reached through its seed gives the same image.
     seeded, _ = run(stub, editor_pb2.EditRequest(seed=5, format=RAW, edits=[edit(f"{P}-a", 1, 1, 1)]))
     code5 = tensors.to_numpy(seeded[0].code.codes, "code") - editor["normals"]["a"].astype(np.float32)
-    coded, _ = run(stub, editor_pb2.EditRequest(code=tensors.latents_from_numpy(Z, code5), format=RAW,
+    coded, _ = run(stub, editor_pb2.EditRequest(code=codec.latents(code5, Z), format=RAW,
                                                 edits=[edit(f"{P}-a", 1, 1, 1)]))
     assert np.abs(pixels(coded[0].image).astype(int) - pixels(seeded[0].image).astype(int)).max() <= 1
 

@@ -26,11 +26,11 @@ import pytest
 import redis
 from PIL import Image
 
+from interfacegan import codec
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
 from services.cluster import Cluster, check_health, free_port
-from services.common import tensors
 
 REFERENCE = Path(os.environ["IFGAN_REFERENCE_BOUNDARIES"])  # set by tests/conftest.py
 Z, W, WP = common_pb2.LATENT_SPACE_Z, common_pb2.LATENT_SPACE_W, common_pb2.LATENT_SPACE_WP
@@ -54,7 +54,7 @@ def tensor(shape, fill=None, data: bytes | None = None) -> common_pb2.Tensor:
     array = np.random.default_rng(0).standard_normal(shape).astype("<f4")
     if fill is not None:
         array.flat[len(array.flat) // 2] = fill
-    return tensors.from_numpy(array)
+    return codec.tensor(array)
 
 
 def codes(n=1, d=D, fill=None, space=Z) -> common_pb2.LatentBatch:
@@ -295,7 +295,7 @@ CASES = [
          "accepted 1 .. 256"),
     Case("bnd-edit-zero-vector", "boundary", "EditLatents",
          lambda: boundary_pb2.EditLatentsRequest(codes=codes(), edits=[boundary_pb2.Edit(
-             vector=tensors.from_numpy(np.zeros((1, D), np.float32)), end=1, steps=1)]), C.INVALID_ARGUMENT,
+             vector=codec.tensor(np.zeros((1, D), np.float32)), end=1, steps=1)]), C.INVALID_ARGUMENT,
          "non-zero"),
     Case("bnd-edit-dimension-mismatch", "boundary", "EditLatents",
          lambda: boundary_pb2.EditLatentsRequest(codes=codes(d=512), edits=[edit()]), C.INVALID_ARGUMENT,

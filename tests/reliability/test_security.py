@@ -18,11 +18,12 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from interfacegan import codec
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor_pb2, editor_pb2_grpc,
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
 from services.cluster import SERVICES, HealthCredentials, ServiceProcess, check_health, status_from_state
-from services.common import errors, tensors
+from services.common import errors
 from models import registry
 from models.base import WeightsError
 
@@ -253,7 +254,7 @@ def test_served_malicious_checkpoint_is_refused_and_the_server_keeps_serving(lim
     with grpc.insecure_channel(limited_generator.address) as channel:
         stub = generator_pb2_grpc.GeneratorServiceStub(channel)
         request = generator_pb2.SynthesizeRequest(model=common_pb2.ModelRef(name="evil"),
-                                                  codes=tensors.latents_from_numpy(Z, np.zeros((1, 100), np.float32)))
+                                                  codes=codec.latents(np.zeros((1, 100), np.float32), Z))
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Synthesize(request, timeout=60))
         assert err.value.code() == C.FAILED_PRECONDITION and "weights_only" in err.value.details()
@@ -267,11 +268,11 @@ def test_served_malicious_checkpoint_is_refused_and_the_server_keeps_serving(lim
 def test_message_and_batch_limits(limited_generator):
     with grpc.insecure_channel(limited_generator.address, options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
         stub = generator_pb2_grpc.GeneratorServiceStub(ch)
-        big = tensors.latents_from_numpy(Z, np.zeros((3000, 100), np.float32))  # 1.2 MB > 1 MiB
+        big = codec.latents(np.zeros((3000, 100), np.float32), Z)  # 1.2 MB > 1 MiB
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Synthesize(generator_pb2.SynthesizeRequest(codes=big), timeout=30))
         assert err.value.code() == C.RESOURCE_EXHAUSTED
-        many = tensors.latents_from_numpy(Z, np.zeros((65, 100), np.float32))
+        many = codec.latents(np.zeros((65, 100), np.float32), Z)
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Synthesize(generator_pb2.SynthesizeRequest(codes=many), timeout=30))
         assert err.value.code() == C.INVALID_ARGUMENT and "limit of 64" in err.value.details()
@@ -283,7 +284,7 @@ def test_message_and_batch_limits(limited_generator):
 
 def test_full_queue_answers_resource_exhausted_with_retry_information(limited_generator):
     """16 clients at once against a queue of 2: the overflow is refused at once with a retry hint, the rest served."""
-    codes = tensors.latents_from_numpy(Z, np.random.default_rng(0).standard_normal((64, 100)).astype(np.float32))
+    codes = codec.latents(np.random.default_rng(0).standard_normal((64, 100)).astype(np.float32), Z)
     outcomes, lock = [], threading.Lock()
     with grpc.insecure_channel(limited_generator.address) as channel:
         stub = generator_pb2_grpc.GeneratorServiceStub(channel)

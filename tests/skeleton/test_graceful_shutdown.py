@@ -9,8 +9,8 @@ import time
 import grpc
 import numpy as np
 
+from interfacegan import codec
 from interfacegan.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from services.common import tensors
 
 
 def test_sigterm_lets_an_in_flight_synthesize_call_finish(launch_service):
@@ -18,7 +18,7 @@ def test_sigterm_lets_an_in_flight_synthesize_call_finish(launch_service):
     count = 2000
     codes = np.random.default_rng(0).standard_normal((count, 100)).astype(np.float32)
     request = generator_pb2.SynthesizeRequest(request_id="sigterm-test", format=common_pb2.IMAGE_FORMAT_RAW,
-                                              codes=tensors.latents_from_numpy(common_pb2.LATENT_SPACE_Z, codes))
+                                              codes=codec.latents(codes, common_pb2.LATENT_SPACE_Z))
     received: list[int] = []
     first = threading.Event()
     with grpc.insecure_channel(proc.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
