@@ -17,7 +17,7 @@ from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor
                              generator_pb2, generator_pb2_grpc, inversion_pb2, inversion_pb2_grpc, scorer_pb2,
                              scorer_pb2_grpc)
 from interfacegan import channel as sdk, codec
-from services.common import editing, images, logs, pipeline, tensors
+from services.common import editing, images, logs, pipeline, tensors, variants
 from services.common.admission import PixelBudget
 from services.common.errors import ServiceError, invalid_argument, not_found
 from services.common.runtime import check_request_id
@@ -239,6 +239,9 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         if request.space and request.space not in shapes:
             raise invalid_argument("space", f"model {info.name} has no space {tensors.space_name(request.space)}; "
                                             f"accepted: {', '.join(tensors.space_name(s) for s in shapes)}")
+        if request.variant and kind != "code":
+            raise invalid_argument("variant", "only a code is rendered with a given variant; a photo gets its own "
+                                              "and a seed has none: leave variant empty")
         if kind == "seed":
             space = request.space or (Z if Z in shapes else next(iter(shapes)))
             if space == Z:
@@ -252,7 +255,10 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             if request.space and request.space != space:
                 raise invalid_argument("code.space", f"the code is in {tensors.space_name(space)} but the request "
                                                      f"asks for {tensors.space_name(request.space)}; make them agree")
-            return Source(space, code)
+            if request.variant and not variants.is_variant_id(request.variant):
+                raise invalid_argument("variant", f"{request.variant[:80]!r} is not a variant id; give a photo's "
+                                                  "EditResponse.variant (or leave it empty for the model's weights)")
+            return Source(space, code, variant=request.variant)
         if kind == "photo":
             if request.photo.WhichOneof("payload") is None:
                 raise invalid_argument("photo", "empty image; give PNG or JPEG bytes in photo.encoded")
@@ -565,6 +571,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             replay.seed = request.seed
         elif kind == "code":
             replay.code.CopyFrom(request.code)
+            replay.variant = request.variant
         response.receipt.CopyFrom(editor_pb2.EditReceipt(
             model=model, variant=response.variant, space=source.space, boundary=direction.ref,
             parents=list(direction.parents), held=held, mode=mode, distance=item.distance, layer_start=lo,

@@ -122,7 +122,7 @@ class EditReceipt(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., variant: _Optional[str] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., held: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[_boundary_pb2.DistanceMode, str]] = ..., distance: _Optional[float] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., identity_distance: _Optional[float] = ..., replay: _Optional[_Union[EditRequest, _Mapping]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face", "face_selection", "face_indices", "skip_tuning", "paste_whole_face")
+    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face", "face_selection", "face_indices", "skip_tuning", "paste_whole_face", "variant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class EditRequest(_message.Message):
     FACE_INDICES_FIELD_NUMBER: _ClassVar[int]
     SKIP_TUNING_FIELD_NUMBER: _ClassVar[int]
     PASTE_WHOLE_FACE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     space: _common_pb2.LatentSpace
@@ -157,7 +158,8 @@ class EditRequest(_message.Message):
     face_indices: _containers.RepeatedScalarFieldContainer[int]
     skip_tuning: bool
     paste_whole_face: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ..., face_selection: _Optional[_Union[_inversion_pb2.FaceSelection, str]] = ..., face_indices: _Optional[_Iterable[int]] = ..., skip_tuning: _Optional[bool] = ..., paste_whole_face: _Optional[bool] = ...) -> None: ...
+    variant: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ..., face_selection: _Optional[_Union[_inversion_pb2.FaceSelection, str]] = ..., face_indices: _Optional[_Iterable[int]] = ..., skip_tuning: _Optional[bool] = ..., paste_whole_face: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class EditedFace(_message.Message):
     __slots__ = ("index", "box", "reconstruction_psnr", "identity_distance")
