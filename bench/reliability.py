@@ -75,9 +75,8 @@ OVERLOAD = {"generator": "synthesize_16", "scorer": "score", "boundary": "edit_l
 
 
 def limits(overload_clients: int) -> dict[str, list[str]]:
-    """The capacity-limited replicas' flags. Boundary and editor refuse past their concurrent-call limit with a
-    retry hint; gRPC's own backstop at twice that limit refuses without one, so the limit is set above half the
-    overload clients: the flood meets the service's refusal, not the backstop."""
+    """The capacity-limited replicas' flags. Boundary and editor refuse every call past their concurrent-call
+    limit with a retry hint; the limit is about half the overload clients, so the flood meets it."""
     calls = str(overload_clients // 2 + 1)
     return {"generator": ["--max-queue-size", "4", "--max-batch-size", "16"],
             "scorer": ["--max-queue-size", "2", "--max-batch-size", "4"],

@@ -75,6 +75,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.active = 0
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._refusing: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -87,12 +88,16 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             # Constant-time comparison: the token must not leak through response timing.
             if not hmac.compare_digest(md.get("authorization", "").encode(), f"Bearer {self.auth_token}".encode()):
                 return _wrap(handler, _deny)
+        if self.max_concurrent_rpcs and self.active >= self.max_concurrent_rpcs:
+            # Refused here, before the request is even parsed: a flood far past the limit costs a status each.
+            return self._refuser(method, handler)
         if exempt:
             if not self.max_concurrent_rpcs:
                 return handler
             wrapped = self._wrapped.get(method)
             if wrapped is None:  # health on this port counts against the limit: readiness fails when saturated
-                wrapped = self._wrapped[method] = _wrap(handler, self._limited, lenient=False)
+                wrapped = self._wrapped[method] = _wrap(
+                    handler, lambda behavior, streaming: self._limited(behavior, streaming, method), lenient=False)
             return wrapped
         wrapped = self._wrapped.get(method)
         if wrapped is None:  # one wrapper per method, built on its first call
@@ -100,17 +105,33 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 handler, lambda behavior, streaming: self._observe(behavior, streaming, method))
         return wrapped
 
-    def _refusal(self) -> ServiceError:
+    def _refusal(self, method: str) -> ServiceError:
+        metrics.REQUESTS.labels(self.service, method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
         return resource_exhausted(f"the server is handling {self.active} calls, its limit "
                                   f"(max_concurrent_rpcs {self.max_concurrent_rpcs}); retry after the hint",
                                   retry_after=0.5)
 
-    def _limited(self, behavior, streaming: bool):
+    def _refuser(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The method's handler for calls past the limit: the rich refusal, counted, the request left unparsed."""
+        refuser = self._refusing.get(method)
+        if refuser is None:
+            def refuse(behavior, streaming: bool):
+                async def unary(request, context):
+                    await context.abort_with_status(self._refusal(method).to_status())
+
+                async def stream(request, context):
+                    await context.abort_with_status(self._refusal(method).to_status())
+                    yield  # pragma: no cover - makes this an async generator
+                return stream if streaming else unary
+            refuser = self._refusing[method] = _wrap(handler, refuse, parse=_unparsed)
+        return refuser
+
+    def _limited(self, behavior, streaming: bool, method: str):
         """Exempt methods: only the concurrent-call limit."""
         if streaming:
             async def stream(request, context):
                 if self.active >= self.max_concurrent_rpcs:
-                    await context.abort_with_status(self._refusal().to_status())
+                    await context.abort_with_status(self._refusal(method).to_status())
                 self.active += 1
                 try:
                     result = behavior(request, context)
@@ -125,7 +146,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
         async def unary(request, context):
             if self.active >= self.max_concurrent_rpcs:
-                await context.abort_with_status(self._refusal().to_status())
+                await context.abort_with_status(self._refusal(method).to_status())
             self.active += 1
             try:
                 result = behavior(request, context)
@@ -137,7 +158,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):
     def _admit(self, request) -> bool:
         """Checks the call limit and the request's bytes; raises ServiceError, or counts the call in."""
         if self.max_concurrent_rpcs and self.active >= self.max_concurrent_rpcs:
-            raise self._refusal()
+            # Counted by the caller's wrapper, with every other status of the method.
+            raise resource_exhausted(f"the server is handling {self.active} calls, its limit (max_concurrent_rpcs "
+                                     f"{self.max_concurrent_rpcs}); retry after the hint", retry_after=0.5)
         if isinstance(request, _Undecodable):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.name} "
                                f"message ({request.error}); accepted: the message's protobuf encoding")
@@ -318,8 +341,14 @@ def _lenient(deserializer):
     return parse
 
 
-def _wrap(handler: grpc.RpcMethodHandler, wrap: Callable, lenient: bool = True) -> grpc.RpcMethodHandler:
-    parse = _lenient(handler.request_deserializer) if lenient else handler.request_deserializer
+def _unparsed(data: bytes) -> None:
+    return None
+
+
+def _wrap(handler: grpc.RpcMethodHandler, wrap: Callable, lenient: bool = True,
+          parse: Callable | None = None) -> grpc.RpcMethodHandler:
+    if parse is None:
+        parse = _lenient(handler.request_deserializer) if lenient else handler.request_deserializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False),
                                                    parse, handler.response_serializer)
@@ -409,12 +438,11 @@ async def serve(service: Service, settings: ServerSettings, *, stop: asyncio.Eve
     Health reports NOT_SERVING until `service.load()` returned, and again as soon as
     shutdown starts; in-flight calls then get `settings.grace_seconds` to finish.
     """
+    # No maximum_concurrent_rpcs for gRPC's core: its refusal is a bare status (no RetryInfo, no pushback,
+    # never in the metrics). The interceptor refuses every call past the limit before parsing its request.
     server = grpc.aio.server(
         options=server_options(settings),
         interceptors=[_Interceptor(settings.service_name, settings.auth_token, settings.max_concurrent_rpcs)],
-        # The interceptor enforces the limit with a retry hint; the core's bare refusal is a backstop against
-        # a flood of calls faster than the event loop can refuse them.
-        maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs or None,
     )
     service.register(server)
     health = HealthServicer()

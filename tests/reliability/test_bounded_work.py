@@ -294,3 +294,42 @@ def test_calls_past_the_concurrent_call_limit_get_a_retry_hint_and_are_counted(l
                         r'(\d+)', text) or re.search(r'ifgan_requests_total\{service="generator",method="ListModels",'
                                                      r'code="RESOURCE_EXHAUSTED"\} (\d+)', text)
     assert counted and float(counted.group(1)) >= 3, text[-2000:]
+
+
+def _requests_counted(metrics_port: int, method: str, code: str) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for labels, value in re.findall(r'ifgan_requests_total\{([^}]*)\} (\S+)', text):
+        if f'method="{method}"' in labels and f'code="{code}"' in labels:
+            total += float(value)
+    return int(total)
+
+
+def test_a_flood_far_past_the_concurrent_call_limit_gets_the_same_rich_refusal_every_time(launch_service):
+    # gRPC's core limit (maximum_concurrent_rpcs) refused with a bare "Concurrent RPC limit exceeded!": no
+    # RetryInfo, no grpc-retry-pushback-ms, and never in the metrics. A flood reaches it as soon as the calls
+    # being refused and the calls held together pass it.
+    metrics_port = free_port()
+    generator = launch_service("generator", "--max-concurrent-rpcs", "2", "--metrics-port", str(metrics_port))
+    with grpc.insecure_channel(generator.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=120) for _ in range(2)]
+        for w in watches:
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        flood = [stub.ListModels.future(generator_pb2.ListModelsRequest(), timeout=60) for _ in range(400)]
+        outcomes = []
+        for call in flood:
+            try:
+                call.result()
+                outcomes.append(("OK", None, {}))
+            except grpc.RpcError as e:
+                trailing = dict(e.trailing_metadata() or ())
+                outcomes.append((e.code().name, errors.status_details(e).get("retry_after"), trailing))
+        for w in watches:
+            w.cancel()
+    codes = {code for code, _, _ in outcomes}
+    assert codes == {"RESOURCE_EXHAUSTED"}, codes
+    bare = [o for o in outcomes if not o[1] or "grpc-retry-pushback-ms" not in o[2]]
+    assert not bare, f"{len(bare)} of {len(outcomes)} refusals carry no retry hint"
+    assert _requests_counted(metrics_port, "ListModels", "RESOURCE_EXHAUSTED") == len(outcomes)
