@@ -63,8 +63,10 @@ class PixelBudget:
     Usage::
 
         budget = PixelBudget("scorer", capacity=128 << 20)
-        async with budget.hold(pixels, timeout=context.time_remaining()):
-            ...decode and work...
+        async with budget.hold(pixels, timeout=context.time_remaining()) as held:
+            decoded = await held.to_thread(decode, request)  # held until the thread ends, even if cancelled
+            ...
+            await held.release(done_pixels)  # what the request no longer holds goes back at once
     """
 
     def __init__(self, service: str, capacity: int, *, reserve: int | None = None, max_wait: float = 30.0,
@@ -97,12 +99,13 @@ class PixelBudget:
         return self.used + pixels <= self.capacity - self.reserve
 
     @contextlib.asynccontextmanager
-    async def hold(self, pixels: int, *, timeout: float | None = None) -> AsyncIterator[None]:
-        """Holds `pixels` of the budget for the body of the `async with`.
+    async def hold(self, pixels: int, *, timeout: float | None = None) -> AsyncIterator[Held]:
+        """Holds `pixels` of the budget for the body of the `async with`; yields a `Held` handle.
 
         Raises:
             ServiceError: RESOURCE_EXHAUSTED with retry_after when not admitted in time.
         """
+        declared = pixels
         large = pixels > self.reserve
         # One request over the large share counts as the whole share: admitted alone (its own limits bound it).
         pixels = min(pixels, self.capacity - self.reserve)
@@ -128,20 +131,30 @@ class PixelBudget:
             if large:
                 self._large_used += pixels
             self._gauge.set(self.used)
-        started = time.monotonic()
+        held = Held(self, declared, pixels, large)
         try:
-            yield
+            yield held
         finally:
-            async with self._changed:
-                self.used -= pixels
-                self._gauge.set(self.used)
-                if large:
-                    self._large_used -= pixels
-                    self._hold_seconds = 0.8 * self._hold_seconds + 0.2 * (time.monotonic() - started)
-                    self._trim_pending = True
-                if self._trim_pending and self._large_used == 0 and self._trimmer is None:
-                    self._trimmer = asyncio.create_task(self._trim_when_idle())
-                self._changed.notify_all()
+            if held._threads:
+                # The caller left (cancelled, or failed) while threads still work on its pixels: they stay held,
+                # so nothing else is admitted on memory not yet freed, and the trim waits for them.
+                threads = asyncio.gather(*held._threads, return_exceptions=True)
+                threads.add_done_callback(lambda _: asyncio.ensure_future(held._finish()))
+            else:
+                await asyncio.shield(held._finish())
+
+    async def _give_back(self, pixels: int, large: bool, ended: float | None) -> None:
+        async with self._changed:
+            self.used -= pixels
+            self._gauge.set(self.used)
+            if large:
+                self._large_used -= pixels
+                if ended is not None:
+                    self._hold_seconds = 0.8 * self._hold_seconds + 0.2 * ended
+                self._trim_pending = True
+            if self._trim_pending and self._large_used == 0 and self._trimmer is None:
+                self._trimmer = asyncio.create_task(self._trim_when_idle())
+            self._changed.notify_all()
 
     async def _trim_when_idle(self) -> None:
         """Returns memory once no large request has been held for TRIM_DELAY seconds.
@@ -166,3 +179,36 @@ class PixelBudget:
             f"the service is decoding {self.used} of its {self.capacity} pixels in flight and {self._waiting} "
             f"image requests wait; this one needs {pixels} pixels; retry after {retry} s, or send smaller or "
             f"fewer images per request", retry_after=retry)
+
+
+class Held:
+    """An admitted request's share of a PixelBudget (from `PixelBudget.hold`)."""
+
+    def __init__(self, budget: PixelBudget, declared: int, pixels: int, large: bool):
+        self._budget = budget
+        self._declared = declared  # what the request said it decodes; `pixels` is what it holds (capped)
+        self.pixels = pixels
+        self._large = large
+        self._started = time.monotonic()
+        self._threads: set[asyncio.Future] = set()
+        self._finished = False
+
+    async def release(self, pixels: int) -> None:
+        """Gives back `pixels` of the declared ones now (decoded images dropped), before the request ends."""
+        self._declared = max(0, self._declared - pixels)
+        keep = min(self.pixels, self._declared)  # a capped request holds its cap until its rest fits under it
+        if keep < self.pixels and not self._finished:
+            freed, self.pixels = self.pixels - keep, keep
+            await self._budget._give_back(freed, self._large, None)
+
+    async def to_thread(self, fn, /, *args, **kwargs):
+        """asyncio.to_thread, but the pixels stay held until the thread ends even when the caller is cancelled."""
+        future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        self._threads.add(future)
+        future.add_done_callback(self._threads.discard)
+        return await asyncio.shield(future)
+
+    async def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            await self._budget._give_back(self.pixels, self._large, time.monotonic() - self._started)

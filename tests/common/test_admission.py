@@ -125,3 +125,51 @@ def test_bad_budgets_and_release_memory():
     with pytest.raises(ValueError):
         PixelBudget("test", 10, reserve=10)
     release_memory()  # glibc: returns freed pages; elsewhere a no-op
+
+
+def test_pixels_released_early_go_back_at_once_and_a_capped_hold_keeps_its_cap():
+    async def main():
+        budget = PixelBudget("test", 100, reserve=25)
+        async with budget.hold(60) as held:
+            await held.release(20)
+            assert budget.used == 40
+            await held.release(100)  # more than is left: nothing below zero
+            assert budget.used == 0
+        assert budget.used == 0
+        async with budget.hold(300) as held:  # capped at the large share, 75
+            await held.release(200)  # 100 declared left: still over the cap
+            assert budget.used == 75
+            await held.release(50)
+            assert budget.used == 50
+        assert budget.used == 0 and budget._large_used == 0
+    run(main())
+
+
+def test_a_cancelled_caller_keeps_its_pixels_held_until_its_thread_ends():
+    import threading
+
+    async def main():
+        budget = PixelBudget("test", 100, reserve=25)
+        started, finish = threading.Event(), threading.Event()
+
+        def work():
+            started.set()
+            finish.wait(10)
+
+        async def call():
+            async with budget.hold(60) as held:
+                await held.to_thread(work)
+
+        task = asyncio.create_task(call())
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert budget.used == 60  # the thread still holds the memory the pixels stand for
+        finish.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if budget.used == 0:
+                break
+        assert budget.used == 0 and budget._large_used == 0
+    run(main())
