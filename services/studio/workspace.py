@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from google.protobuf import json_format
+import grpc
 
 from interfacegan.codec import SPACE_NAMES
 from interfacegan.v1 import common_pb2, editor_pb2
@@ -75,6 +76,7 @@ class Source:
     image: str  # data: URL of the unedited render (for a photo: the inverted face)
     scores: list[dict]
     details: dict
+    variant: str = ""  # a photo's tuned generator variant: every render of its code uses it
 
     def public(self) -> dict:
         kind, model, space, ident = self.key
@@ -159,7 +161,16 @@ class Workspace:
         return CallContext(f"studio-{uuid.uuid4().hex[:16]}", time.monotonic() + timeout, timeout)
 
     async def _edit(self, request: editor_pb2.EditRequest) -> list[editor_pb2.EditResponse]:
-        return await self.editor.collect("Edit", request, self._call())
+        try:
+            return await self.editor.collect("Edit", request, self._call())
+        except ServiceError as e:
+            if request.variant and e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                # The photo's tuned variant left the cluster's store (its TTL): forget the photo, so that the
+                # upload the message asks for tunes it anew instead of finding the stale entry here.
+                for key in [k for k, v in self._sources.items() if v.variant == request.variant]:
+                    del self._sources[key]
+                raise ServiceError(e.code, f"{e.message}; the studio forgot this photo: upload it again") from None
+            raise
 
     async def catalog(self, *, fresh: bool = False) -> editor_pb2.Catalog:
         now = time.monotonic()
@@ -268,16 +279,17 @@ class Workspace:
 
     async def _invert(self, key: tuple, ref: common_pb2.ModelRef, space: str, data: bytes) -> Source:
         started = time.monotonic()
-        # The page edits the photo's code; the editor renders a code with the base generator (a photo's tuned
-        # variant is not addressable by code yet), so the face is inverted untuned: unedited and edited faces
-        # then come from the same generator.
+        # The photo is inverted and its generator tuned once; the page then edits the code, and every render of
+        # it names the tuned variant, so each slider move costs one synthesize + score and keeps the person.
         replies = await self._edit(editor_pb2.EditRequest(
             model=ref, space=SPACES[space], photo=common_pb2.Image(encoded=data), include_original=True,
-            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG, skip_tuning=True))
+            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG))
         reply = replies[0]
         details = {"photo": key[3], "psnr": reply.inversion_psnr, "warnings": list(reply.warnings),
                    "extras": extras_of(reply), "inversion_seconds": round(time.monotonic() - started, 3)}
-        source = Source(key, ref, space, reply.code, data_url(reply.image), scores_of(reply), details)
+        details["variant"] = reply.variant
+        source = Source(key, ref, space, reply.code, data_url(reply.image), scores_of(reply), details,
+                        variant=reply.variant)
         self._sources.put(key, source)
         for stale in [k for k in self._codes if k[0] == key]:  # codes derived from a forgotten inversion
             del self._codes[stale]
@@ -339,7 +351,8 @@ class Workspace:
             cached = self._codes.get(key)
             if cached is None:
                 (reply,) = await self._edit(editor_pb2.EditRequest(
-                    model=source.model, code=code, edits=[moves[i].message()], format=common_pb2.IMAGE_FORMAT_RAW))
+                    model=source.model, code=code, variant=source.variant, edits=[moves[i].message()],
+                    format=common_pb2.IMAGE_FORMAT_RAW))
                 cached = reply.code
                 self._codes.put(key, cached)
             code = cached
@@ -360,7 +373,7 @@ class Workspace:
         code = await self._code(source, self._base(moves, active))
         started = time.perf_counter()
         (reply,) = await self._edit(editor_pb2.EditRequest(
-            model=source.model, code=code, edits=[moves[active].message()], rescore=True,
+            model=source.model, code=code, variant=source.variant, edits=[moves[active].message()], rescore=True,
             format=common_pb2.IMAGE_FORMAT_PNG))
         return {"image": data_url(reply.image), "scores": scores_of(reply), "distance": reply.distance,
                 "boundary": f"{reply.boundary.attribute} v{reply.boundary.version}", "warnings": list(reply.warnings),
@@ -381,8 +394,8 @@ class Workspace:
         move = Move(attribute, 0.0, tuple(h for h in held if h != attribute), first, last,
                     hold_auto=body.get("hold_auto") is True and attribute in scored)
         replies = await self._edit(editor_pb2.EditRequest(
-            model=source.model, code=code, edits=[move.message(start, end, steps)], rescore=True,
-            format=common_pb2.IMAGE_FORMAT_PNG))
+            model=source.model, code=code, variant=source.variant, edits=[move.message(start, end, steps)],
+            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG))
         return {"attribute": attribute, "frames": [
             {"distance": r.distance, "image": data_url(r.image), "scores": scores_of(r), "extras": extras_of(r)}
             for r in replies]}

@@ -154,7 +154,9 @@ def test_a_photo_is_inverted_once_then_edited_by_its_hash(studio):
     data = assets.path_of("grace_hopper.jpg").read_bytes()
     status, first, _ = call(url + "api/photo", data, content_type="image/jpeg")
     assert status == 200, first
-    assert first["psnr"] > 10 and len(first["photo"]) == 64 and first["source"] == {"photo": first["photo"]}
+    assert len(first["photo"]) == 64 and first["source"] == {"photo": first["photo"]}
+    # Inverted and tuned once: the face the page edits is the photo's person, rendered by its own variant.
+    assert first["variant"].startswith("v") and first["psnr"] > 25, first
     status, again, _ = call(url + "api/photo", data, content_type="image/jpeg")
     assert status == 200 and again["photo"] == first["photo"]
     assert again["inversion_seconds"] == first["inversion_seconds"]  # the remembered inversion, not a second one
@@ -162,6 +164,10 @@ def test_a_photo_is_inverted_once_then_edited_by_its_hash(studio):
                                                 "active": "smile"})
     assert status == 200, edited
     assert np.abs(pixels(edited["image"]) - pixels(first["image"])).mean() > 1
+    assert edited["extras"]["receipt"]["variant"] == first["variant"]
+    status, unmoved, _ = call(url + "api/edit", {"source": {"photo": first["photo"]}, "values": {"smile": 0},
+                                                 "active": "smile"})
+    np.testing.assert_array_equal(pixels(unmoved["image"]), pixels(first["image"]))  # the same tuned weights
     status, gone, _ = call(url + "api/edit", {"source": {"photo": "0" * 64}, "values": {"smile": 1}, "active": "smile"})
     assert status == 409 and "upload it again" in gone["error"]
 
