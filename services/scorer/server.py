@@ -68,6 +68,19 @@ class Settings(batch_settings(max_batch_size=64, max_queue_size=256, max_queue_d
                              f"max_request_pixels ({self.max_request_pixels})")
 
 
+#: Crops decoded and embedded at once by CompareIdentity (one batched ResNet pass each).
+EMBED_CHUNK = 16
+
+
+class _Pending:
+    """A decoded image of a Score request, until the batch that scores it has cut its chips."""
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: np.ndarray):
+        self.image: np.ndarray | None = image
+
+
 def attribute_info(engine: Engine, name: str) -> scorer_pb2.AttributeInfo:
     a = engine.attributes[name]
     return scorer_pb2.AttributeInfo(name=name, unit=a.spec.unit, min_value=a.spec.min_value,
@@ -133,15 +146,17 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
             raise invalid_argument("images", f"{n} images; accepted: 1 to {self.settings.max_request_images} "
                                              f"images per request ({imagecodec.ACCEPTED})")
         columns = [self.engine.columns[a] for a in attributes]
-        pixels = self._pixels(request)
-        async with self.budget.hold(pixels, timeout=context.time_remaining()):
+        sizes = self._sizes(request)
+        async with self.budget.hold(sum(sizes), timeout=context.time_remaining()) as held:
             # Every image is decoded (off the event loop) before anything is scored: a bad one fails the request.
-            decoded = await asyncio.to_thread(self._decode_all, request)
+            pending = [_Pending(image) for image in await held.to_thread(self._decode_all, request)]
             timeout = context.time_remaining()
             key = self.engine.groups_of(attributes)
-            async with contextlib.aclosing(self.batcher.stream(decoded, key=key, timeout=timeout,
+            async with contextlib.aclosing(self.batcher.stream(pending, key=key, timeout=timeout,
                                                                lane=request_lane(context))) as chunks:
                 async for offset, rows in chunks:
+                    # The batch dropped these images once it had their chips: their pixels go back now.
+                    await held.release(sum(sizes[offset:offset + len(rows)]))
                     yield scorer_pb2.ScoreResponse(offset=offset, results=[
                         self._image_scores(values, face_score, attributes, columns) for values, face_score in rows])
 
@@ -157,21 +172,26 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
                                                  f"(compared with every image) or one per image")
         crops = [*request.references, *request.images]
         names = [f"references[{i}]" for i in range(r)] + [f"images[{i}]" for i in range(n)]
-        total = 0
+        sizes = []
         for name, im in zip(names, crops):
             h, w = imagecodec.size_of(im, name, max_pixels=self.settings.max_image_pixels)
-            total += h * w
-        if total > self.settings.max_request_pixels:
-            raise invalid_argument("images", f"the crops hold {total} pixels in all; accepted: at most "
+            sizes.append(h * w)
+        if sum(sizes) > self.settings.max_request_pixels:
+            raise invalid_argument("images", f"the crops hold {sum(sizes)} pixels in all; accepted: at most "
                                              f"{self.settings.max_request_pixels} per request")
-        async with self.budget.hold(total, timeout=context.time_remaining()):
-            decoded = await asyncio.to_thread(lambda: [imagecodec.decode(im, name, max_pixels=self.settings.
-                                                                         max_image_pixels)
-                                                       for name, im in zip(names, crops)])
-            distances, embedded, refs = await asyncio.to_thread(ident.compare, self.identity, decoded[:r], decoded[r:])
+        vectors = []
+        async with self.budget.hold(sum(sizes), timeout=context.time_remaining()) as held:
+            # A chunk at a time: only its crops are decoded at once, and their pixels go back once embedded.
+            for start in range(0, len(crops), EMBED_CHUNK):
+                part = slice(start, start + EMBED_CHUNK)
+                vectors.append(await held.to_thread(self._embed, crops[part], names[part]))
+                await held.release(sum(sizes[part]))
+        embedded = np.concatenate(vectors)
+        refs, imgs = embedded[:r], embedded[r:]
+        distances = ident.distance(imgs, refs if r == n else np.repeat(refs[:1], n, axis=0))
         out = scorer_pb2.IdentityResponse(distances=distances.tolist(), same_person_threshold=ident.SAME_PERSON)
         if request.include_embeddings:
-            out.embeddings.extend(embedded.reshape(-1).tolist())
+            out.embeddings.extend(imgs.reshape(-1).tolist())
             out.reference_embeddings.extend(refs.reshape(-1).tolist())
         return out
 
@@ -187,22 +207,28 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
             raise invalid_argument("attributes", f"{names} names an attribute twice; name each at most once")
         return names
 
-    def _pixels(self, request: scorer_pb2.ScoreRequest) -> int:
-        """Pixels the images will hold once decoded, from their headers: refused before any is decoded."""
-        total, limit = 0, self.settings.max_request_pixels
+    def _sizes(self, request: scorer_pb2.ScoreRequest) -> list[int]:
+        """Pixels each image will hold once decoded, from their headers: refused before any is decoded."""
+        sizes, total, limit = [], 0, self.settings.max_request_pixels
         for i, im in enumerate(request.images):
             h, w = imagecodec.size_of(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels)
+            sizes.append(h * w)
             total += h * w
             if total > limit:
                 raise invalid_argument("images", f"the images hold more than {limit} pixels in all (reached at "
                                                   f"images[{i}]); accepted: at most {limit} pixels per request, "
                                                   f"send the rest in further requests")
-        return total
+        return sizes
 
     def _decode_all(self, request: scorer_pb2.ScoreRequest) -> list[np.ndarray]:
-        # Decoded sizes equal the declared ones _pixels counted (EXIF rotation only swaps the sides).
+        # Decoded sizes equal the declared ones _sizes counted (EXIF rotation only swaps the sides).
         return [imagecodec.decode(im, f"images[{i}]", max_pixels=self.settings.max_image_pixels)
                 for i, im in enumerate(request.images)]
+
+    def _embed(self, crops: list[common_pb2.Image], names: list[str]) -> np.ndarray:
+        decoded = [imagecodec.decode(im, name, max_pixels=self.settings.max_image_pixels)
+                   for name, im in zip(names, crops)]
+        return self.identity.embed(decoded)
 
     def _image_scores(self, values: np.ndarray, face_score: float, attributes: list[str], columns: list[int]):
         # NaN marks what could not be computed (no face, non-finite output): valid=False, never a made-up value.
@@ -211,11 +237,15 @@ class ScorerService(scorer_pb2_grpc.ScorerServiceServicer):
         return scorer_pb2.ImageScores(scores=scores, face_found=face_score >= self.engine.face_threshold,
                                       face_score=face_score)
 
-    def _run_batch(self, images: list[np.ndarray], groups: frozenset[str]) -> list[tuple[np.ndarray, float]]:
+    def _run_batch(self, pending: list[_Pending], groups: frozenset[str]) -> list[tuple[np.ndarray, float]]:
         """Batcher callback, in a worker thread: align (dlib, under the GIL) then run the models batched.
 
-        With several instances one batch's alignment overlaps another's GIL-free model runs.
+        With several instances one batch's alignment overlaps another's GIL-free model runs. Each decoded image
+        is dropped as soon as its chips are cut: a request's images are freed batch by batch, not at its end.
         """
-        prepared = [self.engine.prepare(im, groups) for im in images]
-        values, face_score = self.engine.run(prepared, [groups] * len(images))
-        return [(values[i], float(face_score[i])) for i in range(len(images))]
+        prepared = []
+        for item in pending:
+            prepared.append(self.engine.prepare(item.image, groups))
+            item.image = None
+        values, face_score = self.engine.run(prepared, [groups] * len(pending))
+        return [(values[i], float(face_score[i])) for i in range(len(pending))]

@@ -333,3 +333,53 @@ def test_a_flood_far_past_the_concurrent_call_limit_gets_the_same_rich_refusal_e
     bare = [o for o in outcomes if not o[1] or "grpc-retry-pushback-ms" not in o[2]]
     assert not bare, f"{len(bare)} of {len(outcomes)} refusals carry no retry hint"
     assert _requests_counted(metrics_port, "ListModels", "RESOURCE_EXHAUSTED") == len(outcomes)
+
+
+def _gauge(metrics_port: int, name: str, service: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    found = re.search(r'%s\{service="%s"\} (\S+)' % (name, service), text)
+    assert found, text[-2000:]
+    return float(found.group(1))
+
+
+def test_the_scorer_gives_back_each_image_once_it_is_scored_or_embedded(launch_service):
+    # A Score request held all its decoded images (and their share of the pixel budget) until its last result
+    # was sent, CompareIdentity until every crop was embedded: a long request kept memory it no longer used.
+    metrics_port = free_port()
+    scorer = launch_service("scorer", "--max-batch-size", "4", "--metrics-port", str(metrics_port))
+    side, n = 512, 32
+    images = [face(i % 24, side) for i in range(n)]
+    per_image = side * side
+    with grpc.insecure_channel(scorer.address, options=OPTIONS) as channel:
+        stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+        received, seen = 0, []
+        for reply in stub.Score(scorer_pb2.ScoreRequest(images=images), timeout=600):
+            received += len(reply.results)
+            if received < n:  # the stream is still open: what it holds is what is left to score, at most
+                seen.append((received, _gauge(metrics_port, "ifgan_pixel_budget_used", "scorer")))
+        assert received == n
+        assert seen and all(used <= (n - got) * per_image for got, used in seen), seen
+        assert _gauge(metrics_port, "ifgan_pixel_budget_used", "scorer") == 0
+
+        # 48 distinct crops, embedded a chunk at a time: the budget falls while the call runs.
+        crops = [face(i % 24, 128 + 64 * (i // 24)) for i in range(48)]
+        total = sum(128 * 128 if i < 24 else 192 * 192 for i in range(48))
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append(_gauge(metrics_port, "ifgan_pixel_budget_used", "scorer"))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            reply = stub.CompareIdentity(scorer_pb2.IdentityRequest(references=crops[:1], images=crops[1:]),
+                                         timeout=600)
+        finally:
+            stop.set()
+            sampler.join()
+        assert len(reply.distances) == 47 and reply.distances[23] < 0.6  # the same face at another size
+        assert any(0 < used < total for used in samples), sorted(set(samples))
+        assert _gauge(metrics_port, "ifgan_pixel_budget_used", "scorer") == 0
+    assert check_health(scorer.address) == "SERVING"
