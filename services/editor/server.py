@@ -19,12 +19,12 @@ from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, editor
 from interfacegan import channel as sdk, codec
 from services.common import editing, images, logs, pipeline, tensors, variants
 from services.common.admission import PixelBudget
-from services.common.errors import ServiceError, invalid_argument, not_found
+from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found
 from services.common.runtime import check_request_id
 from services.common.settings import ServerSettings, setting
 from services.common.upstream import SERVICE_RETRY, CallContext, Upstream
 
-from .calibrate import Calibration, CalibratedEdits, check_target
+from .calibrate import Calibration, CalibratedEdits, apply_corrections, check_target, expand_hold_auto, replay_source
 from .proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         dist = editing.distance_table(table)
         edited = editing.edit(source.codes, np.stack([d.normal for d in directions]), dist,
                               absolute=np.array(absolute), layers=np.array(layers) if layers else None)
+        apply_corrections(edited, found, [d.normal for d in directions], dist, ranges)
         return [Item(e, s, float(dist[e, s]), edited[0, e, s], directions[e].ref, edited[:, e, s])
                 for e, n in enumerate(steps) for s in range(n)]
 
@@ -488,6 +489,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         call = self._call(request.request_id, context)
         await context.send_initial_metadata((("x-request-id", call.request_id),))
         started = time.monotonic()
+        expand_hold_auto(request)
         steps = self._plan(request)
         if request.format not in (common_pb2.IMAGE_FORMAT_UNSPECIFIED, common_pb2.IMAGE_FORMAT_PNG,
                                   common_pb2.IMAGE_FORMAT_JPEG, RAW):
@@ -497,26 +499,81 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         info = await self._model(request.model, call)
         model = common_pb2.ModelRef(name=info.name, version=info.version)
         source = await self._source(request, info, call)
-        directions = list(await asyncio.gather(*(self._boundary(i, e, info.name, source.space, call)
+        plan, sent, retuned = None, 0, False
+        while True:
+            try:
+                if plan is None:
+                    plan = await self._prepare(request, model, info.name, source, call)
+                async for response in self._respond(request, model, source, steps, plan, call, started, sent):
+                    sent += 1
+                    yield response
+                break
+            except ServiceError as e:
+                # Only a photo can be tuned again: it is in the request (a code rendered with a variant is not).
+                if request.WhichOneof("source") != "photo" or not _variant_lost(e, source):
+                    raise
+                if retuned:
+                    raise failed_precondition(
+                        f"the tuned generator variant of this photo left the variant store again right after it was "
+                        f"tuned anew ({e.message}); the store is dropping variants: check its memory limit and "
+                        f"eviction policy and that the generator replicas read the store the inversion service "
+                        f"writes (--redis-url), then retry, or set skip_tuning to edit with the model's own "
+                        f"weights") from None
+                retuned = True
+                source = await self._retune(request, info, source, sent, e, call)
+                if not sent:  # nothing shown yet: measure the face again on the new weights
+                    plan = None
+        log.info("edited", extra={"images": sent, "edits": len(request.edits), "source": request.WhichOneof("source"),
+                                  "retuned": retuned, "seconds": round(time.monotonic() - started, 3)})
+
+    async def _prepare(self, request: editor_pb2.EditRequest, model: common_pb2.ModelRef, model_name: str,
+                       source: Source, call: CallContext) -> tuple[list[Direction], list, list]:
+        """Each edit's direction, W+ layer range and (target edits, hold=auto) what its calibration found."""
+        directions = list(await asyncio.gather(*(self._boundary(i, e, model_name, source.space, call)
                                                  for i, e in enumerate(request.edits))))
         ranges = self._layer_ranges(request, source, directions)
         # Target edits and hold=auto measure the face along the edit first (the scorer in the loop).
         found = list(await asyncio.gather(*(self._calibrate(i, e, d, model, source, r, call) for i, (e, d, r)
                                             in enumerate(zip(request.edits, directions, ranges)))))
         directions = [c.direction if c is not None else d for c, d in zip(found, directions)]
+        return directions, ranges, found
 
+    async def _retune(self, request: editor_pb2.EditRequest, info: generator_pb2.ModelInfo, lost: Source, sent: int,
+                      error: ServiceError, call: CallContext) -> Source:
+        """The photo inverted and tuned again after the variant store lost its variant (flushed, expired or
+        corrupted between inversion and rendering). Before any image was sent the new inversion simply replaces
+        the old one; after some were, the rest must come from the same codes and the same variant id (the
+        variant is addressed by its content: photo, model and settings), else the call stops with what to do."""
+        log.warning("tuned variant lost; tuning the photo again", extra={"variant": lost.variant, "sent": sent,
+                                                                         "error": error.message})
+        fresh = await self._source(request, info, call)
+        if not sent:
+            return fresh
+        same = (fresh.variant == lost.variant and fresh.codes.shape == lost.codes.shape
+                and np.allclose(fresh.codes, lost.codes, rtol=0, atol=1e-4))
+        if not same:
+            raise failed_precondition(
+                f"the tuned generator variant {lost.variant} of this photo left the variant store after {sent} "
+                f"images were sent, and tuning the photo again gave other weights ({fresh.variant or 'none'}); "
+                f"the images still to come cannot match the ones sent: send the request again")
+        return fresh
+
+    async def _respond(self, request: editor_pb2.EditRequest, model: common_pb2.ModelRef, source: Source,
+                       steps: list[int], plan: tuple, call: CallContext, started: float, skip: int):
+        """The call's responses from the `skip`-th on (those before it were sent before a re-tune)."""
+        directions, ranges, found = plan
         items: list[Item] = []
         if request.include_original:
             items.append(Item(-1, 0, 0.0, source.code[0], None, source.codes if source.faces else None))
         if request.edits:
             items.extend(self._edit_codes(request, source, directions, steps, ranges, found))
-
+        total, items = len(items), items[skip:]
         rescore = request.rescore or any(c is not None for c in found)
         size = self.settings.chunk_size
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         factories = [lambda c=c, k=k: self._render(c, k, model, source, request, call, rescore)
                      for k, c in enumerate(chunks)]
-        sent, total = 0, len(items)
+        sent = skip
         async for chunk, rendered in _zip_ordered(chunks, pipeline.ordered(factories, self.settings.parallel_chunks)):
             for item, (image, face, scores, identity, blend_mode) in zip(chunk, rendered):
                 sent += 1
@@ -541,8 +598,6 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                     self._report(response, request, item, directions[item.edit], found[item.edit],
                                  ranges[item.edit], model, source)
                 yield response
-        log.info("edited", extra={"images": total, "edits": len(request.edits), "source": request.WhichOneof("source"),
-                                  "seconds": round(time.monotonic() - started, 3)})
 
     def _report(self, response: editor_pb2.EditResponse, request: editor_pb2.EditRequest, item: Item,
                 direction: Direction, found: Calibration | None, layers: tuple[int, int] | None,
@@ -572,6 +627,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         elif kind == "code":
             replay.code.CopyFrom(request.code)
             replay.variant = request.variant
+        replay_source(replay, found, source.space, source.variant)
         response.receipt.CopyFrom(editor_pb2.EditReceipt(
             model=model, variant=response.variant, space=source.space, boundary=direction.ref,
             parents=list(direction.parents), held=held, mode=mode, distance=item.distance, layer_start=lo,
@@ -611,6 +667,13 @@ async def _encode(raw: common_pb2.Image, fmt: int) -> common_pb2.Image:
     if pixels.shape[0] * pixels.shape[1] > 256 * 256:  # big images: keep the event loop free
         return await asyncio.to_thread(images.encode, pixels, fmt)
     return images.encode(pixels, fmt)
+
+
+def _variant_lost(error: ServiceError, source: Source) -> bool:
+    """Whether a generator refused the photo's variant because the store no longer serves it: expired, flushed,
+    corrupted or over its size limit (the generator then says "invert the photo again", which re-tuning does)."""
+    return (bool(source.variant) and error.code == grpc.StatusCode.FAILED_PRECONDITION
+            and source.variant in error.message and "invert the photo again" in error.message)
 
 
 async def _zip_ordered(chunks, results):
