@@ -127,7 +127,9 @@ def make_app(workspace: Workspace, settings) -> web.Application:
     async def photo(request: web.Request) -> web.Response:
         data = await photo_upload(request, settings.max_upload_bytes, settings.max_upload_pixels)
         q = request.query
-        found = await workspace.photo(q.get("model", ""), q.get("space", ""), data)
+        face = q.get("face", "0")
+        found = await workspace.photo(q.get("model", ""), q.get("space", ""), data,
+                                      int(face) if face.isdecimal() and len(face) < 4 else face)
         return reply(found.public())
 
     async def edit(request: web.Request) -> web.Response:

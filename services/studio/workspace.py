@@ -19,7 +19,7 @@ from google.protobuf import json_format
 import grpc
 
 from interfacegan.codec import SPACE_NAMES
-from interfacegan.v1 import common_pb2, editor_pb2
+from interfacegan.v1 import common_pb2, editor_pb2, inversion_pb2
 from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found
 from services.common.upstream import CallContext, Upstream
 
@@ -36,6 +36,7 @@ MAX_NAME_CHARS = 128
 MAX_SLIDERS = 64
 MAX_HOLD = 16
 MAX_SEED = 2**63 - 1
+MAX_FACE_INDEX = 63  # the inversion service says how many faces it found and how many it accepts
 #: Slider half-ranges and steps in an attribute's own unit (the units toggle): the editor finds the distance.
 UNIT_SLIDERS = {"years": (20.0, 1.0), "degrees": (30.0, 1.0), "probability": (0.5, 0.01), "ratio": (0.2, 0.005)}
 
@@ -263,29 +264,35 @@ class Workspace:
             self._sources.put(key, source)
         return source
 
-    async def photo(self, model: str, space: str, data: bytes) -> Source:
-        """A photo's face, inverted once; the same bytes again (by sha256) reuse it."""
+    async def photo(self, model: str, space: str, data: bytes, face: int = 0) -> Source:
+        """One face of a photo (0: the largest, then by size), inverted once; the same bytes and face again (by
+        sha256) reuse it."""
         ref, space, _ = await self._space(model, space)
+        face = integer(face, "face", low=0, high=MAX_FACE_INDEX)
         digest = hashlib.sha256(data).hexdigest()
-        key = ("photo", ref.name, space, digest)
+        key = ("photo", ref.name, space, digest if face == 0 else f"{digest}:{face}")
         source = self._sources.get(key)
         if source is not None:
             return source
         pending = self._inverting.get(key)
         if pending is None:  # a second upload of the same photo waits for the first inversion
-            pending = self._inverting[key] = asyncio.ensure_future(self._invert(key, ref, space, data))
+            pending = self._inverting[key] = asyncio.ensure_future(self._invert(key, ref, space, data, face))
             pending.add_done_callback(lambda _: self._inverting.pop(key, None))
         return await asyncio.shield(pending)
 
-    async def _invert(self, key: tuple, ref: common_pb2.ModelRef, space: str, data: bytes) -> Source:
+    async def _invert(self, key: tuple, ref: common_pb2.ModelRef, space: str, data: bytes, face: int) -> Source:
         started = time.monotonic()
         # The photo is inverted and its generator tuned once; the page then edits the code, and every render of
         # it names the tuned variant, so each slider move costs one synthesize + score and keeps the person.
-        replies = await self._edit(editor_pb2.EditRequest(
+        request = editor_pb2.EditRequest(
             model=ref, space=SPACES[space], photo=common_pb2.Image(encoded=data), include_original=True,
-            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG))
+            rescore=True, format=common_pb2.IMAGE_FORMAT_PNG)
+        if face:
+            request.face_selection = inversion_pb2.FACE_SELECTION_INDICES
+            request.face_indices.append(face)
+        replies = await self._edit(request)
         reply = replies[0]
-        details = {"photo": key[3], "psnr": reply.inversion_psnr, "warnings": list(reply.warnings),
+        details = {"photo": key[3], "face": face, "psnr": reply.inversion_psnr, "warnings": list(reply.warnings),
                    "extras": extras_of(reply), "inversion_seconds": round(time.monotonic() - started, 3)}
         details["variant"] = reply.variant
         source = Source(key, ref, space, reply.code, data_url(reply.image), scores_of(reply), details,
@@ -302,10 +309,10 @@ class Workspace:
         model, space = body.get("model", ""), body.get("space", "")
         given = body.get("source")
         if not isinstance(given, dict) or len(given) != 1 or not {"seed", "photo"} & set(given):
-            raise invalid_argument("source", 'accepted: {"seed": N} or {"photo": SHA256 of an uploaded photo}')
+            raise invalid_argument("source", 'accepted: {"seed": N} or {"photo": the id /api/photo answered}')
         if "seed" in given:
             return await self.seed(model, space, given["seed"])
-        digest = text(given["photo"], "source.photo", limit=64)
+        digest = text(given["photo"], "source.photo", limit=70)
         ref, space, _ = await self._space(model, space)
         source = self._sources.get(("photo", ref.name, space, digest))
         if source is None:

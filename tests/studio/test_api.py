@@ -172,6 +172,31 @@ def test_a_photo_is_inverted_once_then_edited_by_its_hash(studio):
     assert status == 409 and "upload it again" in gone["error"]
 
 
+def test_any_face_of_a_group_photo_is_picked_by_its_index(studio):
+    """Two real portraits side by side: face 1 is the second one, tuned on its own; an index past them is refused."""
+    url = studio["url"]
+    left = Image.open(assets.path_of("astronaut.png")).convert("RGB").resize((256, 256))
+    right = Image.open(assets.path_of("grace_hopper.jpg")).convert("RGB").resize((220, 256))
+    group = Image.new("RGB", (476, 256))
+    group.paste(left, (0, 0))
+    group.paste(right, (256, 0))
+    buf = io.BytesIO()
+    group.save(buf, format="PNG")
+    status, first, _ = call(url + "api/photo?face=0", buf.getvalue(), content_type="image/png")
+    assert status == 200, first
+    status, second, _ = call(url + "api/photo?face=1", buf.getvalue(), content_type="image/png")
+    assert status == 200, second
+    assert second["photo"] == f"{first['photo']}:1" and second["face"] == 1 and second["variant"] != first["variant"]
+    assert np.abs(pixels(second["image"]) - pixels(first["image"])).mean() > 10  # another person
+    status, edited, _ = call(url + "api/edit", {"source": {"photo": second["photo"]}, "values": {"smile": 2},
+                                                "active": "smile"})
+    assert status == 200 and edited["extras"]["receipt"]["variant"] == second["variant"], edited
+    status, missing, _ = call(url + "api/photo?face=7", buf.getvalue(), content_type="image/png")
+    assert status == 400 and "face" in missing["error"], missing
+    status, bad, _ = call(url + "api/photo?face=-1", buf.getvalue(), content_type="image/png")
+    assert status == 400 and "0 .. 63" in bad["error"], bad
+
+
 @pytest.mark.parametrize("body, status, words", [
     ({"source": {"seed": 3}, "values": {"yaw": 99}, "active": "yaw"}, 400, "-10 .. 10"),
     ({"source": {"seed": 3}, "values": {"yaw": 1}, "active": "smile"}, 400, "name the moved slider"),

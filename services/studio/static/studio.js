@@ -162,12 +162,15 @@ async function loadPhoto(file) {
               `${limits.max_upload_bytes / 1e6} MB.`, "error");
     return;
   }
-  setStatus("finding and inverting the face… (once per photo)", "busy");
-  const query = new URLSearchParams(chosen());
+  const face = Number($("face-index").value) || 0;
+  setStatus(`finding, inverting and tuning face ${face}… (once per photo and face)`, "busy");
+  const query = new URLSearchParams({ ...chosen(), face });
   const reply = await api(`/api/photo?${query}`, undefined, file);
+  state.file = file;
   $("photo-preview").src = URL.createObjectURL(file);
   $("photo-box").hidden = false;
-  useSource({ photo: reply.photo }, reply, file.name.replace(/\.[^.]*$/, ""));
+  const name = file.name.replace(/\.[^.]*$/, "");
+  useSource({ photo: reply.photo }, reply, face ? `${name} face ${face}` : name);
 }
 
 function useSource(source, reply, name) {
@@ -343,6 +346,9 @@ async function start() {
 
 $("load-seed").addEventListener("click", guarded(() => loadSeed(Number($("seed").value) || 0)));
 $("random-seed").addEventListener("click", guarded(() => loadSeed(null)));
+$("face-index").addEventListener("change", guarded(async () => {
+  if (state.file) await loadPhoto(state.file);
+}));
 $("photo").addEventListener("change", guarded(async () => {
   const file = $("photo").files[0];
   if (file) await loadPhoto(file);
