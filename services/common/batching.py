@@ -55,6 +55,9 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
+import sys
+import threading
 import time
 import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +113,10 @@ class LaneConfig:
             batch (0 = none: it waits for the running batch, never for a prefetched one).
         bulk_fill: Most bulk items added to a batch led by interactive requests (-1 = up to max_batch_size, as
             suits a GPU, where a batch's size costs little; on a CPU, where its time grows with its size, a few).
+        shared_worker_nice: CPU niceness (Linux, per thread) of the shared workers when `interactive_instances`
+            keeps workers for interactive batches: a bulk batch and an interactive one then run at once on the
+            same cores, and the kernel gives the interactive worker (niceness 0) most of the CPU. Nothing is
+            lost when no interactive batch runs (niceness only orders threads that compete). 0 = off.
     """
 
     enabled: bool = True
@@ -118,6 +125,7 @@ class LaneConfig:
     bulk_min_share: float = 0.1
     interactive_instances: int = 0
     bulk_fill: int = -1
+    shared_worker_nice: int = 0
 
     def __post_init__(self):
         if self.default_lane not in LANES:
@@ -129,6 +137,8 @@ class LaneConfig:
         if self.interactive_instances < 0 or self.bulk_fill < -1:
             raise ValueError(f"interactive_instances must be 0 or more and bulk_fill -1 or more, got "
                              f"{self.interactive_instances} and {self.bulk_fill}")
+        if not 0 <= self.shared_worker_nice <= 19:
+            raise ValueError(f"shared_worker_nice must be within 0..19, got {self.shared_worker_nice}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -291,6 +301,10 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                                                 "for a running bulk batch (0 = none)")
         bulk_fill: int = setting(-1, "most bulk items added to a batch led by interactive requests "
                                      f"(-1 = {auto_bulk_fill_means})")
+        shared_worker_nice: int = setting(10, "CPU niceness of the shared worker threads (Linux) while "
+                                              "interactive_instances keeps workers for interactive batches: the "
+                                              "kernel runs an interactive batch first when both compete for the "
+                                              "cores (0 = off)")
 
         def validate(self) -> None:
             super().validate()  # type: ignore[misc] - the ServerSettings this group is mixed into
@@ -306,7 +320,7 @@ def batch_settings(*, max_batch_size: int, max_queue_size: int, max_queue_delay_
                                          getattr(self, f"{lane}_queue_timeout_microseconds"),
                                          getattr(self, f"{lane}_timeout_action")) for lane in LANES)
             return LaneConfig(self.priority_lanes, self.default_lane, policies, self.bulk_min_share,
-                              self.interactive_instances, self.bulk_fill)
+                              self.interactive_instances, self.bulk_fill, self.shared_worker_nice)
 
     if max_queue_delay_microseconds is None:
         return QueueSettings
@@ -381,6 +395,16 @@ class _Request:
         return len(self.items) - self.scheduled
 
 
+def _renice(nice: int) -> None:
+    """Lowers the calling thread's CPU priority by `nice` (Linux schedules threads on their own; elsewhere the
+    whole process would change, so nothing is done)."""
+    if nice and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
+        except OSError as e:  # a sandbox may forbid it: the lanes still order the queue
+            log.warning("shared workers keep their CPU priority", extra={"error": str(e)})
+
+
 class _Batch:
     """Slices (request, start, end) handed to a worker, and the worker's job."""
 
@@ -443,7 +467,9 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Starts the scheduler; call from the event loop that will submit requests."""
         if self._task is None:
-            self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"batch-{self.labels[1]}")
+            nice = self.lanes.shared_worker_nice if self._top_slots else 0
+            self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"batch-{self.labels[1]}",
+                                                initializer=_renice, initargs=(nice,))
             if self._top_slots:
                 self._top_executor = ThreadPoolExecutor(self._top_slots,
                                                         thread_name_prefix=f"batch-top-{self.labels[1]}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import sys
 import threading
 import time
 
@@ -577,10 +579,11 @@ def test_lane_settings_build_one_lane_config_and_are_validated():
                        "--bulk-fill", "2"])
     config = s.batching_config()
     assert config.lanes == LaneConfig(True, "bulk", (QueuePolicy(0, 500, "delay"), QueuePolicy(4, 0, "reject")), 0.2,
-                                      interactive_instances=1, bulk_fill=2)
+                                      interactive_instances=1, bulk_fill=2, shared_worker_nice=10)
     assert Settings.load(["--no-priority-lanes"]).batching_config().lanes.enabled is False
     for bad in (["--bulk-timeout-action", "drop"], ["--default-lane", "urgent"], ["--bulk-min-share", "2"],
-                ["--bulk-max-queue-size", "-1"], ["--bulk-fill", "-2"], ["--interactive-instances", "-1"]):
+                ["--bulk-max-queue-size", "-1"], ["--bulk-fill", "-2"], ["--interactive-instances", "-1"],
+                ["--shared-worker-nice", "20"]):
         with pytest.raises(ValueError):
             Settings.load(bad)
 
@@ -627,3 +630,36 @@ def test_a_reserved_worker_runs_interactive_batches_beside_a_running_bulk_batch(
 
     assert not run(interactive_waits(1))
     assert run(interactive_waits(0))  # no reserved worker: behind the running bulk batch
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+@pytest.mark.parametrize("interactive_instances, expected", [(1, 7), (0, 0)])
+def test_shared_workers_yield_the_cpu_to_interactive_workers(interactive_instances, expected):
+    """With workers kept for interactive batches, the shared workers run niced (per thread, not the process)."""
+    seen = {}
+
+    def run(items, key):
+        seen.setdefault(threading.current_thread().name.startswith("batch-top"), set()).add(
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        time.sleep(0.05)
+        return items
+
+    async def main():
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        lanes = LaneConfig(interactive_instances=interactive_instances, shared_worker_nice=7)
+        batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=4, max_queue_size=64, lanes=lanes))
+        await batcher.start()
+        try:
+            bulk = asyncio.ensure_future(batcher.submit(list(range(4)), key="k", timeout=10, lane="bulk"))
+            await asyncio.sleep(0.01)  # the bulk batch holds the shared worker
+            assert await batcher.submit([9], key="k", timeout=10, lane="interactive") == [9]
+            await bulk
+        finally:
+            await batcher.close()
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the event loop's thread and the process are untouched
+        return base
+
+    base = asyncio.run(main())
+    assert seen[False] == {base + expected}
+    if interactive_instances:
+        assert seen[True] == {base}
