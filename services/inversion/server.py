@@ -23,6 +23,7 @@ from services.common.batching import batch_settings, request_lane
 from services.common.errors import ServiceError, invalid_argument, not_found, resource_exhausted
 from services.common.settings import ServerSettings, setting
 
+from . import blending
 from . import encoder as enc
 from .faces import FaceFinder
 from .framing import template_for
@@ -30,7 +31,6 @@ from .quality import psnr as psnr_of
 from .quality import ssim as ssim_of
 from .refine import STOP_ENCODER, Inverter, Options, invertible_spaces
 from .photo import FaceVerifier
-from .photo_flow import blend as blend_photo
 from .photo_flow import invert_photo
 from .tuned import PhotoTuner
 from .tuning import TuningOptions
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Largest aligned crop a Blend accepts (twice the largest generator's side: an upscaled edit may be pasted).
 MAX_CROP_SIZE = 2048
-MAX_FACE_PIXELS = MAX_CROP_SIZE * MAX_CROP_SIZE
 
 
 @dataclasses.dataclass
@@ -77,6 +76,9 @@ class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
     tuning_concurrency: int = setting(1, "tuning runs at once (each keeps a core busy for one to three seconds)")
     variant_ttl_seconds: int = setting(3600, "how long a tuned variant stays in the store")
     max_variant_mb: float = setting(16.0, "largest variant stored, in MiB (bigger ones are refused)")
+    blend_cache_mb: float = setting(128.0, "photos' bands kept for the Blend calls that follow (an Edit blends every "
+                                           "step into the same photo: it is decoded and encoded once), in MiB")
+    blend_cache_seconds: float = setting(10.0, "a photo's band unused this long is dropped")
     max_faces: int = setting(20, "most faces one photo may invert")
     min_face_score: float = setting(0.0, "detections under this HOG detector confidence are dropped")
     trusted_face_score: float = setting(1.0, "detections under this confidence must be confirmed by dlib's CNN face "
@@ -118,6 +120,7 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
         self.faces: FaceFinder | None = None
         self.worker: RefineWorker | None = None
         self.budget = PixelBudget("inversion", settings.max_pixels_in_flight)
+        self.bands = blending.BandCache(int(settings.blend_cache_mb * (1 << 20)), settings.blend_cache_seconds)
         self.tuner: PhotoTuner | None = None
         self.verifier: FaceVerifier | None = None
 
@@ -259,8 +262,8 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
                 yield message
             return
         h, w = images.size_of(request.image, "image", max_pixels=self.settings.max_image_pixels)
-        async with self.budget.hold(h * w, timeout=context.time_remaining()):  # the photo, until cropped
-            target_pixels, alignment, warnings = await asyncio.to_thread(self._prepare, request, inv)
+        async with self.budget.hold(h * w, timeout=context.time_remaining()) as held:  # the photo, until cropped
+            target_pixels, alignment, warnings = await held.to_thread(self._prepare, request, inv)
         target = inv.targets(target_pixels[None])[0]
         guess = (await asyncio.to_thread(inv.first_guess, target[None], space))[0]
         row = inv.new_row(target, guess, options)
@@ -332,10 +335,5 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
 
     # --- Blend -------------------------------------------------------------------------------------
     async def Blend(self, request, context):
-        h, w = images.size_of(request.photo, "photo", max_pixels=self.settings.max_image_pixels)
-        fh, fw = images.size_of(request.face, "face", max_pixels=MAX_FACE_PIXELS)
-        async with self.budget.hold(h * w + fh * fw, timeout=context.time_remaining()):
-            return await asyncio.to_thread(self._blend, request)
-
-    def _blend(self, request) -> inversion_pb2.BlendResponse:
-        return blend_photo(request, self.settings.max_image_pixels, MAX_CROP_SIZE)
+        return await blending.blend(request, context, self.budget, self.bands, self.settings.max_image_pixels,
+                                    MAX_CROP_SIZE)

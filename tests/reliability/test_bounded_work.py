@@ -383,3 +383,66 @@ def test_the_scorer_gives_back_each_image_once_it_is_scored_or_embedded(launch_s
         assert any(0 < used < total for used in samples), sorted(set(samples))
         assert _gauge(metrics_port, "ifgan_pixel_budget_used", "scorer") == 0
     assert check_health(scorer.address) == "SERVING"
+
+
+def _footprint_rows_cols(matrix: list[float], size: int) -> tuple[float, float, float, float]:
+    m = np.vstack([np.array(matrix).reshape(2, 3), [0, 0, 1]])
+    inv = np.linalg.inv(m)[:2]
+    corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
+    pts = corners @ inv.T
+    return pts[:, 0].min() - 4, pts[:, 0].max() + 4, pts[:, 1].min() - 4, pts[:, 1].max() + 4
+
+
+def test_blends_of_one_photo_are_exact_whatever_the_format_and_repeat_byte_for_byte(cluster):
+    """The PNG answer is assembled from the photo's rows outside the faces' band (encoded once per photo) and
+    the band of each call: it must decode to the very pixels of the RAW answer, leave every pixel outside the
+    faces' footprints as the photo had it, and not depend on which call encoded the rest."""
+    rng = np.random.default_rng(11)
+    side = 1536
+    yy, xx = np.mgrid[0:side, 0:side]
+    photo = np.stack([(xx * 255 // side), (yy * 255 // side), ((xx + yy) % 256)], axis=2).astype(np.uint8)
+    photo = np.clip(photo.astype(int) + rng.integers(-6, 7, photo.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="JPEG", quality=92)
+    photo_msg = common_pb2.Image(encoded=buf.getvalue())
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    recon = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    steps = [np.clip(recon.astype(int) + d, 0, 255).astype(np.uint8) for d in (-40, 25)]
+    # One face across the top edge, one across the bottom edge and rotated: the band spans the whole photo's
+    # height at its edges, and the pastes' boxes are clipped by them.
+    top = [0.25, 0, -100, 0, 0.25, 8]  # crop covers photo x 400..656, y -32..224
+    c, s = np.cos(0.4) * 0.3, np.sin(0.4) * 0.3
+    bottom = [c, s, -c * 900 - s * 1450 + 32, -s, c, s * 900 - c * 1450 + 32]  # centred on (900, 1450)
+    alignments = [inversion_pb2.FaceAlignment(matrix=m, crop_size=64) for m in (top, bottom)]
+    with grpc.insecure_channel(cluster.services["inversion"].address, options=OPTIONS) as channel:
+        stub = inversion_pb2_grpc.InversionServiceStub(channel)
+
+        def blend(face, fmt):
+            return stub.Blend(inversion_pb2.BlendRequest(
+                photo=photo_msg, face=png(face), reconstruction=png(recon), alignment=alignments[0],
+                more_faces=[inversion_pb2.BlendFace(face=png(face), reconstruction=png(recon),
+                                                    alignment=alignments[1])],
+                crop_size=96, format=fmt), timeout=300)
+
+        answers = {}
+        for k, face_pixels in enumerate(steps):
+            first = blend(face_pixels, common_pb2.IMAGE_FORMAT_PNG)
+            again = blend(face_pixels, common_pb2.IMAGE_FORMAT_PNG)
+            raw = blend(face_pixels, common_pb2.IMAGE_FORMAT_RAW)
+            assert first.image.encoded == again.image.encoded
+            assert first.changed_outside_mask == 0 and raw.changed_outside_mask == 0
+            assert list(first.source_crops) == list(raw.source_crops)
+            assert list(first.result_crops) == list(raw.result_crops)
+            out = np.asarray(Image.open(io.BytesIO(first.image.encoded)).convert("RGB"))
+            raw_pixels = np.frombuffer(raw.image.raw.data, np.uint8).reshape(side, side, 3)
+            np.testing.assert_array_equal(out, raw_pixels)
+            inside = np.zeros((side, side), bool)
+            for m in (top, bottom):
+                x0, x1, y0, y1 = _footprint_rows_cols(m, 64)
+                inside[max(0, int(y0)):int(np.ceil(y1)), max(0, int(x0)):int(np.ceil(x1))] = True
+            changed = (out != decoded).any(axis=2)
+            assert changed[inside].sum() > 1000 and not changed[~inside].any()
+            assert changed[:32].any() and changed[1300:].any()  # both faces were pasted
+            answers[k] = out
+        assert (answers[0] != answers[1]).any()
+    assert check_health(cluster.services["inversion"].address) == "SERVING"
