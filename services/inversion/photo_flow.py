@@ -120,8 +120,8 @@ async def invert_photo(svc, request, context, loaded, space: str, fmt: int, star
     options = svc._options(request)
     options.max_steps = steps
     h, w = images.size_of(request.image, "image", max_pixels=s.max_image_pixels)
-    async with svc.budget.hold(h * w, timeout=context.time_remaining()):  # the photo, until cropped
-        _, picked, kept, dropped, warnings = await asyncio.to_thread(find_faces, svc, request, res, model.name)
+    async with svc.budget.hold(h * w, timeout=context.time_remaining()) as held:  # the photo, until cropped
+        _, picked, kept, dropped, warnings = await held.to_thread(find_faces, svc, request, res, model.name)
     if not svc.tuner.enabled and not request.skip_tuning and not request.encoder_only:
         warnings.append("pivotal tuning is off on this server (no variant store: --redis-url); the base "
                         "generator's reconstruction is returned")
@@ -198,93 +198,3 @@ def _progress(stage: str, done: int, total: int, started: float, message: str) -
     return inversion_pb2.InvertResponse(progress=common_pb2.Progress(
         stage=stage, done=done, total=total, elapsed_seconds=time.perf_counter() - started, eta_seconds=-1.0,
         message=message))
-
-
-def _matrix(a: inversion_pb2.FaceAlignment, field: str, max_crop: int) -> np.ndarray:
-    if len(a.matrix) != 6 or not all(math.isfinite(v) for v in a.matrix):
-        raise invalid_argument(f"{field}.matrix", f"{len(a.matrix)} values; accepted: the 6 finite values of the "
-                                                  f"2x3 matrix Invert returned")
-    matrix = np.array(a.matrix, np.float64).reshape(2, 3)
-    det = float(np.linalg.det(matrix[:, :2]))
-    if not 1e-8 < abs(det) < 1e8:
-        raise invalid_argument(f"{field}.matrix", f"is not invertible (determinant {det:g}); accepted: the matrix "
-                                                  f"Invert returned")
-    if not 8 <= a.crop_size <= max_crop:
-        raise invalid_argument(f"{field}.crop_size", f"{a.crop_size}; accepted: 8 to {max_crop} (the crop_size "
-                                                     f"Invert returned)")
-    return matrix
-
-
-def _square(image: common_pb2.Image, field: str, max_pixels: int) -> np.ndarray:
-    out = images.decode(image, field, max_pixels=max_pixels)
-    if out.shape[0] != out.shape[1]:
-        raise invalid_argument(field, f"{out.shape[1]}x{out.shape[0]} is not square; accepted: the aligned crop "
-                                      f"(crop_size x crop_size, or any square size)")
-    return out
-
-
-def blend(request: inversion_pb2.BlendRequest, max_image_pixels: int, max_crop: int) -> inversion_pb2.BlendResponse:
-    """Pastes every face of a Blend request into the photo: the change (edited - reconstruction) when the
-    reconstruction is given or asked for, else the whole face; optional before/after aligned crops."""
-    feather = request.feather or 0.08
-    if not math.isfinite(feather) or not 0 <= feather <= 0.5:
-        raise invalid_argument("feather", f"{request.feather}; accepted: 0 (default 0.08) to 0.5")
-    if request.mode not in (inversion_pb2.BLEND_MODE_UNSPECIFIED, inversion_pb2.BLEND_MODE_CHANGE,
-                            inversion_pb2.BLEND_MODE_FACE):
-        raise invalid_argument("mode", f"{request.mode}; accepted: UNSPECIFIED, CHANGE, FACE")
-    if not request.HasField("photo"):
-        raise invalid_argument("photo", f"missing; accepted: {images.ACCEPTED}")
-    if not request.HasField("face"):
-        raise invalid_argument("face", f"missing; accepted: {images.ACCEPTED}")
-    if request.crop_size > max_crop:
-        raise invalid_argument("crop_size", f"{request.crop_size}; accepted: 0 (no crops) to {max_crop}")
-    faces = [("", request.face, request.reconstruction if request.HasField("reconstruction") else None,
-              request.alignment)]
-    faces += [(f"more_faces[{i}].", f.face, f.reconstruction if f.HasField("reconstruction") else None,
-               f.alignment) for i, f in enumerate(request.more_faces)]
-    mode = request.mode or (inversion_pb2.BLEND_MODE_CHANGE if faces[0][2] is not None
-                            else inversion_pb2.BLEND_MODE_FACE)
-    original = images.decode(request.photo, "photo", max_pixels=max_image_pixels)
-    out = original
-    h, w = original.shape[:2]
-    union = np.zeros((h, w), bool)
-    matrices = []
-    for prefix, face_im, recon_im, alignment in faces:
-        matrix = _matrix(alignment, f"{prefix}alignment", max_crop)
-        matrices.append(matrix)
-        face = _square(face_im, f"{prefix}face", max_crop * max_crop)
-        size = face.shape[0]
-        scaled = _rescaled(matrix, size / alignment.crop_size)
-        mask = photo.face_mask(size, feather)
-        if mode == inversion_pb2.BLEND_MODE_CHANGE:
-            if recon_im is None:
-                raise invalid_argument(f"{prefix}reconstruction", "missing; BLEND_MODE_CHANGE adds (face - "
-                                                                  "reconstruction): give the reconstruction Invert "
-                                                                  "returned, or mode=BLEND_MODE_FACE")
-            recon = _square(recon_im, f"{prefix}reconstruction", max_crop * max_crop)
-            if recon.shape != face.shape:
-                raise invalid_argument(f"{prefix}reconstruction", f"{recon.shape[1]}x{recon.shape[0]}; accepted: "
-                                                                  f"the face's size, {size}x{size}")
-            out, alpha = photo.paste_change(out, face, recon, scaled, mask)
-        else:
-            out, alpha = photo.paste_face(out, face, scaled, mask)
-        union |= alpha > 0
-    changed = int(np.any(out[~union] != original[~union], axis=-1).sum())
-    reply = inversion_pb2.BlendResponse(image=images.encode(out, request.format or common_pb2.IMAGE_FORMAT_PNG),
-                                        mode=mode, changed_outside_mask=changed)
-    if request.crop_size:
-        for (_, _, _, alignment), matrix in zip(faces, matrices):
-            k = request.crop_size / alignment.crop_size
-            reply.source_crops.append(images.encode(warp_crop(original, _rescaled(matrix, k), request.crop_size),
-                                                    common_pb2.IMAGE_FORMAT_PNG))
-            reply.result_crops.append(images.encode(warp_crop(out, _rescaled(matrix, k), request.crop_size),
-                                                    common_pb2.IMAGE_FORMAT_PNG))
-    return reply
-
-
-def _rescaled(matrix: np.ndarray, k: float) -> np.ndarray:
-    """The photo -> crop transform of a crop k times larger (pixel-centre convention)."""
-    if k == 1:
-        return matrix
-    up = np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2], [0, 0, 1]])
-    return (up @ np.vstack([matrix, [0, 0, 1]]))[:2]
