@@ -15,7 +15,7 @@ from services.common import editing
 from services.common.errors import ServiceError, invalid_argument
 from services.common.upstream import CallContext
 
-from . import search
+from . import holding, search
 
 RAW = 3  # common_pb2.IMAGE_FORMAT_RAW
 Row = dict  # attribute -> value (valid scores only)
@@ -30,6 +30,7 @@ class Calibration:
     target: editor_pb2.TargetOutcome | None = None
     holds: list[editor_pb2.HoldDrift] = dataclasses.field(default_factory=list)
     held: list[str] = dataclasses.field(default_factory=list)  # attributes held automatically
+    codes: np.ndarray | None = None  # hold=auto corrected the face: every face's start code (F, ...) float32
 
 
 def measured_attribute(edit: editor_pb2.AttributeEdit) -> str:
@@ -153,9 +154,9 @@ class CalibratedEdits:
         result = Calibration(direction)
         spent = (outcome.rounds, outcome.evaluations) if outcome else (0, 0)
         if edit.hold_auto:
-            held, holds, outcome, extra = await self._auto_hold(
-                index, edit, direction, model, source, layers, call, known, name, outcome, rows, evaluate_on, find)
-            result.held, result.holds = held, holds
+            held, holds, outcome, extra, codes = await self._auto_hold(
+                index, edit, direction, model, source, layers, call, known, name, outcome, rows, tolerance)
+            result.held, result.holds, result.codes = held, holds, codes
             if held:
                 result.direction = extra
             if outcome is not None:
@@ -169,10 +170,14 @@ class CalibratedEdits:
         return result
 
     async def _auto_hold(self, index, edit, direction, model, source, layers, call, known, name, outcome, rows,
-                         evaluate_on, find):
+                         tolerance):
         """Measures the other attributes along the edit on this face; holds those that drift past the threshold.
 
-        Returns (held names, HoldDrift reports, the final search outcome, the held direction).
+        A target edit's held search corrects the residual drift with the scorer in the loop (holding.py); a
+        plain edit follows the held direction (the held normals projected off) alone.
+
+        Returns (held names, HoldDrift reports, the final search outcome, the held direction, the corrected start
+        codes of every face or None).
         """
         candidates = sorted((await self._boundary_names(direction.ref.model, source.space, call))
                             - {name, *edit.hold} & set(known))
@@ -195,22 +200,98 @@ class CalibratedEdits:
                                           known[a].max_value) for a in drift}
         held = [a for a in drift if abs(drift[a]) > threshold[a]]
         held_drift = dict(drift)
-        final, held_direction = outcome, direction
+        final, held_direction, start_codes = outcome, direction, None
         if held:
             conditioned = editor_pb2.AttributeEdit()
             conditioned.CopyFrom(edit)
             conditioned.hold.extend(held)
             held_direction = await self._boundary(index, conditioned, direction.ref.model, source.space, call)
             if outcome is not None:
-                final = await find(held_direction, "a")
-                point = rows[_key(held_direction)][final.distance]
+                found, start_codes = await self._held_search(index, edit, direction, held_direction, held, base,
+                                                             threshold, model, source, layers, call, name, outcome,
+                                                             at, tolerance)
+                final, point = found.outcome, found.row
             else:
                 codes = self._codes_along(source, held_direction.normal, [probe], absolute=absolute, layers=layers)
                 point = (await self._measure(codes, model, source, call, f"a{index}"))[0]
             held_drift = {a: point[a] - base[a] if a in point else math.nan for a in drift}
         holds = [editor_pb2.HoldDrift(attribute=a, unit=known[a].unit, threshold=threshold[a], drift=drift[a],
                                       held_drift=held_drift[a], held=a in held) for a in sorted(drift)]
-        return held, holds, final, held_direction
+        return held, holds, final, held_direction, start_codes
+
+    async def _held_search(self, index, edit, direction, held_direction, held, base, threshold, model, source, layers,
+                           call, name, outcome, along, tolerance):
+        """The target search along the held direction with the held attributes' drift corrected on this face.
+
+        Returns (holding.HeldResult, the corrected start codes of every face, None when no correction was needed).
+        """
+        normals = []
+        for parent in held_direction.parents[1:]:
+            found = await self._find_boundary(direction.ref.model, parent.attribute, source.space, parent.version,
+                                              call, f"edits[{index}].hold")
+            normals.append(found.normal)
+        directions = holding.correction_directions(direction.normal, normals)
+        wanted = [holding.Held(a, base[a], threshold[a]) for a in held]
+        watched = [holding.Held(a, base[a], threshold[a]) for a in threshold if a not in held]
+
+        async def measure(points):
+            codes = np.concatenate([
+                self._codes_along(_Start(holding.shifted(source.code, np.asarray(c) @ directions, layers)),
+                                  held_direction.normal, [t], layers=layers) for t, c in points])
+            return await self._measure(codes, model, source, call, f"a{index}")
+
+        kind = edit.WhichOneof("target")
+        result = await holding.held_search(
+            measure, name=name, held=wanted, prior=sorted(along.items()), tolerance=tolerance,
+            max_distance=edit.max_distance or defaults.TARGET_MAX_DISTANCE,
+            max_rounds=edit.max_rounds or defaults.TARGET_ROUNDS, goal=edit.to if kind == "to" else None,
+            delta=edit.delta if kind == "delta" else None, watched=watched,
+            side=math.copysign(1.0, outcome.distance) if kind == "to" and outcome.distance else 0.0)
+        correction = np.asarray(result.point[1])
+        if not correction.any():
+            return result, None
+        return result, holding.shifted(source.codes, correction @ directions, layers)
+
+
+@dataclasses.dataclass
+class _Start:
+    """A start code for _codes_along (the face moved by a correction)."""
+
+    code: np.ndarray
+
+
+def apply_corrections(edited: np.ndarray, found: list, normals: list[np.ndarray], dist: np.ndarray,
+                      ranges: list) -> None:
+    """Re-renders in place the codes of the edits whose held search corrected the face (their own start codes).
+
+    Args:
+        edited: (F, E, S, ...) as editing.edit returns them for the request's source.
+        found: Per edit, its Calibration or None.
+        normals: Per edit, the normal it follows.
+        dist: (E, S) distances.
+        ranges: Per edit, its W+ layer range or None.
+    """
+    for e, c in enumerate(found):
+        if c is not None and c.codes is not None:
+            layers = np.array([ranges[e]]) if ranges[e] else None
+            edited[:, e, :1] = editing.edit(c.codes, normals[e][None], dist[e:e + 1, :1], layers=layers)[:, 0]
+
+
+def replay_source(replay: editor_pb2.EditRequest, found, space: int, variant: str) -> None:
+    """A corrected edit replays from its corrected start code (and a photo's tuned variant)."""
+    if found is not None and found.codes is not None:
+        replay.code.CopyFrom(codec.latents(found.codes[:1], space))
+        replay.variant = variant
+
+
+def expand_hold_auto(request: editor_pb2.EditRequest) -> None:
+    """`hold: ["auto"]` (grpcurl, JSON clients) means hold_auto: "auto" leaves the list and sets the flag."""
+    for edit in request.edits:
+        if "auto" in edit.hold:
+            kept = [h for h in edit.hold if h != "auto"]
+            del edit.hold[:]
+            edit.hold.extend(kept)
+            edit.hold_auto = True
 
 
 def _key(direction) -> tuple:

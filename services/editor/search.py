@@ -62,7 +62,8 @@ def _crossing(points: list[tuple[float, float]], goal: float, tolerance: float) 
 
 
 async def search(evaluate: Evaluate, *, tolerance: float, max_distance: float, max_rounds: int,
-                 goal: float | None = None, delta: float | None = None, per_round: int = PER_ROUND) -> Outcome:
+                 goal: float | None = None, delta: float | None = None, per_round: int = PER_ROUND,
+                 side: float = 0.0) -> Outcome:
     """Finds the distance that brings the measured attribute to a goal, by bracketing.
 
     Round 1 measures distance 0 and a grid out to `max_distance` (on the side of `delta`'s sign, or on both
@@ -78,6 +79,8 @@ async def search(evaluate: Evaluate, *, tolerance: float, max_distance: float, m
         max_rounds: Most batches (round 1 included), >= 1.
         goal / delta: Exactly one: the value to reach, or the change from the unedited value.
         per_round: Candidates per refining round.
+        side: An absolute goal's side when it is known (its sign; 0: both), e.g. from an earlier search of the
+            same face along a nearly parallel direction: half the first round's images.
     """
     if (goal is None) == (delta is None):
         raise ValueError("give exactly one of goal and delta")
@@ -85,7 +88,7 @@ async def search(evaluate: Evaluate, *, tolerance: float, max_distance: float, m
     if delta is not None:
         sides = [1.0 if delta >= 0 else -1.0] if delta else []
     else:
-        sides = [1.0, -1.0]
+        sides = [math.copysign(1.0, side)] if side else [1.0, -1.0]
     distances = [0.0] + [s * g for s in sides for g in grid]
     values = list(await evaluate(distances))
     measured = list(zip(distances, values))

@@ -100,3 +100,10 @@ def test_zero_change_needs_one_measurement():
     assert out.met and curve.batches == [[0.0]]
     with pytest.raises(ValueError):
         run(curve)
+
+
+def test_an_absolute_goal_with_a_known_side_measures_that_side_only():
+    curve = Curve(lambda t: 0.5 + 0.45 * math.tanh(t / 3))
+    out = run(curve, goal=0.9, tolerance=0.02, side=1.0)
+    assert out.met and out.distance > 0 and all(t >= 0 for batch in curve.batches for t in batch)
+    assert len(curve.batches[0]) == 5  # distance 0 and the four grid distances of one side
