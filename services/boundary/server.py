@@ -124,6 +124,7 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
             svm_max_iter=settings.svm_max_iter, score_all_attributes=settings.score_all_attributes)
         self.jobs = JobManager(settings.max_jobs, JobRecords(self.store, int(settings.job_ttl_hours * 3600)),
                                max_queued=settings.max_queued_jobs)
+        self._installing: asyncio.Future | None = None  # the bundled boundaries, waiting for Redis to come up
 
     def register(self, server: grpc.aio.Server) -> None:
         boundary_pb2_grpc.add_BoundaryServiceServicer_to_server(self, server)
@@ -144,8 +145,27 @@ class BoundaryService(boundary_pb2_grpc.BoundaryServiceServicer):
         except redis.exceptions.RedisError as e:
             log.warning("Redis at %s unreachable at start (%s); store RPCs answer UNAVAILABLE until it is up",
                         redact(self.settings.redis_url), e)
+            if self.settings.bundled_boundaries:
+                # A cluster whose Redis comes up after this service must still edit at once once it does.
+                self._installing = asyncio.ensure_future(self._install_when_reachable())
+
+    async def _install_when_reachable(self, first: float = 0.5, longest: float = 10.0) -> None:
+        """Stores the bundled boundaries as soon as Redis answers (retrying with a growing pause)."""
+        pause = first
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self.store.ping()
+                installed = await bundled.install(self.store)
+            except redis.exceptions.RedisError:
+                pause = min(longest, pause * 2)
+                continue
+            log.info("Redis reachable: bundled boundaries checked", extra={"stored": len(installed)})
+            return
 
     async def close(self) -> None:
+        if self._installing is not None:
+            self._installing.cancel()
         await self.jobs.close()
         await self.sampler.close()
         await self.store.close()
