@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     # Services burst in another run (--services) keep their figures and targets.
     document = json.loads(args.out.read_text()) if args.out.exists() else {}
     previous = document.get("burst", {}).get("results", {})
-    document["burst"] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    document["burst"] = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "attach")},  # no paths
                          "machine": {"cpus": os.cpu_count(), "load_average_at_end": load_average()},
                          "results": {**previous, **results}, "health_after": healthy}
     replaced = tuple(f"burst_{name}_" for name in results) + ("burst_all_",)

@@ -416,12 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": warm, "capacity": capacity, "load": load, "offered_rps": offered, "overload": overloads,
         "memory": memory, "health_after": healthy, "table": table, "targets": targets,
     }
-    if args.out.exists():  # bench/burst.py's section and burst_* targets live in this file too: kept
+    if args.out.exists():  # bench/burst.py's "burst" section and burst_* targets live in this file too: kept
         previous = json.loads(args.out.read_text())
-        if "burst" in previous:
-            result["burst"] = previous["burst"]
-            result["targets"] = {**targets, **{k: v for k, v in previous.get("targets", {}).items()
-                                               if k.startswith("burst_")}}
+        result = {**{k: v for k, v in previous.items() if k not in result}, **result}
+        result["targets"] = {**targets, **{k: v for k, v in previous.get("targets", {}).items()
+                                           if k.startswith("burst_")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

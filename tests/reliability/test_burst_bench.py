@@ -19,6 +19,7 @@ def test_quick_burst_writes_its_figures_and_keeps_the_rest_of_the_file(cluster, 
                           str(cluster.directory), "--out", str(out)], capture_output=True, text=True, timeout=1200)
     result = json.loads(out.read_text())
     assert result["load"] == {"kept": True} and "load_errors" in result["targets"], run.stdout[-2000:]
+    assert not {"out", "attach"} & set(result["burst"]["config"])  # no machine paths in results
     results = result["burst"]["results"]
     assert set(results) == set(SERVICES), run.stdout[-3000:] + run.stderr[-3000:]
     for name, r in results.items():
