@@ -225,12 +225,16 @@ class CalibratedEdits:
 
         Returns (holding.HeldResult, the corrected start codes of every face, None when no correction was needed).
         """
+        # The held direction's parents: the edited boundary, the attributes held as asked, then those held here.
+        parents = {p.attribute: p for p in held_direction.parents[1:]}
+        asked = [a for a in parents if a not in held]
         normals = []
-        for parent in held_direction.parents[1:]:
-            found = await self._find_boundary(direction.ref.model, parent.attribute, source.space, parent.version,
-                                              call, f"edits[{index}].hold")
+        for a in [*asked, *held]:
+            found = await self._find_boundary(direction.ref.model, a, source.space, parents[a].version, call,
+                                              f"edits[{index}].hold")
             normals.append(found.normal)
-        directions = holding.correction_directions(direction.normal, normals)
+        # Corrections move neither the edited attribute nor the ones held as asked (to first order).
+        directions = holding.correction_directions(direction.normal, normals)[len(asked):]
         wanted = [holding.Held(a, base[a], threshold[a]) for a in held]
         watched = [holding.Held(a, base[a], threshold[a]) for a in threshold if a not in held]
 

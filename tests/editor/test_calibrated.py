@@ -110,3 +110,31 @@ def test_the_receipt_renders_the_same_image_again(stub, cluster):
                               timeout=300))
     (again,) = list(stub.Edit(first.receipt.replay, timeout=300))
     assert first.receipt.replay.code == code and again.image.encoded == first.image.encoded
+
+
+def test_hold_auto_in_the_hold_list_is_hold_auto(stub):
+    """`hold: ["auto"]` (as grpcurl or a JSON client writes it) works as hold_auto, alone or beside a name."""
+    flag = edit_of("gender:to=0.9:hold=auto")
+    listed = edit_of("gender:to=0.9")
+    listed.hold.append("auto")
+    (a,), (b,) = run(stub, 1001, flag), run(stub, 1001, listed)
+    assert b.holds and [h.attribute for h in b.holds] == [h.attribute for h in a.holds]
+    assert "auto" not in b.receipt.held and b.image.raw.data == a.image.raw.data
+    both = edit_of("gender:to=0.9")
+    both.hold.extend(["smile", "auto"])
+    (c,) = run(stub, 1001, both)
+    assert "smile" in c.receipt.held and "auto" not in c.receipt.held and "smile" not in {h.attribute for h in c.holds}
+
+
+def test_a_corrected_hold_meets_the_target_holds_age_and_replays_exactly(stub):
+    """Seed 1001: a gender edit to 0.9 ages the face by about 4 years; hold=auto takes it back with the scorer in
+    the loop, along age's own direction, and the receipt replays the image from the corrected start code."""
+    (frame,) = run(stub, 1001, edit_of("gender:to=0.9:hold=auto"))
+    holds = {h.attribute: h for h in frame.holds}
+    age = holds["age"]
+    assert age.held and abs(age.drift) > age.threshold and abs(age.held_drift) <= age.threshold
+    assert frame.target.met and frame.receipt.boundary.attribute.startswith("gender|")
+    replay = frame.receipt.replay
+    assert replay.WhichOneof("source") == "code" and replay.edits[0].start == frame.distance
+    (again,) = list(stub.Edit(replay, timeout=300))
+    assert again.image.raw.data == frame.image.raw.data and again.code.codes.data == frame.code.codes.data

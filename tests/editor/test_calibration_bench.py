@@ -25,8 +25,18 @@ def test_quick_benchmark_writes_table_and_targets(cluster, tmp_path):
         assert abs(r["mean_calls"] - 2 * (r["mean_rounds"] + 1)) < 1e-9 and r["mean_images_measured"] > r["mean_rounds"]
         assert sum(r["misses_by_stop"].values()) == round(6 * (1 - r["hit_rate"]))
     assert rows["age:+10y"]["unit"] == "years" and rows["yaw:to=20"]["tolerance"] == 3.0
+    for r in rows.values():  # the reach scan: every 4th face along each boundary
+        x = r["reach"]
+        assert x["scanned_faces"] >= 1 and 0 <= x["reachable_within_limit"] <= x["reachable_within_twice_limit"] <= 1
+    assert rows["smile:to=0.8"]["reach"]["highest_within_limit"] > rows["smile:to=0.8"]["reach"]["median_lowest_within_limit"]
     hold = result["hold_auto"]
     assert hold["faces"] == 6 and {"age", "yaw", "smile"} <= set(hold["attributes"])
+    for a in hold["attributes"].values():
+        if a["held"]:
+            assert 1 <= a["checked"] <= a["held"] and 0 <= a["base_stable"] <= a["checked"]
+    photos = result["photos"]
+    assert photos["photos"] == ["astronaut.png", "grace_hopper.jpg"] and len(photos["rows"]) == 2 * 7
+    assert all(r["variant"] and r["stop"] for r in photos["rows"])  # tuned, and every search said why it stopped
     targets = result["targets"]
     assert {"hit_rate yaw:to=20", "mean_rounds", "held_age_drift_cut_in_gender_edit"} <= set(targets)
     for t in targets.values():
