@@ -141,10 +141,6 @@ class Plan:
     crop_size: int
     format: int
 
-    @property
-    def face_pixels(self) -> int:
-        return sum(f.face.size // 3 * (2 if f.reconstruction is not None else 1) for f in self.faces)
-
     def key(self, digest: bytes) -> tuple:
         """What decides the band: the photo and where the faces go."""
         return digest, tuple((tuple(f.scaled.reshape(-1)), f.face.shape[0]) for f in self.faces)
@@ -359,39 +355,54 @@ class BandCache:
 
 
 async def blend(request: inversion_pb2.BlendRequest, context, budget: PixelBudget, cache: BandCache,
-                max_image_pixels: int, max_crop: int) -> inversion_pb2.BlendResponse:
+                max_image_pixels: int, max_crop: int, max_faces: int) -> inversion_pb2.BlendResponse:
     """Serves one Blend call.
 
-    A PNG answer (the default) takes the photo's band from the cache, built by decoding the photo once while
-    holding its pixels; the call itself holds about four band-sized buffers (copy, alpha, scanlines, answer).
-    JPEG and RAW answers decode and encode the whole photo, holding its pixels.
+    The call is admitted for its photo's pixels and its faces' (read from the headers). A PNG answer (the
+    default) takes the photo's band from the cache, or builds it (decoding the photo once) while other calls
+    of that photo wait; then it gives back all but about four band-sized buffers (copy, alpha, scanlines,
+    answer). JPEG and RAW answers decode and encode the whole photo.
     """
     h, w = images.size_of(request.photo, "photo", max_pixels=max_image_pixels)
-    images.size_of(request.face, "face", max_pixels=max_crop * max_crop)
-    the_plan = plan(request, max_crop)
-    timeout = context.time_remaining()
-    if the_plan.format != common_pb2.IMAGE_FORMAT_PNG:
-        async with budget.hold(h * w + the_plan.face_pixels, timeout=timeout) as held:
+    if len(request.more_faces) >= max_faces:
+        raise invalid_argument("more_faces", f"{len(request.more_faces) + 1} faces in all; accepted: at most "
+                                             f"{max_faces} faces per photo")
+    face_pixels = 0
+    for field, image in _face_images(request):
+        fh, fw = images.size_of(image, field, max_pixels=max_crop * max_crop)
+        face_pixels += fh * fw
+    async with budget.hold(h * w + face_pixels, timeout=context.time_remaining()) as held:
+        the_plan = await held.to_thread(plan, request, max_crop)
+        if the_plan.format != common_pb2.IMAGE_FORMAT_PNG:
             def whole() -> inversion_pb2.BlendResponse:
                 pixels = images.decode(request.photo, "photo", max_pixels=max_image_pixels)
                 return answer(cut(pixels, the_plan, with_frame=False), the_plan, pixels)
             return await held.to_thread(whole)
 
-    def digest_of() -> bytes:
-        return hashlib.blake2b(request.photo.SerializeToString(deterministic=True), digest_size=20).digest()
+        def digest_of() -> bytes:
+            return hashlib.blake2b(request.photo.SerializeToString(deterministic=True), digest_size=20).digest()
 
-    # A RAW photo is tens of MB: hashed off the event loop.
-    digest = await asyncio.to_thread(digest_of) if request.photo.ByteSize() > 1 << 22 else digest_of()
+        # A RAW photo is tens of MB: hashed off the event loop.
+        digest = await held.to_thread(digest_of) if request.photo.ByteSize() > 1 << 22 else digest_of()
 
-    async def build() -> Band:
-        async with budget.hold(h * w, timeout=timeout) as held:
-            return await held.to_thread(lambda: cut(images.decode(request.photo, "photo", max_pixels=max_image_pixels),
+        async def build() -> Band:
+            return await held.to_thread(lambda: cut(images.decode(request.photo, "photo",
+                                                                  max_pixels=max_image_pixels),
                                                     the_plan, with_frame=True))
 
-    band = await cache.get_or_build(the_plan.key(digest), build)
-    async with budget.hold(4 * band.pixels.size // 3 + the_plan.face_pixels, timeout=context.time_remaining()) \
-            as held:
+        band = await cache.get_or_build(the_plan.key(digest), build)
+        await held.release(max(0, h * w - 4 * band.pixels.size // 3))
         return await held.to_thread(answer, band, the_plan)
+
+
+def _face_images(request: inversion_pb2.BlendRequest):
+    yield "face", request.face
+    if request.HasField("reconstruction"):
+        yield "reconstruction", request.reconstruction
+    for i, f in enumerate(request.more_faces):
+        yield f"more_faces[{i}].face", f.face
+        if f.HasField("reconstruction"):
+            yield f"more_faces[{i}].reconstruction", f.reconstruction
 
 
 # --- field checks --------------------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ class Settings(batch_settings(max_batch_size=32, max_queue_size=64,
             raise ValueError("default_target_psnr must be within (0, 100] dB")
         if self.max_pixels_in_flight < self.max_image_pixels:
             raise ValueError("max_pixels_in_flight must be at least max_image_pixels")
+        if self.blend_cache_mb < 0 or self.blend_cache_seconds <= 0:
+            raise ValueError("blend_cache_mb must be at least 0 and blend_cache_seconds positive")
 
 
 @dataclasses.dataclass
@@ -336,4 +338,4 @@ class InversionService(inversion_pb2_grpc.InversionServiceServicer):
     # --- Blend -------------------------------------------------------------------------------------
     async def Blend(self, request, context):
         return await blending.blend(request, context, self.budget, self.bands, self.settings.max_image_pixels,
-                                    MAX_CROP_SIZE)
+                                    MAX_CROP_SIZE, self.settings.max_faces)

@@ -445,4 +445,9 @@ def test_blends_of_one_photo_are_exact_whatever_the_format_and_repeat_byte_for_b
             assert changed[:32].any() and changed[1300:].any()  # both faces were pasted
             answers[k] = out
         assert (answers[0] != answers[1]).any()
+        # Faces are decoded before the photo: their number is bounded like Invert's faces per photo.
+        err = refused(lambda: stub.Blend(inversion_pb2.BlendRequest(
+            photo=photo_msg, face=png(recon), alignment=alignments[0],
+            more_faces=[inversion_pb2.BlendFace(face=png(recon), alignment=alignments[0])] * 20), timeout=60))
+        assert err.code() == C.INVALID_ARGUMENT and "at most 20 faces" in err.details(), err.details()
     assert check_health(cluster.services["inversion"].address) == "SERVING"
