@@ -6,8 +6,10 @@ Classes of input an outside tester used (issue: bounded memory per request and p
   PNG of 12 KB whole: 3.3 GB);
 - a burst of large valid images: a service's decoded pixels in flight stay within its budget, small
   requests keep being answered, refusals carry a retry hint, and the memory is returned afterwards;
+- long requests: the scorer gives back each image (memory and budget) once it is scored or embedded;
+- blends into a large photo: pixels outside the faces exactly the photo's, PNG and RAW answers alike;
 - tensor shapes whose element count overflows 64 bits, undecodable protobuf: INVALID_ARGUMENT;
-- past the concurrent-call limit: RESOURCE_EXHAUSTED with a RetryInfo, counted in the metrics.
+- past the concurrent-call limit, however far: RESOURCE_EXHAUSTED with a RetryInfo, counted in the metrics.
 """
 
 from __future__ import annotations
