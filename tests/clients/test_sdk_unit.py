@@ -196,3 +196,60 @@ def test_priority_lane_metadata_agrees_with_the_servers():
     with Client("127.0.0.1:1", priority="bulk") as client:
         assert dict(client._md("r"))[LANE_METADATA] == "bulk"
         assert dict(client._md("r", "interactive"))[LANE_METADATA] == "interactive"  # a call's own lane wins
+
+
+def test_photo_options_use_the_request_names_and_are_checked_on_the_client(tmp_path):
+    from interfacegan.edits import face_selection_of, parse_face_indices
+    from interfacegan.v1 import inversion_pb2
+    photo = np.full((40, 30, 3), 120, np.uint8)
+    request = build_edit_request(photo, "age", blend=True, face_selection="all", skip_tuning=True,
+                                 paste_whole_face=True)
+    assert (request.face_selection, request.skip_tuning, request.paste_whole_face) == (
+        inversion_pb2.FACE_SELECTION_ALL, True, True)
+    picked = build_edit_request(photo, "age", face_indices=[2, 0])
+    assert picked.face_selection == inversion_pb2.FACE_SELECTION_INDICES and list(picked.face_indices) == [2, 0]
+    assert build_edit_request(photo, "age").face_selection == inversion_pb2.FACE_SELECTION_UNSPECIFIED
+    assert face_selection_of("Largest") == (inversion_pb2.FACE_SELECTION_LARGEST, [])
+    assert parse_face_indices("0, 2") == [0, 2]
+    for kwargs, words in [({"face_selection": "some"}, "accepted"), ({"face_selection": "indices"}, "needs"),
+                          ({"face_selection": "all", "face_indices": [1]}, "alone"),
+                          ({"face_indices": [-1]}, "numbered")]:
+        with pytest.raises(ValueError, match=words):
+            build_edit_request(photo, "age", **kwargs)
+    with pytest.raises(ValueError, match="photo options"):
+        build_edit_request(7, "age", paste_whole_face=True)
+    with pytest.raises(ValueError, match="commas"):
+        parse_face_indices("0;2")
+    # One name per concept: the SDK's photo options are the request's fields.
+    import inspect
+    from interfacegan import Client
+    fields = set(editor_pb2.EditRequest.DESCRIPTOR.fields_by_name)
+    options = {"face_selection", "face_indices", "skip_tuning", "paste_whole_face"}
+    assert options <= fields and options <= set(inspect.signature(Client.edit).parameters)
+    assert options <= set(inspect.signature(build_edit_request).parameters)
+
+
+def test_a_photo_grid_shows_the_input_as_original_and_the_reconstruction_apart():
+    from interfacegan.edits import EditFrame, collect
+    photo = np.zeros((120, 90, 3), np.uint8)
+    photo[:, :45] = 255
+    request = build_edit_request(photo, "age:-1:1:2", blend=True, include_original=True, include_face=True)
+
+    def frame(edit: int, step: int, image: np.ndarray, face: np.ndarray, distance: float = 0.0) -> EditFrame:
+        m = editor_pb2.EditResponse(edit_index=edit, step_index=step, distance=distance, blend_mode="change",
+                                    image=codec.image_message(image), face=codec.image_message(face),
+                                    identity_distance=0.0 if edit < 0 else 0.3)
+        m.faces.add(index=0, box=[10, 20, 40, 40], reconstruction_psnr=31.0, identity_distance=m.identity_distance)
+        return EditFrame.of(m)
+
+    render = np.full((64, 64, 3), 77, np.uint8)
+    frames = [frame(-1, 0, photo, render), frame(0, 0, photo + 1, render, -1), frame(0, 1, photo + 2, render, 1)]
+    result = collect([EditSpec.parse("age:-1:1:2")], frames, request)
+    assert np.array_equal(result.photo, photo) and np.array_equal(result.reconstruction, render)
+    assert [f.index for f in result.faces] == [0] and result.edit(0)[1].identity_distance == pytest.approx(0.3)
+    grid = np.asarray(result.grid(scale=1, labels=False))
+    # Four tiles of the photo's size: the input, the reconstruction fitted into it, then the two edits.
+    assert grid.shape[1] >= 4 * 90 and np.array_equal(grid[4:124, 4:94], photo)
+    assert (grid[4:124, 98:188] == 77).mean() > 0.5  # the render, scaled up, not the input again
+    seed = collect([EditSpec.parse("age:1")], [frame(-1, 0, render, render), frame(0, 0, render, render, 1)])
+    assert seed.photo is None and np.array_equal(seed.reconstruction, render)

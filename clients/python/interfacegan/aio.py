@@ -81,22 +81,28 @@ class AsyncClient:
                    seed: int | None = None, code: np.ndarray | None = None, photo=None, output: Output = "numpy",
                    timeout: float | None = None, request_id: str | None = None, priority: str | None = None,
                    on_frame: Callable[[EditFrame], None] | None = None, **options) -> EditResult:
-        """Edits one face; see `Client.edit`."""
+        """Edits one face (every chosen face of a photo); the same options as `Client.edit`."""
         specs = edit_specs(edits)
+        request = build_edit_request(_one_source(source, seed, code, photo), specs, request_id=request_id,
+                                     **options)
         frames = []
-        async for frame in self.edit_stream(source, specs, seed=seed, code=code, photo=photo, output=output,
-                                            timeout=timeout, request_id=request_id, priority=priority, **options):
+        async for frame in self._send(request, output, timeout, priority):
             if on_frame is not None:
                 on_frame(frame)
             frames.append(frame)
-        return collect(specs, frames)
+        return collect(specs, frames, request)
 
     async def edit_stream(self, source: Source | None = None, edits: Iterable[EditLike] | EditLike = (), *,
                           seed: int | None = None, code: np.ndarray | None = None, photo=None,
                           output: Output = "numpy", timeout: float | None = None, request_id: str | None = None,
                           priority: str | None = None, **options) -> AsyncIterator[EditFrame]:
-        """Yields each frame as the server streams it."""
+        """Yields each frame as the server streams it; the same options as `Client.edit`."""
         request = build_edit_request(_one_source(source, seed, code, photo), edits, request_id=request_id, **options)
+        async for frame in self._send(request, output, timeout, priority):
+            yield frame
+
+    async def _send(self, request: editor_pb2.EditRequest, output: Output, timeout: float | None,
+                    priority: str | None) -> AsyncIterator[EditFrame]:
         async for message in self._stream("Edit", self.editor.Edit, request, timeout or self.timeout,
                                           request.request_id, priority):
             yield EditFrame.of(message, output)

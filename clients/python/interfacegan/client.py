@@ -106,9 +106,10 @@ class Client:
              seed: int | None = None, code: np.ndarray | None = None, photo=None, output: Output = "numpy",
              model: str = "", space: str | None = None, rescore: bool = False, include_original: bool = False,
              blend: bool = False, include_face: bool = False, inversion_steps: int = 0, image_format: str = "png",
-             timeout: float | None = None, request_id: str | None = None, priority: str | None = None,
-             on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
-        """Edits one face and returns every frame.
+             face_selection: str | None = None, face_indices: Sequence[int] = (), skip_tuning: bool = False,
+             paste_whole_face: bool = False, timeout: float | None = None, request_id: str | None = None,
+             priority: str | None = None, on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
+        """Edits one face (every chosen face of a photo) and returns every frame.
 
         Give the face as `source` (an int seed, a float latent code, or a photo: path, bytes, PIL image or
         uint8 array), or as exactly one of `seed=`, `code=`, `photo=`.
@@ -117,29 +118,41 @@ class Client:
             edits: EditSpec objects or strings such as "age:-3:3:7" or "gender:-2:2:5:hold=age".
             output: "numpy" (uint8 (H, W, 3) arrays) or "pil" (PIL images).
             rescore: Score every attribute on each result (EditFrame.scores).
-            include_original: Also return the unedited face (EditResult.original).
+            include_original: Also return the unedited face (EditResult.original; for photos also
+                EditResult.reconstruction, and EditResult.photo is the input).
             blend: Photos: paste each edited face back into the photo.
+            include_face: Photos with blend: also return each edited face crop (EditFrame.face).
+            face_selection: Photos: "largest" (the server's default when empty), "all" (every face found, up
+                to the server's limit) or "indices" (the faces in `face_indices`).
+            face_indices: Photos: the faces to edit, numbered largest first (selects "indices" by itself).
+            skip_tuning: Photos: skip pivotal tuning (faster; the face usually becomes another person's).
+            paste_whole_face: Photos with blend: paste the whole edited face instead of only the edit's change.
             priority: This call's lane ("interactive" or "bulk"); None: the client's.
             on_frame: Called with each frame as it arrives.
         """
         specs = edit_specs(edits)
+        request = build_edit_request(
+            _one_source(source, seed, code, photo), specs, request_id=request_id, model=model, space=space,
+            rescore=rescore, include_original=include_original, blend=blend, include_face=include_face,
+            inversion_steps=inversion_steps, image_format=image_format, face_selection=face_selection,
+            face_indices=face_indices, skip_tuning=skip_tuning, paste_whole_face=paste_whole_face)
         frames = []
-        for frame in self.edit_stream(source, specs, seed=seed, code=code, photo=photo, output=output, model=model,
-                                      space=space, rescore=rescore, include_original=include_original, blend=blend,
-                                      include_face=include_face, inversion_steps=inversion_steps,
-                                      image_format=image_format, timeout=timeout, request_id=request_id,
-                                      priority=priority):
+        for frame in self._send(request, output, timeout, priority):
             if on_frame is not None:
                 on_frame(frame)
             frames.append(frame)
-        return collect(specs, frames)
+        return collect(specs, frames, request)
 
     def edit_stream(self, source: Source | None = None, edits: Iterable[EditLike] | EditLike = (), *,
                     seed: int | None = None, code: np.ndarray | None = None, photo=None, output: Output = "numpy",
                     timeout: float | None = None, request_id: str | None = None, priority: str | None = None,
                     **options) -> Iterator[EditFrame]:
-        """Like `edit`, but yields each frame as the server streams it."""
+        """Like `edit` (the same options), but yields each frame as the server streams it."""
         request = build_edit_request(_one_source(source, seed, code, photo), edits, request_id=request_id, **options)
+        return self._send(request, output, timeout, priority)
+
+    def _send(self, request: editor_pb2.EditRequest, output: Output, timeout: float | None,
+              priority: str | None) -> Iterator[EditFrame]:
         stream = self.editor.Edit(request, timeout=timeout or self.timeout,
                                   metadata=self._md(request.request_id, priority))
         return self._frames(stream, output, request.request_id)

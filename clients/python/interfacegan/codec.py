@@ -94,10 +94,25 @@ def image_array(image: common_pb2.Image) -> np.ndarray:
         return np.asarray(pil.convert("RGB"))
 
 
+def photo_array(image: common_pb2.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a photo, turned upright by its EXIF orientation as the servers read it."""
+    if image.WhichOneof("payload") == "raw":
+        return image_array(image)
+    from PIL import ImageOps
+    with PILImage.open(io.BytesIO(image.encoded)) as pil:
+        return np.asarray(ImageOps.exif_transpose(pil).convert("RGB"))
+
+
 def image_bytes(image: common_pb2.Image, fmt: str = "png") -> bytes:
     """Encoded file bytes of an Image message (re-encoded only when it is raw)."""
     if image.WhichOneof("payload") == "encoded":
         return image.encoded
+    return array_bytes(image_array(image), fmt)
+
+
+def array_bytes(image: np.ndarray | PILImage.Image, fmt: str = "png") -> bytes:
+    """PNG (or, for fmt "jpeg"/"jpg", JPEG) file bytes of a uint8 array or a PIL image."""
+    pil = image if isinstance(image, PILImage.Image) else PILImage.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()
-    PILImage.fromarray(image_array(image)).save(buf, format="JPEG" if fmt in ("jpg", "jpeg") else "PNG")
+    pil.convert("RGB").save(buf, format="JPEG" if fmt in ("jpg", "jpeg") else "PNG")
     return buf.getvalue()

@@ -37,6 +37,11 @@ def distances(start: float, end: float, steps: int) -> np.ndarray:
     return np.linspace(start, end, steps, dtype=np.float64)
 
 
+#: Identity distance under which two faces are one person (dlib's face-recognition ResNet; the scorer's
+#: IdentityReply.same_person_threshold).
+SAME_PERSON = 0.6
+
+
 # -- target edits (AttributeEdit.delta / to) and automatic holding ------------------------------------------
 
 #: How close a target edit must come to count as reached, per unit of the scorer's AttributeInfo.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import uuid
@@ -12,7 +13,7 @@ from typing import Iterable, Literal, Sequence, Union
 import numpy as np
 from PIL import Image as PILImage
 
-from interfacegan.v1 import boundary_pb2, common_pb2, editor_pb2
+from interfacegan.v1 import boundary_pb2, common_pb2, editor_pb2, inversion_pb2
 
 from . import codec, defaults
 from .grid import make_grid
@@ -28,6 +29,9 @@ GRAMMAR = ("ATTR[:START:END[:STEPS]] | ATTR:DISTANCE | ATTR:+CHANGE UNIT | ATTR:
            "Units (y years, deg degrees, p probability, r ratio) make a target edit: the editor finds the "
            "distance with the scorer, e.g. age:+10y, age:to=70, yaw:to=20, smile:to=0.8, gender:to=0.9:hold=auto; "
            "plain numbers are distances, e.g. age:-3:3:7, gender:-2:2:5:hold=age, smile:1.5")
+#: Which faces of a photo are edited (EditRequest.face_selection); "" = the server's default, the largest.
+FACE_SELECTIONS = {"": inversion_pb2.FACE_SELECTION_UNSPECIFIED, "largest": inversion_pb2.FACE_SELECTION_LARGEST,
+                   "all": inversion_pb2.FACE_SELECTION_ALL, "indices": inversion_pb2.FACE_SELECTION_INDICES}
 _WITH_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([^\d\s.+-][^\s]*)?\s*$", re.I)
 
 
@@ -215,21 +219,54 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def face_selection_of(face_selection: str | None, face_indices: Sequence[int] = ()) -> tuple[int, list[int]]:
+    """('all', ()) -> (FACE_SELECTION_ALL, []); indices alone select those faces (numbered largest first).
+
+    Raises:
+        ValueError: An unknown selection, indices with "largest" or "all", "indices" without any, or a
+            negative index.
+    """
+    name = (face_selection or "").strip().lower()
+    if name not in FACE_SELECTIONS:
+        raise ValueError(f"face_selection {face_selection!r}; accepted: largest, all, indices (or empty: the largest)")
+    indices = [int(i) for i in face_indices]
+    if any(i < 0 for i in indices):
+        raise ValueError(f"face_indices {indices}: faces are numbered 0, 1, ... (largest first)")
+    if indices and name in ("largest", "all"):
+        raise ValueError(f"face_indices {indices} with face_selection {name!r}: give the indices alone (or "
+                         f"face_selection 'indices')")
+    if name == "indices" and not indices:
+        raise ValueError("face_selection 'indices' needs face_indices, e.g. [0, 2] (faces numbered largest first)")
+    return FACE_SELECTIONS["indices" if indices else name], indices
+
+
+def parse_face_indices(text: str) -> list[int]:
+    """'0,2' -> [0, 2] (the form the CLI takes)."""
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ValueError(f"face indices {text!r}: give numbers separated by commas, e.g. 0,2") from None
+
+
 def build_edit_request(source: Source, edits: Iterable[EditLike] | EditLike, *, model: str = "",
                        model_version: str = "", space: str | int | None = None, rescore: bool = False,
                        include_original: bool = False, blend: bool = False, include_face: bool = False,
-                       inversion_steps: int = 0, image_format: str = "png",
+                       inversion_steps: int = 0, image_format: str = "png", face_selection: str | None = None,
+                       face_indices: Sequence[int] = (), skip_tuning: bool = False, paste_whole_face: bool = False,
                        request_id: str | None = None) -> editor_pb2.EditRequest:
     """The EditRequest for a seed (int), a code (array) or a photo (path, bytes, PIL image, uint8 array).
 
-    A numpy array is a latent code when it is floating point and a photo when it is uint8.
+    A numpy array is a latent code when it is floating point and a photo when it is uint8. The photo options
+    (face_selection, face_indices, skip_tuning, paste_whole_face) are refused for seeds and codes.
     """
     specs = edit_specs(edits)
+    selection, indices = face_selection_of(face_selection, face_indices)
     request = editor_pb2.EditRequest(
         request_id=request_id or new_request_id(), model=common_pb2.ModelRef(name=model, version=model_version),
         space=codec.space_of(space), edits=[s.to_proto() for s in specs], rescore=rescore,
         format=codec.FORMATS[image_format.lower()], blend_into_photo=blend, inversion_steps=inversion_steps,
-        include_original=include_original, include_face=include_face)
+        include_original=include_original, include_face=include_face, face_selection=selection,
+        face_indices=indices, skip_tuning=skip_tuning, paste_whole_face=paste_whole_face)
     if isinstance(source, (bool, np.bool_)):
         raise TypeError("source must be a seed, a latent code or a photo, not a bool")
     if isinstance(source, (int, np.integer)):
@@ -240,6 +277,12 @@ def build_edit_request(source: Source, edits: Iterable[EditLike] | EditLike, *, 
         request.code.CopyFrom(codec.latents(source, space))
     else:
         request.photo.CopyFrom(codec.image_message(source))
+    if request.WhichOneof("source") != "photo":
+        options = {"face_selection": selection, "face_indices": indices, "skip_tuning": skip_tuning,
+                   "paste_whole_face": paste_whole_face}
+        given = [name for name, value in options.items() if value]
+        if given:
+            raise ValueError(f"{', '.join(given)}: photo options; a seed or a code has no photo")
     return request
 
 
@@ -285,6 +328,19 @@ class EditFrame:
         """hold=auto: each attribute measured, its drift before and after holding, and whether it was held."""
         return list(self.message.holds)
 
+    @property
+    def identity_distance(self) -> float | None:
+        """Identity distance between the source face and this result's (under SAME_PERSON: the same person);
+        photos: the largest edited face's; None when it was not measured."""
+        d = self.message.identity_distance
+        return d if d >= 0 else None
+
+    @property
+    def faces(self) -> list[editor_pb2.EditedFace]:
+        """Photos: every edited face with its box (x, y, width, height), reconstruction PSNR and identity
+        distance on this image."""
+        return list(self.message.faces)
+
     @classmethod
     def of(cls, m: editor_pb2.EditResponse, output: Output = "numpy") -> "EditFrame":
         def img(image):
@@ -308,6 +364,7 @@ class EditResult:
         request_id: The id the server ran the call under.
         warnings: Notes about the source (e.g. several faces in a photo).
         inversion_psnr: Photos: reconstruction PSNR of the inverted code, dB.
+        source_photo: Photos: the photo as sent (`photo` decodes it).
     """
 
     specs: list[EditSpec]
@@ -315,10 +372,37 @@ class EditResult:
     request_id: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)
     inversion_psnr: float = 0.0
+    source_photo: common_pb2.Image | None = dataclasses.field(default=None, repr=False)
 
     @property
     def original(self) -> EditFrame | None:
+        """The unedited frame (edit_index -1), when it was asked for. For a photo blended in "change" mode it is
+        the input photo itself; `photo` and `reconstruction` tell the input and the reconstruction apart."""
         return next((f for f in self.frames if f.edit_index == -1), None)
+
+    @functools.cached_property
+    def photo(self) -> np.ndarray | None:
+        """Photos: the real input, (H, W, 3) uint8, upright as the server reads it (EXIF orientation); None for
+        seeds and codes."""
+        return None if self.source_photo is None else codec.photo_array(self.source_photo)
+
+    @property
+    def reconstruction(self) -> np.ndarray | PILImage.Image | None:
+        """The unedited face as the generator renders it: for seeds and codes the original frame; for photos
+        the whole-face paste of the reconstruction, the largest face's render when the change was pasted (it
+        needs `include_face`: the pasted change of an unedited face is nothing), or the render unblended.
+        None when the call returned no original."""
+        original = self.original
+        if original is None:
+            return None
+        if self.source_photo is not None and original.message.blend_mode == "change":
+            return original.face
+        return original.image
+
+    @property
+    def faces(self) -> list[editor_pb2.EditedFace]:
+        """Photos: the edited faces (index, box, reconstruction PSNR), as the first frame lists them."""
+        return self.frames[0].faces if self.frames else []
 
     def edit(self, index: int) -> list[EditFrame]:
         """The frames of edit `index`, by step."""
@@ -327,36 +411,73 @@ class EditResult:
     def images(self, index: int = 0) -> list:
         return [f.image for f in self.edit(index)]
 
-    def grid(self, *, scale: int = 2, labels: bool = True, score: str | None = None) -> PILImage.Image:
-        """One row per edit, one column per step (the original first when it was returned).
+    def grid(self, *, scale: int = 2, labels: bool = True, score: str | None = None,
+             identity: bool = False) -> PILImage.Image:
+        """One row per edit, one column per step. Photos start with the real input ("original") and the
+        reconstruction, each fitted into the tiles' size; seeds and codes with their unedited render.
 
         Args:
             scale: Nearest-neighbour upscaling of each tile (64 px faces are small).
             labels: Write the edit and distance captions.
             score: Attribute whose re-scored value is written under each tile (needs `rescore`).
+            identity: Write each edited image's identity distance under it ("id 0.31").
         """
-        rows, row_labels, captions = [], [], []
+        edited = [f for f in self.frames if f.edit_index >= 0]
+        size = np.asarray((edited or self.frames)[0].image).shape[:2] if self.frames else None
+        lead, lead_caps, lead_frames = [], [], []
         original = self.original
+        if self.source_photo is not None:
+            lead.append(_fit(self.photo, size))
+            lead_caps.append("original")
+            lead_frames.append(None)
+            if self.reconstruction is not None:
+                lead.append(_fit(np.asarray(self.reconstruction), size))
+                lead_caps.append("reconstruction")
+                lead_frames.append(original)
+        elif original is not None:
+            lead.append(np.asarray(original.image))
+            lead_caps.append("original")
+            lead_frames.append(original)
+        rows, row_labels, captions = [], [], []
         for i, spec in enumerate(self.specs):
             frames = self.edit(i)
-            tiles = ([original.image] if original else []) + [f.image for f in frames]
-            caps = (["original"] if original else []) + [f"{f.distance:+.1f}" for f in frames]
+            tiles = lead + [np.asarray(f.image) for f in frames]
+            caps = lead_caps + [f"{f.distance:+.1f}" for f in frames]
+            all_frames = lead_frames + frames
             if score:
-                all_frames = ([original] if original else []) + frames
-                caps = [f"{c} {_fmt(f.scores.get(score))}" for c, f in zip(caps, all_frames)]
-            rows.append([np.asarray(t) for t in tiles])
+                caps = [f"{c} {_fmt(f.scores.get(score))}" if f is not None else c for c, f in zip(caps, all_frames)]
+            if identity:
+                caps = [f"{c} id {f.identity_distance:.2f}" if f is not None and f.edit_index >= 0
+                        and f.identity_distance is not None else c for c, f in zip(caps, all_frames)]
+            rows.append(tiles)
             row_labels.append(spec.label)
             captions.append(caps)
         return make_grid(rows, row_labels=row_labels if labels else None,
                          captions=captions if labels else None, scale=scale)
 
 
+def _fit(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """`image` scaled to fit within `size` (height, width), its aspect kept: one grid shows a large photo beside
+    64 px face renders."""
+    image = np.asarray(image, dtype=np.uint8)
+    if size is None or image.shape[:2] == tuple(size):
+        return image
+    h, w = image.shape[:2]
+    k = min(size[0] / h, size[1] / w)
+    pil = PILImage.fromarray(image).resize((max(1, round(w * k)), max(1, round(h * k))), PILImage.LANCZOS)
+    return np.asarray(pil)
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def collect(specs: Sequence[EditSpec], frames: Iterable[EditFrame]) -> EditResult:
+def collect(specs: Sequence[EditSpec], frames: Iterable[EditFrame],
+            request: editor_pb2.EditRequest | None = None) -> EditResult:
+    """The EditResult of a call's frames; `request` (its source photo) lets the result show the real input."""
     result = EditResult(list(specs), [])
+    if request is not None and request.WhichOneof("source") == "photo":
+        result.source_photo = request.photo
     for f in frames:
         if not result.frames:
             result.request_id = f.message.request_id
