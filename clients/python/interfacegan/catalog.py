@@ -1,14 +1,24 @@
 """Catalog tool: a folder or CSV of photos -> edited images for a list of edits, resumable, shardable, with reports.
 
+Every face of each photo is edited by default (`face_selection`: "all"; "largest", or given `face_indices`).
+
 Layout of the output folder:
     catalog.json     the settings of the run (every resumed run and every shard must use the same ones)
-    <key>/           per photo: original.png (the photo as sent, with blend; the face's reconstruction without),
-                     <edit>_<k>.png, grid.png; the key is
+    <key>/           per photo: original.png (the real input, upright), reconstruction.png (the generator's
+                     reconstruction: the largest face's render when the edit's change is pasted, the whole
+                     reconstructed faces pasted with paste_whole_face, the face render without blend),
+                     <edit>_<k>.png (the edited photo, or face crop without blend), grid.png (the input, the
+                     reconstruction, then the edits with each image's identity distance); the key is
                      the photo's id made file-name safe plus a hash of the exact id ("a b.png" ->
                      "a_b.png-3f2a9c1d0e"), so two photos never share a folder and a key never changes
-    journal.jsonl    one line per finished photo (done or failed), fsync'ed: the resume point
+    journal.jsonl    one line per finished photo (done or failed, a done one with its faces), fsync'ed: the resume
+                     point, and the only source of the reports below
     failures.csv     id, file, status code, reason: one row per photo that failed (spreadsheet-safe)
-    report.json      counts, timings, mean inversion PSNR
+    faces.csv        one row per edited face and edited image: the face's index and box, its reconstruction
+                     PSNR, the image, its edit, step and distance, and the face's identity distance in it
+    faces.json       the same per photo: [{id, key, faces: [{index, box, reconstruction_psnr, edits: [...]}]}]
+    report.json      counts, timings, mean inversion PSNR, faces edited, mean reconstruction PSNR and identity
+                     distance, the share of edited faces that stay the same person
 
 A sharded run (`shard=Shard(i, n)`, `ifgan catalog --shard I/N`) edits the photos whose id hashes to shard i
 (a share that depends on the id alone: the same under any listing order and on every re-run) and keeps its
@@ -36,8 +46,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
+from . import codec
 from ._requests import ApiError
-from .edits import EditResult, EditSpec, edit_specs
+from .defaults import SAME_PERSON
+from .edits import EditResult, EditSpec, edit_specs, face_selection_of
 from .progress import ProgressBar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -46,7 +60,7 @@ TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"
 #: Priority lane of every catalog request (the `ifgan-priority` metadata): bulk work yields to interactive edits.
 LANE = "bulk"
 #: Version of the output layout (keys of the photo folders); a folder made with another one is not resumed.
-LAYOUT = 2
+LAYOUT = 3
 #: Largest photo file read (the editor refuses far smaller messages; this only keeps a stray file out of memory).
 MAX_PHOTO_BYTES = 256 << 20
 #: Most shards of one catalog.
@@ -110,6 +124,7 @@ class Summary:
     shard: Shard = dataclasses.field(default_factory=Shard)
     warnings: list[str] = dataclasses.field(default_factory=list)
     merged: dict | None = None
+    report: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -337,12 +352,30 @@ class Journal:
 
 
 def _outputs_of(photo: Photo, specs: Sequence[EditSpec], fmt: str) -> list[str]:
+    """The photo's files: original, grid, reconstruction, then each edit's images by step."""
     key = output_key(photo.id)
     ext = "jpg" if fmt in ("jpg", "jpeg") else "png"
-    names = [f"{key}/original.{ext}", f"{key}/grid.png"]
+    names = [f"{key}/original.{ext}", f"{key}/grid.png", f"{key}/reconstruction.{ext}"]
     for spec in specs:
         names += [f"{key}/{safe_name(spec.label)}_{k:02d}.{ext}" for k in range(spec.steps)]
     return names
+
+
+def _faces_of(result: EditResult, specs: Sequence[EditSpec], edit_names: Sequence[str]) -> list[dict]:
+    """Per edited face: its box, reconstruction PSNR, and its identity distance in each edited image."""
+    images = iter(edit_names)
+    frames = [(spec.label, f, next(images)) for i, spec in enumerate(specs) for f in result.edit(i)]
+    faces = []
+    for face in result.faces:
+        edits = []
+        for label, frame, image in frames:
+            seen = next((g for g in frame.faces if g.index == face.index), None)
+            d = seen.identity_distance if seen is not None else -1.0
+            edits.append({"image": image, "edit": label, "step": frame.step_index,
+                          "distance": round(frame.distance, 6), "identity_distance": round(d, 4) if d >= 0 else None})
+        faces.append({"index": face.index, "box": [round(v, 1) for v in face.box],
+                      "reconstruction_psnr": round(face.reconstruction_psnr, 3), "edits": edits})
+    return faces
 
 
 def shard_dir(out: Path, shard: Shard) -> Path:
@@ -362,18 +395,22 @@ def _finished(record: dict | None, photo: Photo, out: Path, retry_failed: bool) 
 
 
 def _request_options(specs: Sequence[EditSpec], blend: bool, image_format: str, inversion_steps: int,
-                     timeout: float | None) -> dict:
-    # The one place that sets the catalog's request options, its lane (LANE) included.
+                     timeout: float | None, photo: dict) -> dict:
+    # The one place that sets the catalog's request options, its lane (LANE) included. include_face: with the
+    # change pasted, the original frame is the input itself and its face crop is the reconstruction.
     return dict(edits=specs, blend=blend, include_original=True, image_format=image_format,
-                inversion_steps=inversion_steps, timeout=timeout, output="numpy", priority=LANE)
+                inversion_steps=inversion_steps, timeout=timeout, output="numpy", priority=LANE,
+                include_face=blend and not photo["paste_whole_face"], **photo)
 
 
 def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[EditSpec | str], *,
                 concurrency: int = 2, blend: bool = True, image_format: str = "png", inversion_steps: int = 0,
                 retry_failed: bool = False, timeout: float | None = None, progress: bool = True,
                 stop: threading.Event | None = None, shard: Shard | str | None = None, follow_links: bool = False,
-                edit_fn: Callable[..., EditResult] | None = None) -> Summary:
-    """Edits every photo of `source` (or of one shard's share) with every edit; resumes a previous run into `out`.
+                face_selection: str | None = None, face_indices: Sequence[int] = (), skip_tuning: bool = False,
+                paste_whole_face: bool = False, edit_fn: Callable[..., EditResult] | None = None) -> Summary:
+    """Edits every face of every photo of `source` (or of one shard's share) with every edit; resumes a previous
+    run into `out`.
 
     Args:
         client: an interfacegan.Client (thread-safe; calls run on `concurrency` threads).
@@ -386,6 +423,11 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
         shard: Edit only this shard's share (Shard or "I/N"); several shards, on as many machines, fill one
             output folder, each with its own journal, and the last to finish writes the merged report.
         follow_links: Also read photos through symbolic links that lead out of the catalog's folder.
+        face_selection: "all" (every face found, up to the server's limit), "largest" or "indices"; None:
+            "indices" when `face_indices` are given, else "all".
+        face_indices: The faces to edit in each photo, numbered largest first.
+        skip_tuning: Skip pivotal tuning (faster; faces usually become other people's).
+        paste_whole_face: Paste the whole edited faces instead of only the edits' change.
         edit_fn: Replaces client.edit (tests).
     """
     started = time.monotonic()
@@ -393,12 +435,16 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
     shard = Shard.parse(shard) if isinstance(shard, str) else shard or Shard()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    face_selection = face_selection or ("indices" if face_indices else "all")
+    face_selection_of(face_selection, face_indices)  # refused before any folder is written
+    photo_options = {"face_selection": face_selection.strip().lower(), "face_indices": [int(i) for i in face_indices],
+                     "skip_tuning": bool(skip_tuning), "paste_whole_face": bool(paste_whole_face)}
     summary = Summary(out=out, shard=shard)
     photos = discover(source, follow_links=follow_links, warnings=summary.warnings)
     _check_keys(photos)
     settings = {"source": str(Path(source).expanduser().resolve()), "edits": [dataclasses.asdict(s) for s in specs],
                 "blend": blend, "format": image_format, "inversion_steps": inversion_steps, "layout": LAYOUT,
-                "shards": shard.count, "follow_links": follow_links}
+                "shards": shard.count, "follow_links": follow_links, **photo_options}
     settings_path = out / "catalog.json"
     if not settings_path.exists():
         _create_once(settings_path, json.dumps(settings, indent=2).encode())
@@ -422,7 +468,7 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
 
     edit = edit_fn or client.edit
     stop = stop or threading.Event()
-    options = _request_options(specs, blend, image_format, inversion_steps, timeout)
+    options = _request_options(specs, blend, image_format, inversion_steps, timeout, photo_options)
 
     def work(photo: Photo) -> dict:
         t = time.monotonic()
@@ -441,14 +487,20 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
         # Leftovers of a process killed while writing this photo (its folder is this photo's alone).
         for stale in (out / base["key"]).glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-        frames = [result.original] + [f for i in range(len(specs)) for f in result.edit(i)]
-        files = [names[0]] + names[2:]
-        for name, frame in zip(files, frames):
+        ext = names[0].rsplit(".", 1)[1]
+        atomic_write(out / names[0], codec.array_bytes(result.photo, ext))
+        reconstruction = result.reconstruction
+        if reconstruction is None:  # a server that sent no face crop: the original frame is the closest
+            reconstruction = result.original.image
+        atomic_write(out / names[2], codec.array_bytes(reconstruction, ext))
+        frames = [f for i in range(len(specs)) for f in result.edit(i)]
+        for name, frame in zip(names[3:], frames):
             atomic_write(out / name, _encode(frame.message.image, frame.image, image_format))
-        atomic_write(out / names[1], _png(result.grid(scale=2)))
+        small = max(np.asarray(frames[0].image).shape[:2]) < 256 if frames else True
+        atomic_write(out / names[1], _png(result.grid(scale=2 if small else 1, identity=True)))
         return {**base, "status": "done", "outputs": names, "psnr": round(result.inversion_psnr, 3),
-                "warnings": result.warnings, "request_id": result.request_id,
-                "seconds": round(time.monotonic() - t, 3)}
+                "faces": _faces_of(result, specs, names[3:]), "warnings": result.warnings,
+                "request_id": result.request_id, "seconds": round(time.monotonic() - t, 3)}
 
     bar = ProgressBar(len(todo), "catalog" if shard.count == 1 else f"catalog {shard}", "photo",
                       disable=not progress)
@@ -491,7 +543,8 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
     summary.done = sum(1 for p in mine if journal.records.get(p.id, {}).get("status") == "done")
     summary.interrupted = summary.interrupted or stop.is_set() and summary.done + len(summary.failed) < len(mine)
     summary.seconds = time.monotonic() - started
-    _write_reports(out, shard, mine, journal.records, interrupted=summary.interrupted, seconds=summary.seconds)
+    summary.report = _write_reports(out, shard, mine, journal.records, interrupted=summary.interrupted,
+                                    seconds=summary.seconds)
     if shard.count > 1 and not summary.interrupted:
         # Whichever shard finishes last sees every journal complete and writes the merged report (the same
         # bytes, should two finish at once).
@@ -555,7 +608,12 @@ def _merge(out: Path, count: int, photos: Sequence[Photo]) -> tuple[dict, dict[s
 
 def _write_merged(out: Path, photos: Sequence[Photo], records: dict[str, dict], report: dict) -> None:
     _write_failures(out, photos, records)
+    _write_faces(out, photos, records)
     atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
+
+
+def _mean(values: Sequence[float], digits: int = 3) -> float | None:
+    return round(sum(values) / len(values), digits) if values else None
 
 
 def _counts(photos: Sequence[Photo], records: dict[str, dict], out: Path) -> dict:
@@ -567,9 +625,14 @@ def _counts(photos: Sequence[Photo], records: dict[str, dict], out: Path) -> dic
         elif record and record["status"] == "failed":
             failed += 1
     psnrs = [r["psnr"] for r in done if r.get("psnr")]
+    faces = [face for r in done for face in r.get("faces", ())]
+    ids = [e["identity_distance"] for face in faces for e in face["edits"] if e["identity_distance"] is not None]
     return {"total": len(photos), "done": len(done), "failed": failed, "pending": len(photos) - len(done) - failed,
-            "mean_inversion_psnr": round(sum(psnrs) / len(psnrs), 3) if psnrs else None,
-            "mean_seconds_per_photo": round(sum(r["seconds"] for r in done) / len(done), 3) if done else None}
+            "mean_inversion_psnr": _mean(psnrs),
+            "mean_seconds_per_photo": _mean([r["seconds"] for r in done]),
+            "faces": len(faces), "mean_reconstruction_psnr": _mean([f["reconstruction_psnr"] for f in faces]),
+            "mean_identity_distance": _mean(ids, 4),
+            "same_person_share": _mean([float(d < SAME_PERSON) for d in ids], 4)}
 
 
 def _encode(message, pixels, fmt: str) -> bytes:
@@ -597,11 +660,36 @@ def _write_failures(folder: Path, photos: Sequence[Photo], records: dict[str, di
     atomic_write(folder / "failures.csv", rows.getvalue().encode())
 
 
+def _write_faces(folder: Path, photos: Sequence[Photo], records: dict[str, dict]) -> None:
+    """faces.csv (one row per face and edited image) and faces.json (per photo) from the journal's records."""
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["id", "face_index", "x", "y", "width", "height", "reconstruction_psnr", "image", "edit", "step",
+                     "distance", "identity_distance", "same_person"])
+    listing = []
+    for photo in photos:
+        record = records.get(photo.id)
+        if not record or record["status"] != "done":
+            continue
+        listing.append({"id": photo.id, "key": record["key"], "faces": record.get("faces", [])})
+        for face in record.get("faces", ()):
+            for e in face["edits"]:
+                d = e["identity_distance"]
+                # Only the text cells go through csv_cell: a negative distance stays a number.
+                writer.writerow([csv_cell(photo.id), face["index"], *face["box"], face["reconstruction_psnr"],
+                                 csv_cell(e["image"]), csv_cell(e["edit"]), e["step"], e["distance"],
+                                 "" if d is None else d, "" if d is None else d < SAME_PERSON])
+    atomic_write(folder / "faces.csv", rows.getvalue().encode())
+    atomic_write(folder / "faces.json", json.dumps(listing, indent=2).encode())
+
+
 def _write_reports(out: Path, shard: Shard, photos: Sequence[Photo], records: dict[str, dict], *,
-                   interrupted: bool, seconds: float) -> None:
+                   interrupted: bool, seconds: float) -> dict:
     folder = shard_dir(out, shard)
     _write_failures(folder, photos, records)
+    _write_faces(folder, photos, records)
     counts = _counts(photos, records, out)
     report = {**({"shard": str(shard)} if shard.count > 1 else {}), **counts, "interrupted": interrupted,
               "seconds_this_run": round(seconds, 3)}
     atomic_write(folder / "report.json", json.dumps(report, indent=2).encode())
+    return report

@@ -224,24 +224,64 @@ def _read_code(path: Path) -> np.ndarray:
     return np.asarray(code, dtype=np.float32)
 
 
+def _photo_options(args) -> dict:
+    """The photo options of `edit` and `catalog`, named as EditRequest names them."""
+    from .edits import face_selection_of, parse_face_indices
+    indices = parse_face_indices(args.face_indices) if args.face_indices else []
+    face_selection_of(args.face_selection, indices)  # refused here, before any photo is sent
+    return dict(face_selection=args.face_selection, face_indices=indices, skip_tuning=args.skip_tuning,
+                paste_whole_face=args.paste_whole_face)
+
+
+def _face_lines(result) -> list[str]:
+    """One line per edited face of a photo: box, reconstruction PSNR, identity distances of the edited images."""
+    from .defaults import SAME_PERSON
+    lines = []
+    for face in result.faces:
+        ids = [d for f in result.frames if f.edit_index >= 0 for g in f.faces if g.index == face.index
+               for d in [g.identity_distance] if d >= 0]
+        x, y, w, h = (round(v) for v in face.box)
+        same = sum(d < SAME_PERSON for d in ids)
+        lines.append(f"face {face.index} at x {x}, y {y}, {w}x{h} px: reconstruction {face.reconstruction_psnr:.1f} "
+                     f"dB" + (f", identity distance {min(ids):.2f}..{max(ids):.2f} ({same} of {len(ids)} edited "
+                              f"images the same person)" if ids else ""))
+    return lines
+
+
 def cmd_edit(args) -> int:
     specs = [EditSpec.parse(e) for e in (args.edit or ["age"])]
     if sum(x is not None for x in (args.seed, args.code, args.photo)) != 1:
         print("give exactly one face: --seed N, --code FILE.npy or --photo FILE", file=sys.stderr)
         return 2
+    photo_options = _photo_options(args) if args.photo is not None else {}
+    if args.photo is None and (args.face_selection or args.face_indices or args.skip_tuning or args.paste_whole_face):
+        print("--face-selection, --face-indices, --skip-tuning and --paste-whole-face apply to --photo only",
+              file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     total = sum(s.steps for s in specs) + 1
     with _client(args) as client, ProgressBar(total, "edit", "img", disable=args.quiet) as bar:
+        # include_face: with the change pasted, the original frame is the photo itself; its face crop is the
+        # reconstruction written beside it.
         result = client.edit(seed=args.seed, code=_read_code(args.code) if args.code else None,
                              photo=args.photo, edits=specs, model=args.model, space=args.space or None,
                              rescore=args.rescore, include_original=True, blend=args.blend,
-                             inversion_steps=args.inversion_steps, image_format=args.format,
-                             on_frame=lambda f: bar.update())
+                             include_face=args.blend and args.photo is not None, inversion_steps=args.inversion_steps,
+                             image_format=args.format, on_frame=lambda f: bar.update(), **photo_options)
     from .catalog import safe_name
     ext = "jpg" if args.format == "jpeg" else "png"
     written = []
-    if result.original is not None:
+    if result.photo is not None:
+        # The real input is the "original"; the generator's reconstruction is written on its own.
+        path = out / f"original.{ext}"
+        path.write_bytes(codec.array_bytes(result.photo, ext))
+        written.append(path)
+        if result.reconstruction is not None:
+            path = out / f"reconstruction.{ext}"
+            path.write_bytes(codec.array_bytes(result.reconstruction, ext))
+            written.append(path)
+    elif result.original is not None:
         path = out / f"original.{ext}"
         path.write_bytes(codec.image_bytes(result.original.message.image, ext))
         written.append(path)
@@ -252,7 +292,8 @@ def cmd_edit(args) -> int:
             written.append(path)
     if args.grid:
         grid = Path(args.grid)
-        result.grid(scale=args.scale, score=args.grid_score or (specs[0].attribute if args.rescore else None)).save(grid)
+        result.grid(scale=args.scale, score=args.grid_score or (specs[0].attribute if args.rescore else None),
+                    identity=result.photo is not None).save(grid)
         print(f"grid: {grid}")
     if args.rescore:
         rows = [{"edit": specs[f.edit_index].label if f.edit_index >= 0 else "original", "step": f.step_index,
@@ -277,6 +318,8 @@ def cmd_edit(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if result.inversion_psnr:
         print(f"inversion PSNR {result.inversion_psnr:.2f} dB")
+    for line in _face_lines(result):
+        print(line)
     print(f"{len(written)} images in {out} (request {result.request_id})")
     return 0
 
@@ -289,12 +332,20 @@ def cmd_catalog(args) -> int:
         summary = run_catalog(client, args.source, args.out, specs, concurrency=args.concurrency, blend=args.blend,
                               image_format=args.format, inversion_steps=args.inversion_steps,
                               retry_failed=args.retry_failed, progress=not args.quiet, stop=stop,
-                              timeout=args.timeout, shard=args.shard, follow_links=args.follow_links)
+                              timeout=args.timeout, shard=args.shard, follow_links=args.follow_links,
+                              **_photo_options(args))
     for w in summary.warnings:
         print(f"warning: {w}", file=sys.stderr)
     shard = f"shard {summary.shard}: " if summary.shard.count > 1 else ""
     print(f"{shard}{summary.done} of {summary.total} photos done, {len(summary.failed)} failed, "
           f"{summary.skipped} skipped as already handled ({summary.seconds:.1f} s); outputs in {summary.out}")
+    report = summary.merged or summary.report or {}
+    if report.get("faces"):
+        share = report["same_person_share"]
+        print(f"{report['faces']} faces edited: reconstruction {report['mean_reconstruction_psnr']:.1f} dB on average"
+              + (f", identity distance {report['mean_identity_distance']:.2f} on average, {100 * share:.0f}% of "
+                 f"edited faces the same person" if share is not None else "")
+              + f"; per face: {shard_dir(summary.out, summary.shard) / 'faces.csv'}")
     if summary.failed:
         print(f"failures: {shard_dir(summary.out, summary.shard) / 'failures.csv'}")
         for pid, (code, reason) in list(summary.failed.items())[:10]:
@@ -331,6 +382,19 @@ def cmd_catalog_merge(args) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------------------------
+
+def _add_photo_options(c: argparse.ArgumentParser, default: str | None) -> None:
+    """The photo options (EditRequest's face_selection, face_indices, skip_tuning, paste_whole_face)."""
+    what = "the server's choice, the largest" if default == "" else "all, or indices with --face-indices"
+    c.add_argument("--face-selection", default=default, choices=("largest", "all", "indices"),
+                   help=f"photos: which faces to edit; when not given: {what}")
+    c.add_argument("--face-indices", default="", metavar="I,J",
+                   help="photos: the faces to edit, numbered largest first, e.g. 0,2 (selects indices)")
+    c.add_argument("--skip-tuning", action="store_true",
+                   help="photos: skip pivotal tuning (faster; faces usually become other people's)")
+    c.add_argument("--paste-whole-face", action="store_true",
+                   help="photos with --blend: paste the whole edited face instead of only the edit's change")
+
 
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
@@ -421,6 +485,7 @@ def parser() -> argparse.ArgumentParser:
                    help="photos: paste the edited face back into the photo")
     c.add_argument("--inversion-steps", type=int, default=0, help="photos: refinement steps; 0 = server default")
     c.add_argument("--format", default="png", choices=("png", "jpeg"), help="image format")
+    _add_photo_options(c, "")
     c.set_defaults(fn=cmd_edit)
 
     c = sub.add_parser("catalog", help="edit every photo of a folder or CSV (resumable, failure report)",
@@ -439,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
                         "machines, into one output folder")
     c.add_argument("--follow-links", action="store_true",
                    help="also read photos through symbolic links that lead out of the catalog's folder")
+    _add_photo_options(c, None)
     c.add_argument("--lasting-failures-ok", action="store_true",
                    help="exit 0 when the only failures are lasting ones (no face, not an image), as a batch "
                         "scheduler wants; they stay in failures.csv")
