@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
+import functools
 import time
 from typing import AsyncIterator
 
@@ -53,12 +56,18 @@ class PixelBudget:
     """Decoded pixels a service may hold at once, shared by its image-decoding RPCs.
 
     A request asks for the pixels it will decode (read from the images' headers, before decoding) and holds
-    them until it is done. Requests of at most `reserve` pixels ("small") may use the whole budget; larger
-    ones only what leaves `reserve` free, so small requests keep flowing while large ones wait. Large
+    them until it is done. Requests of at most `small` pixels (a quarter of `reserve` by default) may use the
+    whole budget; larger ones only what leaves `reserve` free, so small requests keep flowing while large ones
+    wait (were requests as large as the reserve small, four largest photos took all of it and a 64 px face
+    waited seconds behind them). Large
     requests are admitted in arrival order. A request that is not admitted within `max_wait` seconds (or
     its deadline), or that finds `max_waiting` requests already waiting, is refused with RESOURCE_EXHAUSTED
     and a retry hint. A request larger than the large share is admitted alone (its own limits bound it).
     When the budget drains after large requests, freed memory is returned to the OS.
+
+    The work of holds over `heavy` pixels (`Held.to_thread`) runs on the budget's own `threads`, not on the
+    event loop's default executor: the quick steps of small calls (a model lookup, a 64 px decode) never
+    queue there behind seconds-long decodes and encodes of large photos.
 
     Usage::
 
@@ -70,7 +79,7 @@ class PixelBudget:
     """
 
     def __init__(self, service: str, capacity: int, *, reserve: int | None = None, max_wait: float = 30.0,
-                 max_waiting: int = 64):
+                 max_waiting: int = 64, small: int | None = None, heavy: int | None = None, threads: int = 4):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 pixel, got {capacity}")
         self.service = service
@@ -78,8 +87,13 @@ class PixelBudget:
         self.reserve = capacity // 4 if reserve is None else reserve
         if not 0 <= self.reserve < capacity:
             raise ValueError(f"reserve must be within 0..capacity-1, got {self.reserve}")
+        self.small = self.reserve // 4 if small is None else small
+        if not 0 <= self.small <= self.reserve:
+            raise ValueError(f"small must be within 0..reserve, got {self.small}")
         self.max_wait = max_wait
         self.max_waiting = max_waiting
+        self.heavy = capacity // 64 if heavy is None else heavy
+        self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"{service}-pixels")
         self.used = 0
         self._large_used = 0
         self._queue: collections.deque[object] = collections.deque()  # large waiters, in arrival order
@@ -106,7 +120,7 @@ class PixelBudget:
             ServiceError: RESOURCE_EXHAUSTED with retry_after when not admitted in time.
         """
         declared = pixels
-        large = pixels > self.reserve
+        large = pixels > self.small
         # One request over the large share counts as the whole share: admitted alone (its own limits bound it).
         pixels = min(pixels, self.capacity - self.reserve)
         token = object()
@@ -202,8 +216,13 @@ class Held:
             await self._budget._give_back(freed, self._large, None)
 
     async def to_thread(self, fn, /, *args, **kwargs):
-        """asyncio.to_thread, but the pixels stay held until the thread ends even when the caller is cancelled."""
-        future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        """asyncio.to_thread, but the pixels stay held until the thread ends even when the caller is cancelled;
+        heavy work runs on the budget's own threads."""
+        if self.pixels > self._budget.heavy:
+            call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+            future = asyncio.get_running_loop().run_in_executor(self._budget._executor, call)
+        else:
+            future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
         self._threads.add(future)
         future.add_done_callback(self._threads.discard)
         return await asyncio.shield(future)

@@ -4,6 +4,7 @@ refusals carry a retry hint, and every hold is released (also when the holder fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ def run(coro):
 
 def test_small_requests_pass_while_large_ones_wait():
     async def main():
-        budget = PixelBudget("test", 100, reserve=25, max_wait=5)
+        budget = PixelBudget("test", 100, reserve=25, small=25, max_wait=5)
         order: list[str] = []
         first_in = asyncio.Event()
         release_first = asyncio.Event()
@@ -113,8 +114,8 @@ def test_holds_are_released_on_errors_and_oversized_requests_run_alone():
         assert budget.used == 0
         async with budget.hold(10_000):  # over the large share: counts as all of it
             assert budget.used == 75
-            async with budget.hold(25):  # the reserve is still there for a small one
-                assert budget.used == 100
+            async with budget.hold(6):  # the reserve is still there for a small one
+                assert budget.used == 81
         assert budget.used == 0
     run(main())
 
@@ -172,4 +173,18 @@ def test_a_cancelled_caller_keeps_its_pixels_held_until_its_thread_ends():
             if budget.used == 0:
                 break
         assert budget.used == 0 and budget._large_used == 0
+    run(main())
+
+
+def test_requests_as_large_as_the_reserve_leave_it_to_small_ones():
+    async def main():
+        budget = PixelBudget("test", 100, reserve=25, max_wait=0.2)  # small: up to 6 pixels
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                await stack.enter_async_context(budget.hold(25))
+            with pytest.raises(ServiceError):  # a fourth would take the reserve
+                async with budget.hold(25):
+                    pass
+            async with budget.hold(6):
+                assert budget.used == 81
     run(main())

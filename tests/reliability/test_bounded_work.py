@@ -453,3 +453,49 @@ def test_blends_of_one_photo_are_exact_whatever_the_format_and_repeat_byte_for_b
             more_faces=[inversion_pb2.BlendFace(face=png(recon), alignment=alignments[0])] * 20), timeout=60))
         assert err.code() == C.INVALID_ARGUMENT and "at most 20 faces" in err.details(), err.details()
     assert check_health(cluster.services["inversion"].address) == "SERVING"
+
+
+def test_photos_as_large_as_the_reserve_leave_it_to_small_calls(launch_service):
+    # The reserve of the inversion budget is one largest photo: photos of exactly that size counted as small, so
+    # four aligned Inverts of the largest photos took the whole budget and a 64 px Invert waited 6 s behind them.
+    from services.common import assets
+
+    metrics_port = free_port()
+    side = 1024
+    inversion = launch_service("inversion", "--max-image-pixels", str(side * side), "--max-pixels-in-flight",
+                               str(4 * side * side), "--metrics-port", str(metrics_port))
+    portrait = Image.open(assets.path_of("astronaut.png")).convert("RGB").resize((side, side), Image.BICUBIC)
+    buf = io.BytesIO()
+    portrait.save(buf, format="JPEG", quality=90)
+    photo = common_pb2.Image(encoded=buf.getvalue())
+    with grpc.insecure_channel(inversion.address, options=OPTIONS) as channel:
+        stub = inversion_pb2_grpc.InversionServiceStub(channel)
+        large = inversion_pb2.InvertRequest(image=photo, align_face=True, encoder_only=True)
+        small = inversion_pb2.InvertRequest(image=face(0), encoder_only=True)
+        list(stub.Invert(large, timeout=120))
+        used, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                used.append(_gauge(metrics_port, "ifgan_pixel_budget_used", "inversion"))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                calls = [pool.submit(lambda: list(stub.Invert(large, timeout=300))) for _ in range(16)]
+                small_seconds = []
+                while not all(c.done() for c in calls):
+                    t = time.perf_counter()
+                    list(stub.Invert(small, timeout=60))
+                    small_seconds.append(time.perf_counter() - t)
+                for c in calls:
+                    c.result()
+        finally:
+            stop.set()
+            sampler.join()
+    # Large calls leave the reserve (a quarter) free; small ones may use it.
+    assert max(used) <= 3 * side * side + 64 * 64 * len(small_seconds), max(used)
+    assert max(used) > 2 * side * side  # several photos were held at once
+    assert small_seconds and max(small_seconds) < 5, small_seconds
