@@ -1,10 +1,14 @@
 """Pivotal tuning (Roich et al. 2021): tune a copy of the generator so that the pivot codes render the photo.
 
 The pivot codes stay fixed while the weights move, so the layers that are not tuned run once: the tuned
-tail starts from their cached output (for a DCGAN, `tune_from` picks the first tuned block of `main`). A
-locality term keeps the tuned tail close to the original one on a few fixed random codes (their frozen
-prefix and their original images are computed once too), so edits away from the pivot keep working.
-Faces of one photo are tuned together, into one variant.
+tail starts from their cached output (for a DCGAN, `tune_from` picks the first tuned block of `main`).
+
+An edit is pasted into the photo as its change, G(pivot + d n) - G(pivot). Tuning only to reconstruct
+the pivot damps that change (the tail learns to map the pivot's features to the photo and little else),
+so the locality term keeps the tuned generator's change equal to the original's: for codes the edit
+distance away from each pivot along random directions, (G'(p + r u) - G'(p)) is pulled to
+(G(p + r u) - G(p)). The original generator keeps its meaning around the pivot while the tuned one renders
+the person. Faces of one photo are tuned together, into one variant.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ class TuningOptions:
         tune_from: DCGAN only: index in `main` of the first tuned layer (0 tunes all; 6 tunes the 16 px block
             on: the best identity per CPU-second measured, see bench/photos.py's trade-off table).
         feature_weight: Weight of the image-gradient feature loss next to the pixel MSE.
-        locality_weight: Weight of the locality term (MSE to the original generator on random codes).
-        locality_codes: Random codes of the locality term.
-        locality_every: The locality term is added every this many steps (it costs as much as the faces'
-            own forward and backward pass; every 4th step keeps most of its effect at a quarter of the cost).
-        seed: Seed of the locality codes (a variant is reproducible from its settings).
+        locality_weight: Weight of the locality term (MSE between the tuned and the original generator's
+            change from the pivot).
+        locality_codes: Random directions per face each time the term is added (fresh ones every time).
+        locality_radius: How far from the pivot the locality codes lie (the edit distances served).
+        locality_every: The locality term is added every this many steps (its codes join the faces' batch;
+            2 codes per face every 4th step add about a quarter to the cost of tuning one face).
+        seed: Seed of the locality directions (a variant is reproducible from its settings).
     """
 
     steps: int = 150
@@ -49,16 +55,17 @@ class TuningOptions:
     target_psnr: float = 40.0
     tune_from: int = 6
     feature_weight: float = 1.0
-    locality_weight: float = 1.0
-    locality_codes: int = 4
+    locality_weight: float = 3.0
+    locality_codes: int = 2
+    locality_radius: float = 3.0
     locality_every: int = 4
     seed: int = 0
 
     def key(self) -> str:
         """The settings that change the tuned weights, as a stable string (part of a variant's hash)."""
         return (f"steps={self.steps};lr={self.lr:g};target={self.target_psnr:g};from={self.tune_from};"
-                f"feat={self.feature_weight:g};loc={self.locality_weight:g}x{self.locality_codes}/"
-                f"{self.locality_every};seed={self.seed}")
+                f"feat={self.feature_weight:g};loc={self.locality_weight:g}x{self.locality_codes}"
+                f"@{self.locality_radius:g}/{self.locality_every};seed={self.seed}")
 
 
 @dataclasses.dataclass
@@ -85,21 +92,37 @@ class Tuned:
 
 
 class _Split:
-    """The frozen prefix and the tuned tail of a network, and the tail's state-dict key prefix."""
+    """The frozen prefix, the original and the tuned (copied) tail of a network, and the tail's state-dict keys.
 
-    def __init__(self, net: nn.Module, tune_from: int):
+    Only tail parameters that the rendering reaches are tuned: a style-based model's mapping network
+    takes no part in rendering a W+ pivot, and a delta of zeros for it would only fill the variant store.
+    """
+
+    def __init__(self, net: nn.Module, tune_from: int, probe: torch.Tensor):
         main = getattr(net, "main", None)
         if isinstance(main, nn.Sequential) and getattr(net, "architecture", "") == "dcgan":
             k = max(0, min(int(tune_from), len(main) - 1))
             self.prefix = lambda codes: main[:k](codes.reshape(codes.shape[0], -1, 1, 1))
+            self.original = main[k:]
             self.tail = copy.deepcopy(main[k:])
             # A slice of a Sequential keeps the original module names, so "6.weight" is main.6.weight.
-            self.keys = {f"main.{name}": name for name, _ in self.tail.named_parameters()}
+            keys = {f"main.{name}": name for name, _ in self.tail.named_parameters()}
         else:  # other architectures: everything after the code -> synthesis-input mapping is tuned
             self.prefix = lambda codes: net.synthesis_input(codes, net.synthesis_space)
+            self.original = net.render
             self.tail = _Render(copy.deepcopy(net))
-            self.keys = {name.split(".", 1)[1]: name for name, _ in self.tail.named_parameters()}
+            keys = {name.split(".", 1)[1]: name for name, _ in self.tail.named_parameters()}
         self.tail.eval()  # BatchNorm keeps the running statistics of the original
+        named = dict(self.tail.named_parameters())
+        for p in named.values():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            self.tail(self.prefix(probe[:1])).sum().backward()
+        self.params = {name: p for name, p in named.items() if p.grad is not None}
+        for name, p in named.items():
+            p.grad = None
+            p.requires_grad_(name in self.params)
+        self.keys = {key: name for key, name in keys.items() if name in self.params}
 
 
 class _Render(nn.Module):
@@ -129,28 +152,32 @@ def tune(net: nn.Module, pivots: torch.Tensor, targets: torch.Tensor, options: T
         The tuned tensors (as deltas), reconstructions and the numbers of the run.
     """
     started = time.process_time()
-    split = _Split(net, options.tune_from)
+    pivots = pivots.float()
+    split = _Split(net, options.tune_from, pivots)
     tail = split.tail
-    params = list(tail.parameters())
+    params = list(split.params.values())
     originals = [p.detach().clone() for p in params]
-    for p in params:
-        p.requires_grad_(True)
+    local = options.locality_codes > 0 and options.locality_weight > 0 and options.locality_radius > 0
+    gen = torch.Generator().manual_seed(options.seed)
     with torch.no_grad():
-        start = split.prefix(pivots.float())
+        start = split.prefix(pivots)
         features = pyramid_features(targets) if options.feature_weight > 0 else []
-        if options.locality_codes and options.locality_weight > 0:
-            gen = torch.Generator().manual_seed(options.seed)
-            shape = (options.locality_codes, *pivots.shape[1:])
-            local_in = split.prefix(torch.randn(shape, generator=gen))
-            local_out = tail(local_in)
-        else:
-            local_in = local_out = None
-        first = psnr(tail(start), targets).tolist()
+        first_images = split.original(start)
+        first = psnr(first_images, targets).tolist()
     best_psnr, best_state, best_images = [-math.inf], None, None
-    optimizer = torch.optim.Adam(params, lr=options.lr)
-    stopped, step = STOP_BUDGET, 0
+    optimizer = _adam(params, options.lr)
+    stopped, step, n = STOP_BUDGET, 0, len(pivots)
     for step in range(options.steps + 1):
-        images = tail(start)
+        near = local and step < options.steps and step % max(1, options.locality_every) == 0
+        if near:  # the locality codes ride in the faces' batch: one pass of N + K codes costs less than two
+            codes, owner = _near(pivots, options.locality_codes, options.locality_radius, gen)
+            with torch.no_grad():
+                near_in = split.prefix(codes)
+                wanted = split.original(near_in) - first_images[owner]
+            both = tail(torch.cat([start, near_in]))
+            images, near_out = both[:n], both[n:]
+        else:
+            images = tail(start)
         with torch.no_grad():
             scores = psnr(images, targets).tolist()
             if min(scores) > min(best_psnr):  # the worst face decides: one variant serves all faces of a photo
@@ -172,19 +199,41 @@ def tune(net: nn.Module, pivots: torch.Tensor, targets: torch.Tensor, options: T
         loss = clipped_residual(images, targets).square().mean(dim=(1, 2, 3)).sum()
         for have, want in zip(pyramid_features(images) if features else [], features):
             loss = loss + options.feature_weight * (have - want).square().mean(dim=tuple(range(1, have.dim()))).sum()
-        if local_in is not None and step % max(1, options.locality_every) == 0:
-            loss = loss + options.locality_weight * (tail(local_in) - local_out).square().mean()
+        if near:
+            change = near_out - images[owner]
+            loss = loss + options.locality_weight * (change - wanted).square().mean()
         for group in optimizer.param_groups:
             group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, options.steps)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    names = dict(tail.named_parameters())
     inverse = {v: k for k, v in split.keys.items()}
     delta = {inverse[name]: (best - orig).float()
-             for (name, _), best, orig in zip(names.items(), best_state, originals)}
+             for name, best, orig in zip(split.params, best_state, originals)}
     return Tuned(delta, best_images, [float(s) for s in best_psnr], first, step, stopped,
                  time.process_time() - started)
+
+
+def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused where this torch build has it on CPU (about 8% of a DCGAN tuning step saved)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def _near(pivots: torch.Tensor, per_face: int, radius: float, gen: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes `radius` away from each pivot along `per_face` random directions, and the pivot index of each.
+
+    A direction is a unit vector of the code's last axis, the same on every layer of a W+ code: an edit
+    along a W boundary moves every layer alike.
+    """
+    owner = torch.arange(len(pivots)).repeat_interleave(per_face)
+    u = torch.randn((len(owner), pivots.shape[-1]), generator=gen)
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    u = u.view(len(owner), *([1] * (pivots.dim() - 2)), -1).expand(len(owner), *pivots.shape[1:])
+    return pivots[owner] + radius * u, owner
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
