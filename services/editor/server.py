@@ -413,8 +413,14 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         async def score():
             if not rescore:
                 return [None] * len(items)
+            measured = faces
+            if source.photo is not None and request.blend_into_photo:
+                # A photo pasted back is measured as the user receives it: the face in the result photo, aligned
+                # as the generator frames faces (the unedited item's is the input photo's own face).
+                measured = [b.result_crops[0] if b is not None and b.result_crops else f
+                            for f, b in zip(faces, await blending)]
             replies = await self.scorer.collect("Score", scorer_pb2.ScoreRequest(
-                request_id=call.derived_id(str(chunk)), images=faces), call)
+                request_id=call.derived_id(str(chunk)), images=measured), call)
             results = [None] * len(items)
             for reply in replies:
                 for i, r in enumerate(reply.results, start=reply.offset):
