@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,5 +28,15 @@ def test_bench_quick_reports_every_target_from_a_real_portrait(tmp_path, models_
     assert face["psnr_tuned"] > face["psnr_untuned"] - 1  # 20 tuning steps from the encoder's pivot
     assert result["summary"]["changed_pixels_outside_mask"] == 0 and result["summary"]["pixels_outside_mask"] > 0
     assert len(result["edits"]) == 3 * 2 and {e["attribute"] for e in result["edits"]} == {"age", "gender", "smile"}
+    for e in result["edits"]:  # every edit is read on the result and on the unedited photo, with one framing
+        assert e["score"] is not None and e["unedited_score"] is not None and 0 <= e["identity"] < 2
+    summary = result["summary"]
+    assert summary["attribute_pairs"] + summary["attribute_pairs_unread"] == 6
+    assert set(summary["attribute_moves_asked_way_by_attribute"]) == {"age", "gender", "smile"}
+    assert result["targets"]["attribute_moves_asked_way_rate"]["value"] == pytest.approx(
+        summary["attribute_moves_asked_way_rate"], abs=1e-3)
     assert [(r["tune_from"], r["steps"]) for r in result["tradeoff"]] == [(6, 0), (6, 20)]
+    untuned, tuned = result["tradeoff"]
+    assert untuned["change_kept"] == pytest.approx(1.0)  # the base generator renders its own change
+    assert 0 < tuned["change_kept"] < 1.5 and tuned["cpu_s_per_face"] > 0
     assert "trade-off" in run.stdout and "target" in run.stdout
