@@ -488,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     base = {k: v for k, v in photos.items() if ":" not in k and "@" not in k and k != "group"}
     same = vars(options)
     configs = [(0, {}), (steps, {})] if args.quick else \
-        [(0, {}), (25, {}), (50, {}), (100, {}), (150, {}), (200, {}), (150, {"tune_from": 9}), (150, {"tune_from": 3}),
-         (150, {"locality_weight": 0.0})]
+        [(0, {}), (50, {}), (100, {}), (150, {}), (250, {}), (350, {}), (150, {"tune_from": 6}),
+         (250, {"tune_from": 6}), (150, {"tune_from": 3}), (250, {"locality_weight": 0.0})]
     tradeoff = []
     for n_steps, change in configs:
         tuning = TuningOptions(**{**same, "steps": n_steps, **change})

@@ -35,7 +35,7 @@ def test_bench_quick_reports_every_target_from_a_real_portrait(tmp_path, models_
     assert set(summary["attribute_moves_asked_way_by_attribute"]) == {"age", "gender", "smile"}
     assert result["targets"]["attribute_moves_asked_way_rate"]["value"] == pytest.approx(
         summary["attribute_moves_asked_way_rate"], abs=1e-3)
-    assert [(r["tune_from"], r["steps"]) for r in result["tradeoff"]] == [(6, 0), (6, 20)]
+    assert [(r["tune_from"], r["steps"]) for r in result["tradeoff"]] == [(9, 0), (9, 20)]
     untuned, tuned = result["tradeoff"]
     assert untuned["change_kept"] == pytest.approx(1.0)  # the base generator renders its own change
     assert 0 < tuned["change_kept"] < 1.5 and tuned["cpu_s_per_face"] > 0
