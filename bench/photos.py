@@ -14,8 +14,8 @@ Per face: PSNR and identity distance of the reconstruction without and with tuni
 distance between the face in the photo and in the result (128 px aligned crops of both photos) and the
 attribute read on the result photo and on the unedited photo with the same framing (AttributeReader);
 CPU seconds (this process, all threads) per face for inversion + tuning; pixels outside the masks that
-changed. Identity is dlib's face-recognition ResNet as dlib runs it: landmarks in the HOG detector's box
-(DetectedIdentity; the scorer's whole-frame box is reported beside it). Boundaries are trained here on
+changed. Identity is the scorer's model (services/scorer/identity.py): dlib's face-recognition ResNet as
+dlib runs it, landmarks in the HOG detector's box of the crop. Boundaries are trained here on
 `--samples` generated faces scored by the scorer's models.
 
 Targets (the issue's): mean reconstruction identity distance <= 0.25 with tuning; mean reconstruction
@@ -62,48 +62,6 @@ ATTRIBUTES = ("age", "gender", "smile")
 MIN_SCORE, MIN_SIDE, TRUSTED = 0.0, 16, 1.0  # the service's false-detection filter defaults
 IDENTITY_CROP = 128
 PIVOT_STEPS = 0  # the inversion service's default refinement for photos it tunes: the encoder's pivot
-
-
-class DetectedIdentity(IdentityModel):
-    """dlib's identity pipeline as dlib runs it: the HOG detector's box, 5-point landmarks in it, chip, ResNet.
-
-    The scorer's IdentityModel predicts the landmarks in a box that is the whole crop. The shape predictor
-    was trained on detector boxes, and an aligned crop's frame is larger and lower than one; on 64 px crops
-    it then jumps between images that differ by a few grey levels (a 36.7 dB reconstruction whose eyes it
-    put 14 px from the source's: distance 0.69, 0.13 with the source's landmarks). Here the landmarks are
-    predicted in the detector's box of the (upsampled) crop, and in the whole frame only where the detector
-    finds nothing (counted in `fallbacks`).
-    """
-
-    def __init__(self, predictor_path, model_path):
-        import dlib
-
-        super().__init__(predictor_path, model_path)
-        self.detector = dlib.get_frontal_face_detector()
-        self.fallbacks = 0
-
-    def chip(self, image: np.ndarray) -> np.ndarray:
-        import dlib
-
-        from services.scorer.identity import CHIP_PADDING, CHIP_SIZE
-
-        h, w = image.shape[:2]
-        k = -(-self.min_side // min(h, w))
-        if k > 1:
-            image = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_CUBIC)
-            h, w = h * k, w * k
-        image = np.ascontiguousarray(image)
-        with self._lock:
-            found = list(self.detector(image, 0))
-            if found:
-                rect = max(found, key=lambda r: r.area())
-            else:
-                self.fallbacks += 1
-                side = min(h, w)
-                top, left = (h - side) // 2, (w - side) // 2
-                rect = dlib.rectangle(left, top, left + side - 1, top + side - 1)
-            shape = self.predictor(image, rect)
-            return np.asarray(dlib.get_face_chip(image, shape, CHIP_SIZE, CHIP_PADDING))
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -154,8 +112,7 @@ class Bench:
         self.finder = FaceFinder(predictor)
         self.verifier = photo.FaceVerifier(assets.path_of("mmod_human_face_detector.dat", models_dir))
         resnet = assets.path_of("dlib_face_recognition_resnet_model_v1.dat", models_dir)
-        self.identity = DetectedIdentity(predictor, resnet)
-        self.frame_identity = IdentityModel(predictor, resnet)  # the scorer's own, for comparison
+        self.identity = IdentityModel(predictor, resnet, cache_size=0)
         self.engine = Engine(models_dir, face_threshold=0.0)
         self.engine.load()
         self.steps = steps
@@ -208,15 +165,13 @@ class Bench:
         if pivots is None:
             pivots = torch.from_numpy(np.stack([r.code for r in baseline])).float()
         ids = self.identity.embed(list(crops) + list(untuned) + list(tuned_images))
-        frame = self.frame_identity.embed(list(crops) + list(tuned_images))
         n = len(faces)
         rows = []
         for i in range(n):
             rows.append({"box": [round(v) for v in faces[i].box], "score": round(faces[i].score, 2),
                          "psnr_untuned": _psnr(untuned[i], crops[i]), "psnr_tuned": _psnr(tuned_images[i], crops[i]),
                          "id_untuned": round(float(distance(ids[i], ids[n + i])), 4),
-                         "id_tuned": round(float(distance(ids[i], ids[2 * n + i])), 4),
-                         "id_tuned_frame_box": round(float(distance(frame[i], frame[n + i])), 4)})
+                         "id_tuned": round(float(distance(ids[i], ids[2 * n + i])), 4)})
         return {"rows": rows, "cpu_per_face": cpu / n, "net": net, "pivots": pivots, "matrices": matrices,
                 "tuned_images": tuned_images, "tuning_steps": tuning_steps}
 
@@ -256,7 +211,6 @@ class Bench:
                                 "crops": [warp_crop(out, m, IDENTITY_CROP) for m in big]})
         all_crops = [c for r in results for c in r["crops"]]
         emb = self.identity.embed(source + all_crops)
-        frame = self.frame_identity.embed(source + all_crops)
         n = len(source)
         unedited = self.reader.read(image, faces, matrices)
         rows, k = [], 0
@@ -265,7 +219,6 @@ class Bench:
             for i in range(n):
                 rows.append({"face": i, "attribute": r["attribute"], "d": r["d"],
                              "identity": round(float(distance(emb[i], emb[n + k])), 4),
-                             "identity_frame_box": round(float(distance(frame[i], frame[n + k])), 4),
                              "score": _round(read[i][r["attribute"]]),
                              "unedited_score": _round(unedited[i][r["attribute"]]),
                              "change_kept": round(kept[r["attribute"]][i], 3)})
@@ -278,7 +231,7 @@ class AttributeReader:
 
     The scorer takes a face crop: age and gender come from dlib chips whose 5 landmarks it predicts in the
     crop's centred square, smile from the face mesh on the whole crop. The landmark model needs a detector
-    box (see DetectedIdentity), so age and gender are read on the square of the face's detector box; the
+    box (see services/scorer/identity.py), so age and gender are read on the square of the face's detector box; the
     mesh, trained on crops with a margin, reads smile on the face aligned in the generator's framing (what
     the boundaries were trained on). Each value is the median over `JITTERS` (the crop moved by 4% of its
     side or scaled by 8%): a single reading of these models moves by years between crops one pixel apart.
@@ -542,12 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         "identity_untuned": round(float(np.mean([r["id_untuned"] for r in face_rows])), 3),
         "identity_tuned": round(mean_id, 3),
         "identity_tuned_max": round(float(np.max([r["id_tuned"] for r in face_rows])), 3),
-        "identity_tuned_frame_box": round(float(np.mean([r["id_tuned_frame_box"] for r in face_rows])), 3),
         "identity_fallbacks_to_frame": bench.identity.fallbacks,
         "edited_images": int(len(edit_ids)), "edited_identity_mean": round(float(edit_ids.mean()), 3),
         "edited_same_person_rate": round(float(np.mean(edit_ids < SAME_PERSON)), 3),
-        "edited_same_person_rate_frame_box": round(float(np.mean(
-            np.array([r["identity_frame_box"] for r in edit_rows]) < SAME_PERSON)), 3),
         "change_kept": round(float(np.mean([r["change_kept"] for r in edit_rows])), 3),
         "attribute_pairs": moved["pairs"], "attribute_pairs_unread": moved["unread"],
         "attribute_moves_asked_way_rate": round(rate, 3),

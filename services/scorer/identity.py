@@ -17,6 +17,8 @@ import numpy as np
 SAME_PERSON = 0.6
 #: Side and padding of the chip the ResNet was trained on (dlib's own example values).
 CHIP_SIZE, CHIP_PADDING = 150, 0.25
+#: Longest side a crop is searched for its face at (the HOG detector finds faces from about 80 px).
+DETECT_SIDE = 512
 
 
 class IdentityModel:
@@ -24,7 +26,12 @@ class IdentityModel:
 
     Inputs are face crops (the face fills the frame, as an aligned crop or a generated image does); small
     ones are upsampled (bicubic, integer factor) to at least `min_side` first, because the landmark model
-    is unreliable on tiny faces. dlib objects are not thread-safe, so calls are serialised.
+    is unreliable on tiny faces. The landmarks are predicted in the HOG face detector's box, as dlib's own
+    pipeline does: the shape predictor was trained on detector boxes, and in the whole frame of an aligned
+    crop (larger and lower than a detector box) its eyes jumped up to 14 px between images a few grey levels
+    apart (a 36.7 dB reconstruction at distance 0.69 from its source, 0.13 in the detector's box). Where the
+    detector finds no face the whole frame is the box (counted in `fallbacks`). dlib objects are not
+    thread-safe, so calls are serialised.
 
     The ResNet costs about 75 ms per face on one CPU core, and an interactive edit sends the same reference
     face (the unedited render, the photo's source crop) with every slider move, so embeddings are kept in a
@@ -41,6 +48,8 @@ class IdentityModel:
                  cache_size: int = 4096):
         self.predictor = dlib.shape_predictor(str(predictor_path))
         self.net = dlib.face_recognition_model_v1(str(model_path))
+        self.detector = dlib.get_frontal_face_detector()
+        self.fallbacks = 0
         self.min_side = min_side
         self.cache_size = cache_size
         self._cache: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
@@ -55,10 +64,21 @@ class IdentityModel:
         if k > 1:
             image = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_CUBIC)
             h, w, side = h * k, w * k, side * k
-        top, left = (h - side) // 2, (w - side) // 2
         image = np.ascontiguousarray(image)
+        # The detector's time grows with the pixels: a large crop is searched at about DETECT_SIDE px.
+        f = min(1.0, DETECT_SIDE / max(h, w))
+        small = image if f == 1.0 else cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
         with self._lock:
-            shape = self.predictor(image, dlib.rectangle(left, top, left + side - 1, top + side - 1))
+            found = list(self.detector(small, 0))
+            if found:
+                r = max(found, key=lambda r: r.area())
+                box = dlib.rectangle(round(r.left() / f), round(r.top() / f), round(r.right() / f),
+                                     round(r.bottom() / f))
+            else:
+                self.fallbacks += 1
+                top, left = (h - side) // 2, (w - side) // 2
+                box = dlib.rectangle(left, top, left + side - 1, top + side - 1)
+            shape = self.predictor(image, box)
             return np.asarray(dlib.get_face_chip(image, shape, CHIP_SIZE, CHIP_PADDING))
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The identity model's embedding cache: exact, bounded, keyed by pixels."""
+"""The identity model: stable landmarks on aligned crops, and its embedding cache (exact, bounded, keyed by pixels)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 from services.common import assets
+from services.inversion.faces import FaceFinder, similarity_transform, warp_crop
+from services.inversion.framing import template_for
 from services.scorer.identity import IdentityModel, distance
 
 
@@ -44,3 +46,22 @@ def test_cached_embeddings_equal_fresh_ones_and_the_cache_stays_bounded(models_d
     assert cached.cache_hits == 2
     assert plain.cache_hits == 0 and not plain._cache
     assert distance(fresh[0], fresh[1]) > 0.6  # two people, so a key mix-up could not pass unnoticed
+
+
+def test_identity_keeps_one_person_under_grey_level_noise(models_dir):
+    """Crops a few grey levels apart are one person: the landmarks are found in the detector's box (in the
+    whole frame of a 64 px aligned crop they jumped, and a 36.7 dB reconstruction measured 0.69)."""
+    predictor = assets.path_of("shape_predictor_5_face_landmarks.dat", models_dir)
+    identity = _model(models_dir, 0)
+    import cv2
+    image = np.asarray(Image.open(assets.path_of("astronaut.png", models_dir)).convert("RGB"))
+    image = cv2.warpAffine(image, cv2.getRotationMatrix2D((256, 256), 10, 1.0), (512, 512), flags=cv2.INTER_CUBIC,
+                           borderMode=cv2.BORDER_REFLECT)
+    face = FaceFinder(predictor).find(image, 1)[0]
+    crop = warp_crop(image, similarity_transform(face.landmarks, template_for("dcgan-digiface-64", 64)), 64)
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(crop.astype(int) + rng.integers(-3, 4, crop.shape), 0, 255).astype(np.uint8) for _ in range(6)]
+    emb = identity.embed([crop] + noisy)
+    dist = np.linalg.norm(emb[1:] - emb[0], axis=1)
+    assert dist.max() < 0.25, dist.round(3)
+    assert identity.fallbacks == 0  # the detector found the face in every crop
