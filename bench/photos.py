@@ -15,8 +15,9 @@ distance between the face in the photo and in the result (128 px aligned crops o
 attribute read on the result photo and on the unedited photo with the same framing (AttributeReader);
 CPU seconds (this process, all threads) per face for inversion + tuning; pixels outside the masks that
 changed. Identity is the scorer's model (services/scorer/identity.py): dlib's face-recognition ResNet as
-dlib runs it, landmarks in the HOG detector's box of the crop. Boundaries are trained here on
-`--samples` generated faces scored by the scorer's models.
+dlib runs it, landmarks in the HOG detector's box of the crop. Edits follow the boundaries shipped with the
+project (services/boundary/bundled: what a fresh cluster edits with), or with `--samples N` boundaries
+trained here on N generated faces scored by the scorer's models.
 
 Targets (the issue's): mean reconstruction identity distance <= 0.25 with tuning; mean reconstruction
 PSNR >= 32 dB; identity distance < 0.6 on >= 90% of edited images at |d| <= 3; the edited attribute moves
@@ -105,6 +106,8 @@ class Bench:
     """Loads the models once and runs photos through inversion, tuning, edits and paste."""
 
     def __init__(self, models_dir, samples: int, steps: int, quick: bool):
+        """`samples` 0: the boundaries shipped with the project (what a fresh cluster edits with); else trained
+        here on that many generated faces."""
         self.model = load_model(MODEL, "cpu", models_dir=models_dir)
         encoder, _ = enc.load_for(MODEL, models_dir)
         self.inverter = Inverter(self.model, encoder)
@@ -117,12 +120,21 @@ class Bench:
         self.engine.load()
         self.steps = steps
         self.template = template_for(MODEL, 64)
-        self.normals, self.accuracy = self._boundaries(samples)
+        self.normals, self.accuracy = self._boundaries(samples) if samples else self._shipped()
         self.reader = AttributeReader(self.engine)
         # The first optimizer a process builds imports torch._dynamo (about 1.3 CPU-seconds, once per
         # process: the service pays it at its first photo); done here so no face is charged for it.
         codes = torch.from_numpy(self.model.sample(1, seed=0)).float()
         tune(self.model.net, codes, self.model.net.render(codes).detach(), TuningOptions(steps=1))
+
+    @staticmethod
+    def _shipped() -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        from services.boundary import bundled
+
+        found = {b.meta["attribute"]: b for b in bundled.read() if b.meta["model"] == MODEL}
+        normals = {a: np.asarray(found[a].normal, np.float32).ravel() for a in ATTRIBUTES}
+        normals = {a: n / np.linalg.norm(n) for a, n in normals.items()}
+        return normals, {a: round(float(found[a].meta["validation_accuracy"]), 3) for a in ATTRIBUTES}
 
     def _boundaries(self, samples: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         codes = self.model.sample(samples, seed=424242)
@@ -382,11 +394,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="random directions per face of the locality term")
     p.add_argument("--refine-steps", type=int, default=PIVOT_STEPS,
                    help="Adam steps on the code before tuning (the service's default for tuned photos)")
-    p.add_argument("--samples", type=int, default=4000, help="generated faces the boundaries are trained on")
+    p.add_argument("--samples", type=int, default=0, help="generated faces to train the boundaries on (0: the "
+                                                          "boundaries shipped with the project)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU seconds are counted over all)")
     p.add_argument("--models-dir", default=None, help="model cache folder")
     p.add_argument("--quick", action="store_true", help="one portrait, no variants, no group photo, 20 tuning "
-                                                        "steps, +-3 only, 600 boundary samples, 2 trade-off rows")
+                                                        "steps, +-3 only, 2 trade-off rows")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "photos.json", help="result JSON")
     p.add_argument("--figure", type=Path, default=None,
                    help="only write the before/after strip of both portraits to this PNG (the README's figure)")
@@ -394,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
     steps = 20 if args.quick else args.steps
-    bench = Bench(args.models_dir, 600 if args.quick else args.samples, steps, args.quick)
+    bench = Bench(args.models_dir, args.samples, steps, args.quick)
     print(f"boundaries: validation accuracy {bench.accuracy}", flush=True)
     portraits = {n: np.asarray(Image.open(assets.path_of(n, args.models_dir)).convert("RGB"))
                  for n in ("astronaut.png", "grace_hopper.jpg")}
