@@ -41,8 +41,8 @@ class Settings(batch_settings(max_batch_size=0, max_queue_size=512, max_queue_de
                               zero_batch_size_means="auto: 16 on CPU (the measured DCGAN optimum: bigger batches "
                                                     "fall out of cache), 256 on CUDA",
                               instances_help="batches that may run at once per model (worker threads)",
-                              auto_bulk_fill_means="auto: a quarter of max_batch_size on CPU, where a batch's time "
-                                                   "grows with its size; up to max_batch_size on CUDA"),
+                              auto_bulk_fill_means="auto: none on CPU, where a batch's time grows with its size; "
+                                                   "up to max_batch_size on CUDA"),
                ServerSettings):
     """Generator service settings."""
 
@@ -115,9 +115,9 @@ class GeneratorService(generator_pb2_grpc.GeneratorServiceServicer):
         max_batch = settings.max_batch_size or (256 if self.device.type == "cuda" else 16)
         lanes = settings.lane_config()
         if lanes.bulk_fill < 0 and self.device.type != "cuda":
-            # Measured on the 2-core CPU (bench/priority.py): a few bulk items keep bulk throughput while the
-            # interactive worker runs beside the bulk one, and keep the interactive batch short.
-            lanes = dataclasses.replace(lanes, bulk_fill=max(1, max_batch // 4))
+            # On a CPU a batch's time grows with its size, and the shared worker (niced) keeps the bulk lane
+            # busy beside it: an interactive batch carries no bulk items, so it ends as soon as it can.
+            lanes = dataclasses.replace(lanes, bulk_fill=0)
         if settings.batching:
             self.batching = settings.batching_config(max_batch_size=max_batch, lanes=lanes)
         else:
