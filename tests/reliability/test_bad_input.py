@@ -540,14 +540,17 @@ def _counter(port: int, name: str, **labels: str) -> float:
 @pytest.mark.parametrize("case_id", ["gen-synth-deadline-too-short", "score-deadline-too-short"])
 def test_expired_work_is_dropped_by_the_server(case_id, launch_service):
     """The deadline cases above see the client's own timer; here the server must record that it dropped the work
-    whose deadline passed (its batcher's rejections: `deadline` when its own timer fired first, `cancelled` when
-    gRPC's did), not compute it for nobody."""
+    whose deadline passed, not compute it for nobody: its batcher's rejections (`deadline` when its own timer
+    fired first, `cancelled` when gRPC's did), or, when the deadline passed before the work reached the batcher
+    (still decoding on a loaded machine), the call counted as cancelled or expired by the server."""
     case = next(c for c in CASES if c.id == case_id)
     port = free_port()
     proc = launch_service(case.service, "--metrics-port", str(port))
 
     def dropped() -> float:
-        return sum(_counter(port, "ifgan_batch_rejected_total", reason=r) for r in ("deadline", "cancelled"))
+        return (sum(_counter(port, "ifgan_batch_rejected_total", reason=r) for r in ("deadline", "cancelled"))
+                + sum(_counter(port, "ifgan_requests_total", method=case.method, code=c)
+                      for c in ("CANCELLED", "DEADLINE_EXCEEDED")))
 
     before = dropped()
     with grpc.insecure_channel(proc.address, options=OPTIONS) as channel:
