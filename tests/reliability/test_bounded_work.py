@@ -266,15 +266,20 @@ def test_undecodable_protobuf_is_an_invalid_argument(cluster, service, method, s
     assert check_health(address) == "SERVING"
 
 
+def _hold_the_limit(channel, timeout: float) -> list:
+    """Two Watch streams that keep a server started with --max-concurrent-rpcs 2 at its limit until cancelled."""
+    health = health_pb2_grpc.HealthStub(channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=timeout) for _ in range(2)]
+    for w in watches:
+        assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+    return watches
+
+
 def test_calls_past_the_concurrent_call_limit_get_a_retry_hint_and_are_counted(launch_service):
     metrics_port = free_port()
     generator = launch_service("generator", "--max-concurrent-rpcs", "2", "--metrics-port", str(metrics_port))
     with grpc.insecure_channel(generator.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        # Two Watch streams stay open: the server is at its limit until they are cancelled.
-        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(2)]
-        for w in watches:
-            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        watches = _hold_the_limit(channel, 60)
         stub = generator_pb2_grpc.GeneratorServiceStub(channel)
         for _ in range(3):
             err = refused(lambda: stub.ListModels(generator_pb2.ListModelsRequest(), timeout=10))
@@ -310,10 +315,7 @@ def test_a_flood_far_past_the_concurrent_call_limit_gets_the_same_rich_refusal_e
     metrics_port = free_port()
     generator = launch_service("generator", "--max-concurrent-rpcs", "2", "--metrics-port", str(metrics_port))
     with grpc.insecure_channel(generator.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=120) for _ in range(2)]
-        for w in watches:
-            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        watches = _hold_the_limit(channel, 120)
         stub = generator_pb2_grpc.GeneratorServiceStub(channel)
         flood = [stub.ListModels.future(generator_pb2.ListModelsRequest(), timeout=60) for _ in range(400)]
         outcomes = []
