@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # before grpc's first import: see services/cluster.py
@@ -85,8 +87,61 @@ def cluster(models_dir, tmp_path_factory) -> Cluster:
     directory = tmp_path_factory.mktemp("cluster")
     env = {"IFGAN_MODELS_DIR": str(models_dir)}
     c = Cluster.up(directory, fixed_ports=False, env=env, log=lambda *_: None)
+    _shared["cluster"] = c
     yield c
+    _shared["cluster"] = None
     c.down()
+
+
+#: The session's cluster, and why it is unusable once a failed test found one of its services gone or mute.
+_shared: dict = {"cluster": None, "broken": ""}
+
+
+def _log_tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(line[:300] for line in path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _diagnose(cluster: Cluster) -> str:
+    """The shared cluster's services that exited or do not answer health, with their logs' tails; '' if none."""
+    problems = []
+    for name, proc in cluster.services.items():
+        code = proc.proc.poll()
+        if code is None:
+            status = proc.health(timeout=15)
+            if status == "SERVING":
+                continue
+            state = f"answers health with {status} (15 s); its threads' stacks end its log"
+            os.kill(proc.pid, signal.SIGUSR1)  # services dump their stacks on SIGUSR1 (services/common/runtime.py)
+            time.sleep(1)
+        else:
+            state = f"exited with code {code}"
+        problems.append(f"{name} at {proc.address} {state}; log {proc.log_path}:\n{_log_tail(proc.log_path)}")
+    if cluster.redis and not cluster.redis.ping():
+        problems.append(f"redis at {cluster.redis.url} does not answer PING")
+    return "\n\n".join(problems)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test on the shared cluster checks its services: one gone or mute is reported with its log, and
+    the tests after it that need the cluster fail at once with that reason instead of each waiting out its
+    deadlines (a frozen service otherwise turns every later test into a timeout)."""
+    outcome = yield
+    report = outcome.get_result()
+    cluster = _shared["cluster"]
+    if report.failed and cluster is not None and not _shared["broken"] and "cluster" in item.fixturenames:
+        diagnosis = _diagnose(cluster)
+        if diagnosis:
+            _shared["broken"] = f"since {item.nodeid}:\n{diagnosis}"
+            report.sections.append(("shared cluster", diagnosis))
+
+
+def pytest_runtest_setup(item):
+    if _shared["broken"] and "cluster" in item.fixturenames:
+        pytest.fail(f"the session's cluster is unusable {_shared['broken']}", pytrace=False)
 
 
 def pytest_report_header(config):

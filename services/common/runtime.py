@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import hmac
 import inspect
 import logging
@@ -514,4 +515,7 @@ def run(service_factory: Callable[[ServerSettings], Service], settings_cls: type
 
     settings = settings_cls.load(sys.argv[1:] if argv is None else argv)
     logs.configure(settings.service_name, settings.log_level, settings.log_format)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr, even while one holds the event loop: how a
+    # service that stopped answering shows where it is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     asyncio.run(serve(service_factory(settings), settings))

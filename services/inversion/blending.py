@@ -308,25 +308,24 @@ class BandCache:
 
     async def get_or_build(self, key: tuple, build) -> Band:
         """The cached band of `key`, or the one `build()` (a coroutine function) makes; one build per key."""
-        while True:
-            band = self.get(key)
-            if band is not None:
-                return band
-            pending = self._building.get(key)
-            if pending is None:
-                break
-            await asyncio.shield(pending)
-        task = asyncio.ensure_future(build())  # a caller that leaves does not cancel what others wait for
-        self._building[key] = task
+        band = self.get(key)
+        if band is not None:
+            return band
+        task = self._building.get(key)
+        if task is None:
+            task = self._building[key] = asyncio.ensure_future(self._build(key, build))
+        # Shielded: a caller that leaves does not cancel what the others wait for.
+        return await asyncio.shield(task)
+
+    async def _build(self, key: tuple, build) -> Band:
+        # The task caches its band and leaves `_building` before it completes, never in a callback after it: a
+        # finished build still listed would be awaited without yielding, and its waiter would spin forever.
         try:
-            band = await asyncio.shield(task)
+            band = await build()
+            self._put(key, band)
+            return band
         finally:
-            if task.done():
-                self._building.pop(key, None)
-            else:
-                task.add_done_callback(lambda _: self._building.pop(key, None))
-        self._put(key, band)
-        return band
+            self._building.pop(key, None)
 
     def _put(self, key: tuple, band: Band) -> None:
         if band.nbytes > self.max_bytes or key in self._entries:
