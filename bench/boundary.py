@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from interfacegan import codec  # noqa: E402
 from interfacegan.v1 import (boundary_pb2, boundary_pb2_grpc, common_pb2, generator_pb2,  # noqa: E402
                              generator_pb2_grpc, scorer_pb2, scorer_pb2_grpc)
-from services.boundary import math as bm  # noqa: E402
+from services.boundary import svm as bm  # noqa: E402
 from services.boundary.dataset import Dataset  # noqa: E402
 from services.cluster import RedisProcess, ServiceProcess, free_port  # noqa: E402
 from services.common import editing, tensors  # noqa: E402

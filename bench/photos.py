@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import at_least, at_most, load_average, print_targets  # noqa: E402
 from models import load_model  # noqa: E402
-from services.boundary.math import train_boundary  # noqa: E402
+from services.boundary.svm import train_boundary  # noqa: E402
 from services.common import assets, variants  # noqa: E402
 from services.inversion import encoder as enc  # noqa: E402
 from services.inversion import photo  # noqa: E402

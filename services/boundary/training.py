@@ -21,7 +21,7 @@ from services.common.errors import failed_precondition, invalid_argument
 from services.common.pipeline import ordered
 from services.common.upstream import CallContext
 
-from . import math as bm
+from . import svm
 from .convert import info_of
 from .dataset import Dataset, FolderLock, dataset_path, shard_seed
 from .jobs import Job
@@ -97,11 +97,11 @@ async def validate(request: boundary_pb2.TrainBoundariesRequest, sampler: Sample
     c = request.svm_c or 1.0
     if not 0 < c <= 1e6:
         raise invalid_argument("svm_c", f"{c} is out of range; accepted (0, 1e6] (0 means 1)")
-    solver = request.solver or bm.DEFAULT_SOLVER
-    if solver not in bm.SOLVERS:
-        raise invalid_argument("solver", f"{solver!r} is not a solver; accepted: {', '.join(bm.SOLVERS)}")
-    if bm.chosen_count(n, ratio) < 10:
-        raise invalid_argument("chosen_ratio", f"{n} samples x {ratio} gives {bm.chosen_count(n, ratio)} per side; "
+    solver = request.solver or svm.DEFAULT_SOLVER
+    if solver not in svm.SOLVERS:
+        raise invalid_argument("solver", f"{solver!r} is not a solver; accepted: {', '.join(svm.SOLVERS)}")
+    if svm.chosen_count(n, ratio) < 10:
+        raise invalid_argument("chosen_ratio", f"{n} samples x {ratio} gives {svm.chosen_count(n, ratio)} per side; "
                                                f"at least 10 are needed (sample more or raise the ratio)")
     info = await sampler.model_info(request.model.name, request.model.version, call)
     shapes = {s.space: tuple(s.shape) for s in info.latent_spaces}
@@ -310,7 +310,7 @@ async def _augment(job: Job, spec: TrainSpec, dataset: Dataset, missing: list[st
 
 
 async def _fit_all(job: Job, spec: TrainSpec, dataset: Dataset, settings: TrainSettings, progress: _Progress,
-                   timings: dict[str, float]) -> dict[str, tuple[bm.BoundaryFit, dict[str, float]]]:
+                   timings: dict[str, float]) -> dict[str, tuple[svm.BoundaryFit, dict[str, float]]]:
     """Selects, gathers, fits and evaluates every attribute with three passes over the shards."""
     n, attrs = spec.num_samples, spec.attributes
     t = time.perf_counter()
@@ -319,10 +319,10 @@ async def _fit_all(job: Job, spec: TrainSpec, dataset: Dataset, settings: TrainS
     for i, attr in enumerate(attrs):
         scores, valid = await asyncio.to_thread(dataset.scores, attr, n)
         idx = np.flatnonzero(valid)
-        if bm.chosen_count(len(idx), spec.chosen_ratio) < 2:
+        if svm.chosen_count(len(idx), spec.chosen_ratio) < 2:
             raise failed_precondition(f"attribute {attr}: only {len(idx)} of {n} samples have a valid score; "
                                       f"too few to choose from (sample more or raise chosen_ratio)")
-        pos, neg, threshold = bm.select_extremes(scores[idx], spec.chosen_ratio)
+        pos, neg, threshold = svm.select_extremes(scores[idx], spec.chosen_ratio)
         chosen[attr] = (idx[pos], idx[neg], threshold, len(idx))
         await progress.report("selecting", i + 1, len(attrs), -1)
     selecting = time.perf_counter() - t
@@ -335,14 +335,14 @@ async def _fit_all(job: Job, spec: TrainSpec, dataset: Dataset, settings: TrainS
     gathered = await asyncio.to_thread(dataset.gather, wanted, n)
     gathering = time.perf_counter() - t
 
-    fits: dict[str, bm.SvmFit] = {}
+    fits: dict[str, svm.SvmFit] = {}
     fit_seconds: dict[str, float] = {}
     for i, attr in enumerate(attrs):
         await progress.report("fitting", i, len(attrs), -1, f"linear SVM ({spec.solver}) for {attr}", force=True)
         t = time.perf_counter()
         try:
             fits[attr] = await asyncio.to_thread(
-                bm.fit_extremes, gathered[f"{attr}+"], gathered[f"{attr}-"], train_split=spec.train_split,
+                svm.fit_extremes, gathered[f"{attr}+"], gathered[f"{attr}-"], train_split=spec.train_split,
                 seed=spec.seed, c=spec.c, solver=spec.solver, max_iter=settings.svm_max_iter)
         except ValueError as e:
             raise failed_precondition(f"attribute {attr}: {e}") from None
@@ -360,7 +360,7 @@ async def _fit_all(job: Job, spec: TrainSpec, dataset: Dataset, settings: TrainS
         pos, neg, threshold, num_valid = chosen[attr]
         fit = fits[attr]
         remaining = num_valid - len(pos) - len(neg)
-        result = bm.BoundaryFit(**dataclasses.asdict(fit), num_samples=n, num_valid=num_valid,
+        result = svm.BoundaryFit(**dataclasses.asdict(fit), num_samples=n, num_valid=num_valid,
                                 num_positive=len(pos), num_negative=len(neg), threshold=threshold,
                                 remaining_accuracy=hits[attr] / remaining if remaining else float("nan"))
         out[attr] = (result, {**timings, "selecting": selecting, "gathering": gathering,

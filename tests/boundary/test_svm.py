@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
-from services.boundary import math as bm
+from services.boundary import svm
 from services.common import editing
 
 
@@ -27,29 +27,29 @@ def unit(v):
 def test_select_extremes_matches_sorting():
     rng = np.random.default_rng(1)
     scores = rng.standard_normal(1001)
-    pos, neg, threshold = bm.select_extremes(scores, 0.05)
+    pos, neg, threshold = svm.select_extremes(scores, 0.05)
     order = np.argsort(scores)[::-1]
     assert len(pos) == len(neg) == int(1001 * 0.05)
     assert set(pos) == set(order[:50]) and set(neg) == set(order[-50:])
     assert np.all(np.diff(pos) > 0) and np.all(np.diff(neg) > 0)  # sorted for in-order shard gathering
     assert threshold == pytest.approx((scores.max() + scores.min()) / 2)
     # An absolute count, and never more than half of the samples.
-    assert len(bm.select_extremes(scores, 10)[0]) == 10
-    assert len(bm.select_extremes(scores, 0.9)[0]) == 500
+    assert len(svm.select_extremes(scores, 10)[0]) == 10
+    assert len(svm.select_extremes(scores, 0.9)[0]) == 500
     with pytest.raises(ValueError, match="at least 2"):
-        bm.select_extremes(scores[:10], 0.01)
+        svm.select_extremes(scores[:10], 0.01)
 
 
 @pytest.mark.parametrize("noise", [1.0, 4.0])
 def test_hinge_solver_matches_reference_svc_on_a_subsample(noise):
     """The service's solver vs sklearn SVC(kernel='linear'), the reference, on the same samples."""
     codes, scores, _ = noisy_dataset(noise=noise)
-    pos, neg, _ = bm.select_extremes(scores, 0.1)
+    pos, neg, _ = svm.select_extremes(scores, 0.1)
     rng = np.random.default_rng(2)
     sub_p, sub_n = rng.choice(pos, 1000, replace=False), rng.choice(neg, 1000, replace=False)
     x = np.concatenate([codes[sub_p], codes[sub_n]])
     y = np.r_[np.ones(1000), np.zeros(1000)]
-    ours, _, _ = bm.fit_linear_svm(x, y, solver="hinge")
+    ours, _, _ = svm.fit_linear_svm(x, y, solver="hinge")
     reference = SVC(kernel="linear", C=1.0).fit(x, y).coef_
     assert unit(ours) @ unit(reference) >= 0.99
 
@@ -63,7 +63,7 @@ def off_centre(kind: str, seed: int, n: int = 2000, d: int = 64):
     else:
         x = x + rng.uniform(2, 6, d)
     scores = (x - x.mean(0)) @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n)
-    pos, neg, _ = bm.select_extremes(scores, 0.2)
+    pos, neg, _ = svm.select_extremes(scores, 0.2)
     return np.concatenate([x[pos], x[neg]]), np.r_[np.ones(len(pos)), np.zeros(len(neg))]
 
 
@@ -77,7 +77,7 @@ def test_fit_matches_reference_svc_on_off_centre_codes(kind, seed):
     x, y = off_centre(kind, seed)
     reference = SVC(kernel="linear", C=1.0).fit(x, y)
     norm = np.linalg.norm(reference.coef_)
-    coef, intercept, _ = bm.fit_linear_svm(x, y)
+    coef, intercept, _ = svm.fit_linear_svm(x, y)
     assert unit(coef) @ unit(reference.coef_) >= 0.9999
     assert intercept / np.linalg.norm(coef) == pytest.approx(reference.intercept_[0] / norm, abs=0.05 + 0.03 * abs(
         reference.intercept_[0] / norm))
@@ -91,10 +91,10 @@ def test_top_and_bottom_sets_are_disjoint_for_every_ratio_even_with_ties(n):
     rng = np.random.default_rng(n)
     for scores in (np.zeros(n), rng.integers(0, 3, n).astype(float), rng.standard_normal(n)):
         for ratio in (0.5, 0.49, 0.3, 0.02 if n > 200 else 0.5, float(n // 2)):
-            if bm.chosen_count(n, ratio) < 2:
+            if svm.chosen_count(n, ratio) < 2:
                 continue
-            pos, neg, _ = bm.select_extremes(scores, ratio)
-            assert len(pos) == len(neg) == bm.chosen_count(n, ratio)
+            pos, neg, _ = svm.select_extremes(scores, ratio)
+            assert len(pos) == len(neg) == svm.chosen_count(n, ratio)
             assert not set(pos) & set(neg), (n, ratio, scores)
             assert scores[pos].min() >= scores[neg].max()
 
@@ -105,7 +105,7 @@ def test_train_boundary_recovers_direction_and_reports_accuracies():
     valid[::10] = False  # dropped before sorting, as the reference drops invalid scores
     scores_with_garbage = scores.copy()
     scores_with_garbage[::10] = 1e9
-    fit = bm.train_boundary(codes, scores_with_garbage, valid, chosen_ratio=0.02, seed=3)
+    fit = svm.train_boundary(codes, scores_with_garbage, valid, chosen_ratio=0.02, seed=3)
     assert fit.num_samples == 30000 and fit.num_valid == 27000
     assert fit.num_positive == fit.num_negative == 540
     assert fit.num_train == 2 * int(540 * 0.7) and fit.num_validation == 2 * (540 - int(540 * 0.7))
@@ -123,21 +123,21 @@ def test_train_boundary_recovers_direction_and_reports_accuracies():
     expected = np.mean(((codes[rest] @ fit.normal[0] + fit.intercept) > 0) == (scores[rest] >= threshold))
     assert fit.remaining_accuracy == pytest.approx(expected)
     # Deterministic for a seed.
-    again = bm.train_boundary(codes, scores_with_garbage, valid, chosen_ratio=0.02, seed=3)
+    again = svm.train_boundary(codes, scores_with_garbage, valid, chosen_ratio=0.02, seed=3)
     np.testing.assert_array_equal(again.normal, fit.normal)
 
 
 def test_solvers_agree_and_refuse_bad_arguments():
     codes, scores, _ = noisy_dataset(n=5000, noise=2.0)
-    fits = {s: bm.train_boundary(codes, scores, chosen_ratio=0.1, solver=s) for s in bm.SOLVERS}
+    fits = {s: svm.train_boundary(codes, scores, chosen_ratio=0.1, solver=s) for s in svm.SOLVERS}
     # Same objective as the reference (hinge) agrees with SVC; the squared hinge is a different loss, which
     # on few noisy samples moves the normal by a few degrees (why it is not the default).
     assert fits["hinge"].normal[0] @ fits["svc"].normal[0] >= 0.99
     assert fits["squared_hinge"].normal[0] @ fits["svc"].normal[0] > 0.95
     with pytest.raises(ValueError, match="accepted: hinge"):
-        bm.fit_linear_svm(codes[:10], np.r_[np.ones(5), np.zeros(5)], solver="rbf")
+        svm.fit_linear_svm(codes[:10], np.r_[np.ones(5), np.zeros(5)], solver="rbf")
     with pytest.raises(ValueError, match="positive"):
-        bm.fit_linear_svm(codes[:10], np.r_[np.ones(5), np.zeros(5)], c=0)
+        svm.fit_linear_svm(codes[:10], np.r_[np.ones(5), np.zeros(5)], c=0)
 
 
 def test_heatmaps_render_as_png():
