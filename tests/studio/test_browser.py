@@ -38,7 +38,7 @@ def settled(browser, edits_before: int, timeout: float = 60) -> int:
         count = int(b.find_element(By.TAG_NAME, "body").get_attribute("data-edits") or 0)
         state = b.find_element(By.ID, "status").get_attribute("data-state")
         return count if count > edits_before and state != "busy" and b.execute_script(
-            "return !inflight && pending === null") else False
+            "return timer === null && !inflight && pending === null") else False
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(done)
 
 

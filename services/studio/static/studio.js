@@ -199,6 +199,7 @@ function schedule(attribute) {
   state.active = attribute;
   clearTimeout(timer);
   timer = setTimeout(() => {
+    timer = null;
     pending = attribute;
     if (!inflight) pump();
   }, DEBOUNCE_MS);
