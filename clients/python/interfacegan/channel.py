@@ -114,6 +114,11 @@ def channel_options(config: ChannelConfig = ChannelConfig()) -> list[tuple[str, 
         ("grpc.enable_retries", 1 if config.retry is not None else 0),
         ("grpc.service_config", json.dumps(service_config(config))),
     ]
+    if config.retry is not None:
+        # gRPC keeps a request for a retry only up to this size (256 KiB by default): a larger one (a photo) is
+        # committed at once and not retried, so the connection renewal every max_connection_age seconds
+        # (a GOAWAY racing the next call) reached the caller as UNAVAILABLE.
+        options.append(("grpc.per_rpc_retry_buffer_size", config.max_message_bytes))
     if config.server_name:
         options.append(("grpc.ssl_target_name_override", config.server_name))
     options.extend(config.extra_options)
