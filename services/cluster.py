@@ -57,9 +57,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30, width: int = 300) -> str:
+    """The last `lines` lines of a log, each cut at `width` characters (a service's first line lists every
+    setting)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(line[:width] for line in path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
@@ -102,7 +104,7 @@ class ServiceProcess:
         while not port_file.exists() or not port_file.read_text().strip():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {proc.returncode} before listening; log {log_path}:\n"
-                                   f"{_tail(log_path)}")
+                                   f"{log_tail(log_path)}")
             if time.monotonic() > deadline:
                 service.stop()
                 raise TimeoutError(f"{name} did not bind a port within 60 s; log {log_path}")
@@ -119,12 +121,12 @@ class ServiceProcess:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n"
-                                   f"{_tail(self.log_path)}")
+                                   f"{log_tail(self.log_path)}")
             if self.health(credentials=credentials) == "SERVING":
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f} s; log {self.log_path}:\n"
-                                   f"{_tail(self.log_path)}")
+                                   f"{log_tail(self.log_path)}")
             time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
@@ -219,7 +221,7 @@ class RedisProcess:
             if proc.poll() is not None or time.monotonic() > deadline:
                 server.stop()
                 raise RuntimeError(f"redis-server did not start on port {port}; see {data_dir / 'redis.log'}:\n"
-                                   f"{_tail(data_dir / 'redis.log')}")
+                                   f"{log_tail(data_dir / 'redis.log')}")
             time.sleep(0.05)
         return server
 

@@ -39,7 +39,7 @@ os.environ["IFGAN_REFERENCE_BOUNDARIES"] = _reference_boundaries()
 
 import pytest
 
-from services.cluster import Cluster, RedisProcess, ServiceProcess, free_port
+from services.cluster import Cluster, RedisProcess, ServiceProcess, free_port, log_tail
 from services.common import assets
 
 
@@ -97,13 +97,6 @@ def cluster(models_dir, tmp_path_factory) -> Cluster:
 _shared: dict = {"cluster": None, "broken": ""}
 
 
-def _log_tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(line[:300] for line in path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _diagnose(cluster: Cluster) -> str:
     """The shared cluster's services that exited or do not answer health, with their logs' tails; '' if none."""
     problems = []
@@ -118,7 +111,7 @@ def _diagnose(cluster: Cluster) -> str:
             time.sleep(1)
         else:
             state = f"exited with code {code}"
-        problems.append(f"{name} at {proc.address} {state}; log {proc.log_path}:\n{_log_tail(proc.log_path)}")
+        problems.append(f"{name} at {proc.address} {state}; log {proc.log_path}:\n{log_tail(proc.log_path, 60)}")
     if cluster.redis and not cluster.redis.ping():
         problems.append(f"redis at {cluster.redis.url} does not answer PING")
     return "\n\n".join(problems)
