@@ -10,6 +10,7 @@ or one folder deep (`<folder>/<anything>/manifest.yaml`). Example::
     input:
       size: 64                      # or [height, width]
       aligned: true                 # dlib 5-point face chip (padding 0.2); false: whole image, letterboxed
+      views: 1                      # aligned chips read and averaged per face (1 .. 16: shifted, mirrored)
       color: RGB                    # or BGR
       layout: NCHW                  # or NHWC
       scale: 0.00392156862745098    # x = (byte * scale - mean) / std, per channel
@@ -53,6 +54,7 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
               "all": "ORT_ENABLE_ALL"}
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 MAX_INPUT_SIDE = 1024
+MAX_VIEWS = 16  # test-time views of an aligned chip (engine.VIEWS)
 
 
 class ManifestError(ValueError):
@@ -73,11 +75,12 @@ class InputSpec:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     name: str = ""
+    views: int = 1
 
     @property
     def chip_key(self) -> tuple:
-        """Models sharing this key share one prepared uint8 image per face."""
-        return ("chip", self.height, self.padding) if self.aligned else ("box", self.height, self.width)
+        """Models sharing this key share one prepared uint8 image (or set of views) per face."""
+        return ("chip", self.height, self.padding, self.views) if self.aligned else ("box", self.height, self.width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +273,8 @@ def _choice(value: Any, choices, where: str) -> str:
 
 
 def _input(d: dict, where: str) -> InputSpec:
-    _known(d, {"size", "aligned", "padding", "color", "layout", "scale", "mean", "std", "name", "dtype"}, where)
+    _known(d, {"size", "aligned", "padding", "views", "color", "layout", "scale", "mean", "std", "name", "dtype"},
+           where)
     size = d.get("size")
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
@@ -285,6 +289,9 @@ def _input(d: dict, where: str) -> InputSpec:
     padding = _number(d.get("padding", 0.2), f"{where}: padding")
     if not 0 <= padding <= 2:
         raise ManifestError(f"{where}: padding: {padding}; accepted 0..2 (dlib's default is 0.2)")
+    views = _integer(d.get("views", 1), f"{where}: views", 1, MAX_VIEWS)
+    if views > 1 and not aligned:
+        raise ManifestError(f"{where}: views: {views}; views are of aligned face chips: give aligned: true or views 1")
     if d.get("dtype", "float32") != "float32":
         raise ManifestError(f"{where}: dtype: {d.get('dtype')!r}; only float32 inputs are accepted")
     return InputSpec(height=h, width=w, aligned=aligned, padding=padding,
@@ -293,7 +300,7 @@ def _input(d: dict, where: str) -> InputSpec:
                      scale=_number(d.get("scale", 1.0), f"{where}: scale", positive=True),
                      mean=_triple(d.get("mean", 0.0), f"{where}: mean"),
                      std=_triple(d.get("std", 1.0), f"{where}: std", positive=True),
-                     name=str(d.get("name", "")))
+                     name=str(d.get("name", "")), views=views)
 
 
 def _runtime(d: Any, where: str) -> RuntimeSpec:

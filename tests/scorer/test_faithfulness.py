@@ -11,8 +11,10 @@ from interfacegan.v1 import scorer_pb2
 @pytest.fixture(scope="module")
 def every_image_a_face(launch_service, client_for):
     # Threshold 0: the face mesh doubts one fixture face, but the comparison covers every image. The CPU
-    # provider, as the package's manifest runs its models (a GPU provider's kernels round differently).
-    return client_for(launch_service("scorer", "--face-threshold", "0", "--providers", "CPUExecutionProvider").address)
+    # provider, as the package's manifest runs its models (a GPU provider's kernels round differently). One
+    # aligned view: the package's own reading (the default averages several).
+    return client_for(launch_service("scorer", "--face-threshold", "0", "--providers", "CPUExecutionProvider",
+                                     "--aligned-views", "1").address)
 
 
 def test_reference_fixture_is_what_the_script_wrote(reference, faces):

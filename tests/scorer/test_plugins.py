@@ -194,6 +194,8 @@ def test_a_broken_manifest_stops_start_up_naming_file_and_field(tmp_path, launch
     ({"input": {**TONE["input"], "color": "YUV"}}, ["color", "RGB, BGR"]),
     ({"input": {**TONE["input"], "std": [1, 0, 1]}}, ["std", "greater than 0"]),
     ({"input": {**TONE["input"], "aligned": True, "size": [16, 24]}}, ["square"]),
+    ({"input": {**TONE["input"], "aligned": True, "size": 16, "views": 17}}, ["views", "1..16"]),
+    ({"input": {**TONE["input"], "aligned": False, "views": 2}}, ["views", "aligned: true"]),
     ({"runtime": {"graph_optimization_level": "max"}}, ["graph_optimization_level", "disable, basic, extended, all"]),
     ({"shape": 1}, ["unknown field", "shape"]),
     ({"model": "missing.onnx"}, ["missing.onnx", "does not exist"]),
