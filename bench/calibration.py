@@ -8,7 +8,8 @@ noise check re-scores the hits of every 4th face at their distance +- 0.05: the 
 still within twice the tolerance says how much of a hit the scorer's noise explains. A reach scan renders every
 4th face along each boundary at 33 distances from -16 to +16 (twice the default distance limit) and says on how
 many faces any distance gets within tolerance of each goal at all: what this model and scorer allow, whatever the
-search does. For hold=auto: the held attributes' drift along the edit's own direction and on the returned image
+search does. For hold=auto, over every face whose drift passed the threshold (held, or given up by the editor): the
+drift along the edit's own direction and on the returned image
 (age during a gender edit is the one with a target), the same drift re-measured at the returned distance +- 0.05,
 and whether the unedited face's own reading of a held attribute is stable (its neighbours at +- 0.05 along the
 edit within the threshold): a face whose reading is a spike of the scorer cannot be held at it. The public-domain
@@ -70,8 +71,9 @@ def one(client: Client, seed: int, text: str, deadline: float) -> dict | None:
            "evaluations": t.evaluations, "before": t.before, "after": t.after, "goal": t.goal,
            "tolerance": t.tolerance, "distance": t.distance, "unit": t.unit,
            "boundary": f"{receipt.boundary.attribute} v{receipt.boundary.version}",
-           "holds": [{"attribute": h.attribute, "drift": h.drift, "held_drift": h.held_drift, "held": h.held}
-                     for h in frame.holds]}
+           "holds": [{"attribute": h.attribute, "drift": h.drift, "held_drift": h.held_drift, "held": h.held,
+                      "needed": abs(h.drift) > h.threshold,
+                      "within": abs(h.held_drift) <= h.threshold} for h in frame.holds]}
     if frame.holds:
         row.update(hold_checks(client, seed, frame))
     if t.met and not frame.holds and seed % NOISE_EVERY == 0:
@@ -195,16 +197,19 @@ def hold_summary(rows: list[dict]) -> dict:
     names = sorted({h["attribute"] for r in mine for h in r["holds"]})
     for name in names:
         measured = [h for r in mine for h in r["holds"] if h["attribute"] == name]
-        held = [h for h in measured if h["held"]]
+        # Every face whose drift passed the threshold counts, held or not: a hold the editor gave up (it would
+        # miss the target, or hold no better) keeps its whole drift.
+        held = [h for h in measured if h["needed"]]
         before = [abs(h["drift"]) for h in held]
         after = [abs(h["held_drift"]) for h in held]
-        entry = {"measured": len(measured), "held": len(held),
+        entry = {"measured": len(measured), "needed": len(held), "held": sum(h["held"] for h in held),
                  "mean_drift_all": statistics.fmean(h["drift"] for h in measured),
                  "mean_drift_all_after": statistics.fmean(h["held_drift"] for h in measured)}
         if held:
             entry.update(mean_abs_drift_held=statistics.fmean(before), mean_abs_drift_held_after=statistics.fmean(after),
                          mean_drift_held=statistics.fmean(h["drift"] for h in held),
                          mean_drift_held_after=statistics.fmean(h["held_drift"] for h in held),
+                         within_threshold_after=sum(h["within"] for h in held) / len(held),
                          cut=1 - statistics.fmean(after) / statistics.fmean(before))
             checks = [(h, r.get("hold_checks", {}).get(name)) for r in mine for h in r["holds"]
                       if h["attribute"] == name and h["held"]]
@@ -213,7 +218,7 @@ def hold_summary(rows: list[dict]) -> dict:
             beside = [abs(v) for _, c in checks for v in c["held_drift_beside"] if v is not None]
             entry.update(
                 checked=len(checks), base_stable=len(stable),
-                # the same cut over the faces whose unedited reading is not a spike of the scorer
+                # the same cut over the held faces whose unedited reading is not a spike of the scorer
                 cut_base_stable=(1 - statistics.fmean(abs(h["held_drift"]) for h in stable)
                                  / statistics.fmean(abs(h["drift"]) for h in stable)) if stable else None,
                 # the held drift at the returned distance +- NOISE_STEP: how much of the hold survives beside it
@@ -308,10 +313,11 @@ def main() -> int:
                   f"highest {x['highest_within_limit']:.3g}")
     print(f"\n{HOLD_EDIT}: hit rate {hold['hit_rate']:.2f}, mean rounds {hold['mean_rounds']:.2f}")
     for name, a in hold["attributes"].items():
-        line = f"  {name:8s} held on {a['held']}/{a['measured']} faces"
-        if a["held"]:
-            line += (f"; |drift| of held faces {a['mean_abs_drift_held']:.2f} -> {a['mean_abs_drift_held_after']:.2f}"
-                     f" (cut {a['cut']:.0%}); mean drift {a['mean_drift_held']:+.2f} -> {a['mean_drift_held_after']:+.2f}")
+        line = f"  {name:8s} past the threshold on {a['needed']}/{a['measured']} faces, held on {a['held']}"
+        if a["needed"]:
+            line += (f"; |drift| of those {a['mean_abs_drift_held']:.2f} -> {a['mean_abs_drift_held_after']:.2f}"
+                     f" (cut {a['cut']:.0%}; within the threshold after: {a['within_threshold_after']:.0%}); "
+                     f"mean drift {a['mean_drift_held']:+.2f} -> {a['mean_drift_held_after']:+.2f}")
             if a.get("checked"):
                 stable_cut = f"{a['cut_base_stable']:.0%}" if a["cut_base_stable"] is not None else "-"
                 beside = f"{a['mean_abs_drift_held_beside']:.2f}" if a["mean_abs_drift_held_beside"] is not None else "-"

@@ -33,6 +33,17 @@ class Calibration:
     codes: np.ndarray | None = None  # hold=auto corrected the face: every face's start code (F, ...) float32
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldMiss:
+    """A held search given up (it missed the target the edit's own direction met, or held no better): what it
+    tried and spent."""
+
+    attributes: list[str]
+    rounds: int
+    evaluations: int
+    message: str
+
+
 def measured_attribute(edit: editor_pb2.AttributeEdit) -> str:
     """The scorer attribute an edit changes ('gender|age' changes gender)."""
     return edit.attribute.split("|", 1)[0]
@@ -153,20 +164,25 @@ class CalibratedEdits:
         outcome = await find(direction, "t")
         result = Calibration(direction)
         spent = (outcome.rounds, outcome.evaluations) if outcome else (0, 0)
+        note = ""
         if edit.hold_auto:
-            held, holds, outcome, extra, codes = await self._auto_hold(
+            held, holds, outcome, extra, codes, missed = await self._auto_hold(
                 index, edit, direction, model, source, layers, call, known, name, outcome, rows, tolerance)
             result.held, result.holds, result.codes = held, holds, codes
             if held:
                 result.direction = extra
-            if outcome is not None:
-                spent = (spent[0] + (outcome.rounds if held else 0), spent[1] + (outcome.evaluations if held else 0))
+            if outcome is not None and held:
+                spent = (spent[0] + outcome.rounds, spent[1] + outcome.evaluations)
+            if missed is not None:
+                spent = (spent[0] + missed.rounds, spent[1] + missed.evaluations)
+                note = (f"; holding {', '.join(missed.attributes)} was tried ({missed.message}), so nothing is held "
+                        f"(the drift is reported)")
         if outcome is not None:
             result.distance = outcome.distance
             result.target = editor_pb2.TargetOutcome(
                 attribute=name, unit=info.unit, goal=outcome.goal, tolerance=tolerance, before=outcome.before,
                 after=outcome.after, distance=outcome.distance, met=outcome.met, rounds=spent[0],
-                evaluations=spent[1], stop=outcome.stop, message=outcome.message)
+                evaluations=spent[1], stop=outcome.stop, message=outcome.message + note)
         return result
 
     async def _auto_hold(self, index, edit, direction, model, source, layers, call, known, name, outcome, rows,
@@ -177,7 +193,7 @@ class CalibratedEdits:
         plain edit follows the held direction (the held normals projected off) alone.
 
         Returns (held names, HoldDrift reports, the final search outcome, the held direction, the corrected start
-        codes of every face or None).
+        codes of every face or None, a HeldMiss when the held search missed a target the edit's own direction met).
         """
         candidates = sorted((await self._boundary_names(direction.ref.model, source.space, call))
                             - {name, *edit.hold} & set(known))
@@ -211,13 +227,25 @@ class CalibratedEdits:
                                                              threshold, model, source, layers, call, name, outcome,
                                                              at, tolerance)
                 final, point = found.outcome, found.row
+                watched = [holding.Held(a, base[a], threshold[a]) for a in drift]
+                worse = holding.cost(point, watched) >= holding.cost(moved, watched)
+                if outcome.met and (not final.met or worse):
+                    # The target comes first: the edit's own direction met it, the held one did not (the face
+                    # leaves the scorer's reach, or the target moves too), or held no better. Nothing is held
+                    # then, and the report says so.
+                    why = "it drifted no less" if final.met else f"it missed the target: {final.message}"
+                    missed = HeldMiss(held, final.rounds, final.evaluations, why)
+                    return [], self._holds(drift, drift, threshold, known, ()), outcome, direction, None, missed
             else:
                 codes = self._codes_along(source, held_direction.normal, [probe], absolute=absolute, layers=layers)
                 point = (await self._measure(codes, model, source, call, f"a{index}"))[0]
             held_drift = {a: point[a] - base[a] if a in point else math.nan for a in drift}
-        holds = [editor_pb2.HoldDrift(attribute=a, unit=known[a].unit, threshold=threshold[a], drift=drift[a],
-                                      held_drift=held_drift[a], held=a in held) for a in sorted(drift)]
-        return held, holds, final, held_direction, start_codes
+        return held, self._holds(drift, held_drift, threshold, known, held), final, held_direction, start_codes, None
+
+    @staticmethod
+    def _holds(drift, held_drift, threshold, known, held) -> list[editor_pb2.HoldDrift]:
+        return [editor_pb2.HoldDrift(attribute=a, unit=known[a].unit, threshold=threshold[a], drift=drift[a],
+                                     held_drift=held_drift[a], held=a in held) for a in sorted(drift)]
 
     async def _held_search(self, index, edit, direction, held_direction, held, base, threshold, model, source, layers,
                            call, name, outcome, along, tolerance):

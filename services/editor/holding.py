@@ -18,12 +18,15 @@ PROBE = 1.5
 #: A probed slope counts when one unit of distance moves the attribute by at least this share of its threshold;
 #: flatter (or reversed: the boundaries point towards more of their attribute) is the scorer's noise.
 MIN_SLOPE = 0.25
-#: Extra rounds (within max_rounds) that refine the corrections of the best points meeting the target, on how
-#: many points, with which fractions of the Newton step; and the held drift (in thresholds) that needs none.
-POLISH_ROUNDS = 2
+#: Rounds after the search (beyond its max_rounds) that refine the distance and corrections of the points nearest
+#: done, from how many points, with which fractions of the Newton step; and the held drift (in thresholds) that
+#: needs none.
+POLISH_ROUNDS = 3
 POLISH_POINTS = 2
 POLISH_STEPS = (0.5, 1.0, 1.5)
 GOOD_ENOUGH = 1 / 3
+#: Measured points a Newton step fits its slopes on (the nearest to its start), at least.
+NEAREST = 8
 
 Row = dict  # attribute -> value (valid scores only)
 Point = tuple  # (t, (c_1, ..., c_H)): distance along the held direction, corrections along each held attribute's
@@ -96,9 +99,38 @@ def shifted(codes: np.ndarray, offset: np.ndarray, layers: tuple[int, int] | Non
     return moved.astype(np.float32)
 
 
-def _cost(row: Row, held: Sequence[Held]) -> float:
+def cost(row: Row, held: Sequence[Held]) -> float:
     """The worst drift in thresholds (inf where an attribute has no valid score)."""
     return max((abs(row[h.name] - h.base) / h.threshold if h.name in row else math.inf) for h in held)
+
+
+def joint_step(rows: dict[Point, Row], start: Point, name: str, goal: float,
+               held: Sequence[Held]) -> np.ndarray | None:
+    """A Newton step (dt, dc_1, ..., dc_H) from `start` towards the goal and every held attribute's base.
+
+    The edited and held attributes are fitted as linear in (t, c) by least squares on the measured points
+    nearest `start`, weighted by nearness: one reading's noise (years, for age) averages out over them, and
+    the fit's value at `start` stands for its reading. None when the points do not pin every slope down.
+    """
+    names = [name, *(h.name for h in held)]
+    points = [p for p, r in rows.items() if all(a in r for a in names)]
+    if len(points) < len(names) + 2:
+        return None
+    x0 = np.array([start[0], *start[1]], np.float64)
+    xs = np.array([[p[0], *p[1]] for p in points], np.float64) - x0
+    near = np.argsort(np.linalg.norm(xs, axis=1))[:max(NEAREST, 2 * len(names) + 2)]
+    xs = xs[near]
+    ys = np.array([[rows[points[i]][a] for a in names] for i in near], np.float64)
+    design = np.hstack([np.ones((len(xs), 1)), xs])
+    weights = 1.0 / (1.0 + np.linalg.norm(xs, axis=1) ** 2)
+    if np.linalg.matrix_rank(design * weights[:, None]) < design.shape[1]:
+        return None
+    coef = np.linalg.lstsq(design * weights[:, None], ys * weights[:, None], rcond=None)[0]
+    value, jacobian = coef[0], coef[1:].T  # (outputs,), (outputs, inputs)
+    want = np.array([goal, *(h.base for h in held)]) - value
+    if np.linalg.cond(jacobian) > 1e6:
+        return None
+    return np.linalg.solve(jacobian, want)
 
 
 async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prior: Sequence[tuple[float, Row]],
@@ -134,7 +166,7 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
     slopes: list[tuple[float, bool]] = [(h.threshold, False) for h in held]
     probes = [(0.0, tuple((s * probe if k == j else 0.0) for k in range(len(held)))) for j in range(len(held))
               for s in (1.0, -1.0)]
-    limit = max_distance / 2  # corrections stay a fraction of the edit itself
+    limit = max_distance  # a correction is an edit of its own: the same bound
 
     def predicted(j: int, t: float) -> float:
         h, (slope, _) = held[j], slopes[j]
@@ -156,7 +188,7 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
         for t in ts:
             c = correction(t)
             pts = [(0.0, zero)] if t == 0 else list(dict.fromkeys(
-                (t, tuple(round(f * x, 9) for x in c)) for f in spread))
+                (t, tuple(round(float(np.clip(f * x, -limit, limit)), 9) for x in c)) for f in spread))
             per_t[t] = pts
             wanted += [p for p in pts if p not in rows]
         wanted = list(dict.fromkeys(wanted))
@@ -175,7 +207,7 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
             if not valid:
                 out.append(None)
                 continue
-            best = min(valid, key=lambda p: (_cost(rows[p], everything), abs(p[1][0]) if p[1] else 0.0))
+            best = min(valid, key=lambda p: (cost(rows[p], everything), abs(p[1][0]) if p[1] else 0.0))
             chosen[t] = best
             out.append(rows[best][name])
         return out
@@ -193,40 +225,50 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
                   or math.copysign(1.0, v - goal_value) != math.copysign(1.0, outcome.before - goal_value)),
                  abs(outcome.distance))
 
+    polished: set[Point] = set()
+
     def meeting() -> list[Point]:
+        # Polished points may sit past the first crossing: their corrections moved the target's curve.
         return [p for p, r in rows.items() if p[0] != 0 and math.copysign(1.0, p[0]) == sign
-                and abs(p[0]) <= reach + 1e-9 and name in r and abs(r[name] - goal_value) <= tolerance]
+                and (abs(p[0]) <= reach + 1e-9 or p in polished) and name in r
+                and abs(r[name] - goal_value) <= tolerance]
+
+    def joint(p: Point) -> float:
+        """How far a point is from done, in tolerances / thresholds: the target and every held attribute."""
+        r = rows[p]
+        return max(abs(r[name] - goal_value) / tolerance if name in r else math.inf, cost(r, everything))
 
     rounds = outcome.rounds
-    # Rounds the search left over polish the hold: a Newton step on the corrections from the best points that
-    # meet the target, with the slope re-fitted on the points measured at the same distance.
-    for _ in range(min(POLISH_ROUNDS, max_rounds - rounds)):
-        ranked = sorted(meeting(), key=lambda p: _cost(rows[p], everything))
-        if not ranked or _cost(rows[ranked[0]], everything) <= GOOD_ENOUGH:
+    # Polish rounds: a Newton step on the distance and the corrections together,
+    # from the points nearest done, on slopes fitted to the points measured around each (joint_step).
+    for _ in range(POLISH_ROUNDS):
+        met_now = sorted(meeting(), key=lambda p: cost(rows[p], everything))
+        if met_now and cost(rows[met_now[0]], everything) <= GOOD_ENOUGH:
             break
+        side_points = [p for p in rows if p[0] != 0 and math.copysign(1.0, p[0]) == sign and name in rows[p]]
+        anchors = list(dict.fromkeys([*met_now[:1], *sorted(side_points, key=joint)]))[:POLISH_POINTS]
         wanted = []
-        for p in list(dict.fromkeys(ranked))[:POLISH_POINTS]:
-            step = []
-            for j, h in enumerate(held):
-                same = [(q[1][j], r[h.name]) for q, r in rows.items() if q[0] == p[0] and h.name in r]
-                slope = slopes[j][0]
-                if len({c for c, _ in same}) >= 2:
-                    cs, vs = np.array(same).T
-                    local = float(np.polyfit(cs, vs, 1)[0])
-                    if local >= MIN_SLOPE * h.threshold:
-                        slope = local
-                step.append(-(rows[p][h.name] - h.base) / slope)
-            wanted += [(p[0], tuple(round(float(np.clip(c + f * d, -limit, limit)), 9) for c, d in zip(p[1], step)))
-                       for f in POLISH_STEPS]
+        for p in anchors:
+            step = joint_step(rows, p, name, goal_value, held)
+            if step is None:
+                continue
+            for f in POLISH_STEPS:
+                t = p[0] + f * step[0]
+                if math.copysign(1.0, t) != sign or t == 0:
+                    continue
+                t = math.copysign(min(abs(t), max_distance), t)
+                wanted.append((round(t, 9), tuple(round(float(np.clip(c + f * d, -limit, limit)), 9)
+                                                  for c, d in zip(p[1], step[1:]))))
         wanted = [q for q in dict.fromkeys(wanted) if q not in rows]
         if not wanted:
             break
         for q, r in zip(wanted, await measure(wanted)):
             rows[q] = r
+        polished.update(wanted)
         rounds += 1
     met = meeting()
     if met:
-        point = min(met, key=lambda p: (_cost(rows[p], everything), abs(p[0])))
+        point = min(met, key=lambda p: (cost(rows[p], everything), abs(p[0])))
     else:
         point = chosen.get(outcome.distance, (outcome.distance, zero))
     row = rows.get(point, {})
