@@ -454,11 +454,14 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
         scores, blended, identity = await asyncio.gather(score(), blending, identity_of())
         fmt = request.format or common_pb2.IMAGE_FORMAT_PNG
         out = []
-        for face, s, b, ids in zip(faces, scores, blended, identity):
-            encoded = face if fmt == RAW else await _encode(face, fmt)
+        for group, s, b, ids in zip(groups, scores, blended, identity):
+            encoded = group[0] if fmt == RAW else await _encode(group[0], fmt)
             if b is not None:
                 mode = "face" if b.mode == inversion_pb2.BLEND_MODE_FACE else "change"
-                out.append((b.image, encoded if request.include_face else None, s, ids, mode))
+                crops = None
+                if request.include_face:  # every face's render, the largest first
+                    crops = [encoded, *[f if fmt == RAW else await _encode(f, fmt) for f in group[1:]]]
+                out.append((b.image, crops, s, ids, mode))
             else:
                 out.append((encoded, None, s, ids, ""))
         return out
@@ -591,13 +594,15 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                                                  eta_seconds=elapsed / sent * (total - sent)),
                     request_id=call.request_id, inversion_psnr=source.psnr, variant=source.variant,
                     identity_distance=identity[0] if identity else -1.0, blend_mode=blend_mode)
-                for f, d in zip(source.faces, identity):
+                for k, (f, d) in enumerate(zip(source.faces, identity)):
                     response.faces.append(editor_pb2.EditedFace(index=f.index, box=f.alignment.face_box,
                                                                 reconstruction_psnr=f.psnr, identity_distance=d))
+                    if face is not None and k < len(face):
+                        response.faces[-1].face.CopyFrom(face[k])
                 if item.boundary is not None:
                     response.boundary.CopyFrom(item.boundary)
                 if face is not None:
-                    response.face.CopyFrom(face)
+                    response.face.CopyFrom(face[0])
                 if sent == 1:
                     response.warnings.extend(source.warnings)
                 if item.edit >= 0:

@@ -96,6 +96,12 @@ def test_sdk_edits_every_face_of_a_group_photo_or_the_chosen_ones(stack, group):
     # The real input is the original; the reconstruction is the generator's render, shown apart from it.
     assert np.array_equal(result.photo, group) and np.array_equal(result.original.image, group)
     assert result.reconstruction.shape == (64, 64, 3)
+    # Every face's reconstruction, the largest's being the one above; the faces of the edits are other renders.
+    recon = result.reconstructions
+    assert sorted(recon) == [0, 1] and np.array_equal(recon[0], result.reconstruction)
+    assert recon[1].shape == (64, 64, 3) and not np.array_equal(recon[0], recon[1])
+    last = result.edit(0)[-1].message.faces
+    assert all(g.HasField("face") for g in last) and last[1].face.encoded != result.original.message.faces[1].face.encoded
     edited = result.edit(0)[-1].image
     assert all(changed_in(edited, group, box) > 100 for box in boxes)  # both faces edited, in one photo
     grid = result.grid(scale=1, identity=True)
@@ -152,6 +158,8 @@ def test_catalog_edits_every_face_and_reports_each_one(stack, group, tmp_path):
                                                    f"{key}/reconstruction.png"]
     assert np.array_equal(np.asarray(Image.open(out / key / "original.png").convert("RGB")), group)
     assert Image.open(out / key / "reconstruction.png").size == (64, 64)
+    assert journal["group.png"]["outputs"][-1] == f"{key}/reconstruction_face1.png"  # the second face's
+    assert Image.open(out / key / "reconstruction_face1.png").size == (64, 64)
 
     rows = read_csv(out / "faces.csv")
     assert len(rows) == (2 + 1) * 2  # faces of both photos x two edited images each
@@ -166,6 +174,8 @@ def test_catalog_edits_every_face_and_reports_each_one(stack, group, tmp_path):
     listing = json.loads((out / "faces.json").read_text())
     assert [p["id"] for p in listing] == ["group.png", "hopper.jpg"]
     assert [f["index"] for f in listing[0]["faces"]] == [0, 1]
+    assert [f["reconstruction"] for f in listing[0]["faces"]] == [f"{key}/reconstruction.png",
+                                                                  f"{key}/reconstruction_face1.png"]
     report = json.loads((out / "report.json").read_text())
     assert report["faces"] == 3 and report["mean_reconstruction_psnr"] > 22
     ids = [float(r["identity_distance"]) for r in rows]
@@ -212,7 +222,7 @@ def test_cli_edit_takes_the_photo_options_and_writes_input_and_reconstruction_ap
     assert done.returncode == 0, done.stdout + done.stderr
     assert "face 0 at" in done.stdout and "face 1 at" in done.stdout
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == sorted(["original.png", "reconstruction.png", f"{P}_00_+2.00.png"])
+    assert files == sorted(["original.png", "reconstruction.png", "reconstruction_face1.png", f"{P}_00_+2.00.png"])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "original.png").convert("RGB")), group)
     assert Image.open(tmp_path / "grid.png").width >= 3 * group.shape[1]
     for args, words in [(("--photo", str(photo), "--face-selection", "largest", "--face-indices", "1"), "face_indices"),

@@ -7,6 +7,7 @@ Layout of the output folder:
     <key>/           per photo: original.png (the real input, upright), reconstruction.png (the generator's
                      reconstruction: the largest face's render when the edit's change is pasted, the whole
                      reconstructed faces pasted with paste_whole_face, the face render without blend),
+                     reconstruction_face<i>.png (each other face's render, when the change is pasted),
                      <edit>_<k>.png (the edited photo, or face crop without blend), grid.png (the input, the
                      reconstruction, then the edits with each image's identity distance); the key is
                      the photo's id made file-name safe plus a hash of the exact id ("a b.png" ->
@@ -16,7 +17,8 @@ Layout of the output folder:
     failures.csv     id, file, status code, reason: one row per photo that failed (spreadsheet-safe)
     faces.csv        one row per edited face and edited image: the face's index and box, its reconstruction
                      PSNR, the image, its edit, step and distance, and the face's identity distance in it
-    faces.json       the same per photo: [{id, key, faces: [{index, box, reconstruction_psnr, edits: [...]}]}]
+    faces.json       the same per photo: [{id, key, faces: [{index, box, reconstruction_psnr, reconstruction (its
+                     file), edits: [...]}]}]
     report.json      counts, timings, mean inversion PSNR, faces edited, mean reconstruction PSNR and identity
                      distance, the share of edited faces that stay the same person
 
@@ -493,13 +495,22 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
         if reconstruction is None:  # a server that sent no face crop: the original frame is the closest
             reconstruction = result.original.image
         atomic_write(out / names[2], codec.array_bytes(reconstruction, ext))
+        # The other faces' reconstructions (the largest face's is reconstruction.<ext>).
+        recon = {}
+        for index, face in result.reconstructions.items():
+            if index != result.faces[0].index:
+                recon[index] = f"{base['key']}/reconstruction_face{index}.{ext}"
+                atomic_write(out / recon[index], codec.array_bytes(face, ext))
         frames = [f for i in range(len(specs)) for f in result.edit(i)]
         for name, frame in zip(names[3:], frames):
             atomic_write(out / name, _encode(frame.message.image, frame.image, image_format))
         small = max(np.asarray(frames[0].image).shape[:2]) < 256 if frames else True
         atomic_write(out / names[1], _png(result.grid(scale=2 if small else 1, identity=True)))
-        return {**base, "status": "done", "outputs": names, "psnr": round(result.inversion_psnr, 3),
-                "faces": _faces_of(result, specs, names[3:]), "warnings": result.warnings,
+        faces = _faces_of(result, specs, names[3:])
+        for face in faces:
+            face["reconstruction"] = recon.get(face["index"], names[2])
+        return {**base, "status": "done", "outputs": names + list(recon.values()),
+                "psnr": round(result.inversion_psnr, 3), "faces": faces, "warnings": result.warnings,
                 "request_id": result.request_id, "seconds": round(time.monotonic() - t, 3)}
 
     bar = ProgressBar(len(todo), "catalog" if shard.count == 1 else f"catalog {shard}", "photo",

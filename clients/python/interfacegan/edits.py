@@ -400,6 +400,15 @@ class EditResult:
         return original.image
 
     @property
+    def reconstructions(self) -> dict[int, np.ndarray]:
+        """Photos with blend and `include_face`: every edited face's reconstruction (the generator's render of its
+        inverted code, in its aligned crop's framing) by face index, largest face first; else {}."""
+        original = self.original
+        if original is None or self.source_photo is None:
+            return {}
+        return {f.index: codec.image_array(f.face) for f in original.message.faces if f.HasField("face")}
+
+    @property
     def faces(self) -> list[editor_pb2.EditedFace]:
         """Photos: the edited faces (index, box, reconstruction PSNR), as the first frame lists them."""
         return self.frames[0].faces if self.frames else []

@@ -162,16 +162,18 @@ class EditRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ..., face_selection: _Optional[_Union[_inversion_pb2.FaceSelection, str]] = ..., face_indices: _Optional[_Iterable[int]] = ..., skip_tuning: _Optional[bool] = ..., paste_whole_face: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class EditedFace(_message.Message):
-    __slots__ = ("index", "box", "reconstruction_psnr", "identity_distance")
+    __slots__ = ("index", "box", "reconstruction_psnr", "identity_distance", "face")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_PSNR_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     index: int
     box: _containers.RepeatedScalarFieldContainer[float]
     reconstruction_psnr: float
     identity_distance: float
-    def __init__(self, index: _Optional[int] = ..., box: _Optional[_Iterable[float]] = ..., reconstruction_psnr: _Optional[float] = ..., identity_distance: _Optional[float] = ...) -> None: ...
+    face: _common_pb2.Image
+    def __init__(self, index: _Optional[int] = ..., box: _Optional[_Iterable[float]] = ..., reconstruction_psnr: _Optional[float] = ..., identity_distance: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ...) -> None: ...
 
 class EditResponse(_message.Message):
     __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary", "request_id", "warnings", "inversion_psnr", "face", "identity_distance", "faces", "blend_mode", "variant", "target", "holds", "receipt")
