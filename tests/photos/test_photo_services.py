@@ -71,7 +71,8 @@ def stack(launch_service, redis_url):
            "g2": generator_pb2_grpc.GeneratorServiceStub(channels["g2"]),
            "inversion": inversion_pb2_grpc.InversionServiceStub(channels["inversion"]),
            "editor": editor_pb2_grpc.EditorServiceStub(channels["editor"]),
-           "procs": {"g1": g1, "g2": g2, "inversion": inversion}, "redis": redis.Redis.from_url(redis_url)}
+           "procs": {"g1": g1, "g2": g2, "inversion": inversion, "editor": editor},
+           "redis": redis.Redis.from_url(redis_url)}
     for ch in channels.values():
         ch.close()
 
@@ -269,6 +270,45 @@ def test_variant_cache_memory_stays_bounded_under_many_distinct_photos(stack, ho
         rss.append(_rss_mb(pid))
     # Past the cache's 4 entries every new variant evicts one: the last 30 loads grow memory by little.
     assert rss[-1] - rss[9] < 40, rss
+
+
+def test_variant_lost_in_the_middle_of_a_stream_is_tuned_again_and_the_stream_goes_on(stack):
+    """After the first image of a photo edit, the variant leaves the store and both replicas' caches. The editor
+    inverts and tunes the photo again: the same photo and settings give the same variant id and codes, so the
+    rest of the stream is rendered with the very weights of the images already sent."""
+    photo = portrait("astronaut.png")
+    steps = 12
+    call = stack["editor"].Edit(editor_pb2.EditRequest(
+        photo=png(photo), blend_into_photo=True, format=RAW,
+        edits=[editor_pb2.AttributeEdit(attribute=f"{P}-a", start=-3, end=3, steps=steps)]), timeout=600)
+    # Raw photos fill the stream's flow-control window: the editor waits for this reader after a few images.
+    replies = [next(call)]
+    vid, r = replies[0].variant, stack["redis"]
+    key = variants.KEY_PREFIX + vid
+    header, delta = variants.decode(r.get(key), 64 << 20)
+    rng = np.random.default_rng(1)
+    for k in range(4):  # each replica's LRU holds 4: four other variants push this one out of both
+        other = variants.variant_id(MODEL, header["version"], f"{k:064x}", "mid-stream-test")
+        r.set(variants.KEY_PREFIX + other, variants.encode(MODEL, header["version"], {
+            name: v + rng.normal(0, 1e-4, v.shape).astype(np.float32) for name, v in delta.items()}), ex=600)
+        for replica in ("g1", "g2"):
+            synthesize(stack[replica], invert_result_of(replies[0]), variant=other)
+    r.delete(key)
+    replies += list(call)
+    assert len(replies) == steps and {x.variant for x in replies} == {vid}
+    assert r.exists(key)  # stored again by the new tuning
+    assert all(0 <= x.identity_distance < 0.6 for x in replies)
+    # The images follow one another as one edit does: no jump where the weights were lost.
+    frames = [pixels(x.image).astype(np.float64) for x in replies]
+    steps_between = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:])]
+    assert max(steps_between) < 3 * np.median(steps_between) + 0.5, steps_between
+    log = stack["procs"]["editor"].log_path.read_text()
+    assert "tuned variant lost; tuning the photo again" in log
+
+
+def invert_result_of(reply: editor_pb2.EditResponse) -> inversion_pb2.InvertResponse:
+    """An InvertResponse-shaped holder of an Edit reply's code (what synthesize() renders)."""
+    return inversion_pb2.InvertResponse(faces=[inversion_pb2.InvertedFace(code=reply.code)])
 
 
 def test_a_generator_replica_killed_mid_photo_edit_the_edit_finishes_on_the_other(stack):
