@@ -21,8 +21,8 @@ MIN_SLOPE = 0.25
 #: Rounds after the search (beyond its max_rounds) that refine the distance and corrections of the points nearest
 #: done, from how many points, with which fractions of the Newton step; and the held drift (in thresholds) that
 #: needs none.
-POLISH_ROUNDS = 3
-POLISH_POINTS = 2
+POLISH_ROUNDS = 5
+POLISH_POINTS = 3
 POLISH_STEPS = (0.5, 1.0, 1.5)
 GOOD_ENOUGH = 1 / 3
 #: Measured points a Newton step fits its slopes on (the nearest to its start), at least.
@@ -250,12 +250,13 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
         wanted = []
         for p in anchors:
             step = joint_step(rows, p, name, goal_value, held)
-            if step is None:
-                continue
+            if step is None:  # too few points around it: correct the held attributes at this distance alone
+                step = np.array([0.0, *(-(rows[p][h.name] - h.base) / slopes[j][0] if h.name in rows[p] else 0.0
+                                        for j, h in enumerate(held))])
             for f in POLISH_STEPS:
                 t = p[0] + f * step[0]
-                if math.copysign(1.0, t) != sign or t == 0:
-                    continue
+                if math.copysign(1.0, t) != sign or t == 0:  # never past the unedited face: halfway to it
+                    t = p[0] / 2
                 t = math.copysign(min(abs(t), max_distance), t)
                 wanted.append((round(t, 9), tuple(round(float(np.clip(c + f * d, -limit, limit)), 9)
                                                   for c, d in zip(p[1], step[1:]))))
