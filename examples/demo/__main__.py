@@ -339,6 +339,14 @@ def _calibrated_section(data: dict) -> list[str]:
     ]
 
 
+def _within_noise(x: dict) -> str:
+    """A clause for a raw drift its own standard error cannot tell from zero ('' otherwise)."""
+    if math.isfinite(x["stderr"]) and abs(x["mean"]) < 2 * x["stderr"]:
+        return (f" (the raw drift, {x['mean']:+.1f} years, is within two standard errors of zero on these faces: "
+                f"this gender boundary hardly moves age, so holding it has little to remove)")
+    return ""
+
+
 def write_report(out: Path, data: dict) -> Path:
     """Writes out/index.html from the numbers of `run`."""
     d, t = data["distance"], data["timings"]
@@ -388,8 +396,8 @@ def write_report(out: Path, data: dict) -> Path:
                     ["gender | age held", _fmt_drift(held["age"], ""), _fmt_drift(held["gender"], ""),
                      held["age"]["n"]]]),
         f'<p class="note">Holding age changed the age drift by {-cut:+.0%} while the gender change stayed '
-        f'{"comparable" if abs(held["gender"]["mean"]) > 0.5 * abs(raw["gender"]["mean"]) else "smaller"}. '
-        f'{_study_note(data)}</p>' if math.isfinite(cut) else "",
+        f'{"comparable" if abs(held["gender"]["mean"]) > 0.5 * abs(raw["gender"]["mean"]) else "smaller"}'
+        f'{_within_noise(raw["age"])}. {_study_note(data)}</p>' if math.isfinite(cut) else "",
         '<div class="side">',
         html.figure(data["grids"]["raw vs held"],
                     f"Each face twice: the raw gender edit (age drift <b>{_fmt_drift(raw['age'], 'y')}</b> over all "
