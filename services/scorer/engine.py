@@ -158,9 +158,10 @@ class FaceAligner:
         """Returns per (size, padding, views) in `specs` its aligned views, (views, size, size, 3) uint8.
 
         One view is the package's own chip; several (VIEWS, in order) are cut around steadier landmarks
-        (averaged over nudged boxes and the mirror image). Only the face box and a margin of half its side are enlarged, never the whole
-        image: the enlarged region is at most (2 * side * k)^2 < (4 * min_side)^2 pixels whatever the image's
-        shape (a thin image enlarged whole grew k^2-fold: 3.3 GB for a 12 KB PNG of 262144 x 16).
+        (averaged over nudged boxes and the mirror image). Only the face box and a margin of half its side are
+        enlarged, never the whole image: the enlarged region is at most (2 * side * k)^2 < (4 * min_side)^2
+        pixels whatever the image's shape (a thin image enlarged whole grew k^2-fold: 3.3 GB for a 12 KB PNG of
+        262144 x 16).
         """
         top, left, bottom, right = face_box(*image.shape[:2])
         side = bottom - top + 1
@@ -472,9 +473,7 @@ class Engine:
         self.face_threshold = face_threshold
         self.min_side = min_side
         self.mesh_backend = mesh_backend
-        if not 1 <= views <= len(VIEWS):
-            raise ValueError(f"views {views}: accepted 1 .. {len(VIEWS)}")
-        self.views = views
+        self.views = views  # checked where the built-in manifests are parsed, as any manifest's input.views
         self.manifests: list[ModelManifest] = [
             mf.parse({**doc, "input": {**doc["input"], "views": views}}, Path(f"builtin:{name}"),
                      model_path=assets.path_of(name, models_dir), plugin=False)

@@ -497,10 +497,9 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
         atomic_write(out / names[2], codec.array_bytes(reconstruction, ext))
         # The other faces' reconstructions (the largest face's is reconstruction.<ext>).
         recon = {}
-        for index, face in result.reconstructions.items():
-            if index != result.faces[0].index:
-                recon[index] = f"{base['key']}/reconstruction_face{index}.{ext}"
-                atomic_write(out / recon[index], codec.array_bytes(face, ext))
+        for index, face in result.other_reconstructions.items():
+            recon[index] = f"{base['key']}/reconstruction_face{index}.{ext}"
+            atomic_write(out / recon[index], codec.array_bytes(face, ext))
         frames = [f for i in range(len(specs)) for f in result.edit(i)]
         for name, frame in zip(names[3:], frames):
             atomic_write(out / name, _encode(frame.message.image, frame.image, image_format))

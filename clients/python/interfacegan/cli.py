@@ -281,11 +281,10 @@ def cmd_edit(args) -> int:
             path = out / f"reconstruction.{ext}"
             path.write_bytes(codec.array_bytes(result.reconstruction, ext))
             written.append(path)
-        for index, face in result.reconstructions.items():  # the other faces' (the largest is the one above)
-            if index != result.faces[0].index:
-                path = out / f"reconstruction_face{index}.{ext}"
-                path.write_bytes(codec.array_bytes(face, ext))
-                written.append(path)
+        for index, face in result.other_reconstructions.items():
+            path = out / f"reconstruction_face{index}.{ext}"
+            path.write_bytes(codec.array_bytes(face, ext))
+            written.append(path)
     elif result.original is not None:
         path = out / f"original.{ext}"
         path.write_bytes(codec.image_bytes(result.original.message.image, ext))

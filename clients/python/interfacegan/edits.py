@@ -409,6 +409,12 @@ class EditResult:
         return {f.index: codec.image_array(f.face) for f in original.message.faces if f.HasField("face")}
 
     @property
+    def other_reconstructions(self) -> dict[int, np.ndarray]:
+        """`reconstructions` but the largest face's (that one is `reconstruction`), for writing them apart."""
+        largest = self.faces[0].index if self.faces else None
+        return {i: face for i, face in self.reconstructions.items() if i != largest}
+
+    @property
     def faces(self) -> list[editor_pb2.EditedFace]:
         """Photos: the edited faces (index, box, reconstruction PSNR), as the first frame lists them."""
         return self.frames[0].faces if self.frames else []
