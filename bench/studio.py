@@ -7,9 +7,10 @@ another slider set (its code is cached, so still one edit a move); holding anoth
 boundary, cached after the first move); a 7-image grid; yaw (a scored attribute: the shipped boundary) holding
 automatically (the editor measures the others along each move) and in degrees (each move a target search); the
 first drag again while a boundary training job
-samples and scores on the same cluster (no priority lanes yet: the drag shares the generator and scorer with the
-job); a photo's first upload (inversion, once per photo) and a drag on that photo. Each row gives the median, 90th percentile and mean wall milliseconds and, from the
-reply's `editor_ms`, how much of a move the editor's Edit call is (the rest is HTTP, JSON and PNG transfer).
+samples and scores on the same cluster (the job's calls ride the bulk lane, the drag's the interactive one; they
+share the machine's cores); a photo's first upload (inversion, once per photo) and a drag on that photo. Each row
+gives the median, 90th percentile and mean wall milliseconds and, from the reply's `editor_ms`, how much of a
+move the editor's Edit call is (the rest is HTTP, JSON and PNG transfer).
 
 Boundaries: two unit normals imported for the default model (a move costs the same whatever the normal).
 Writes bench/results/studio.json with the table and `targets`: the median slider move on a seed under 150 ms.
