@@ -266,9 +266,15 @@ class CalibratedEdits:
         wanted = [holding.Held(a, base[a], threshold[a]) for a in held]
         watched = [holding.Held(a, base[a], threshold[a]) for a in threshold if a not in held]
 
+        # The local rounds append the directions they probe: a point's corrections follow basis[:len(c)].
+        basis = list(directions)
+
+        def offset(c) -> np.ndarray:
+            return np.asarray(c) @ np.stack(basis[:len(c)])
+
         async def measure(points):
             codes = np.concatenate([
-                self._codes_along(_Start(holding.shifted(source.code, np.asarray(c) @ directions, layers)),
+                self._codes_along(_Start(holding.shifted(source.code, offset(c), layers)),
                                   held_direction.normal, [t], layers=layers) for t, c in points])
             return await self._measure(codes, model, source, call, f"a{index}")
 
@@ -278,11 +284,12 @@ class CalibratedEdits:
             max_distance=edit.max_distance or defaults.TARGET_MAX_DISTANCE,
             max_rounds=edit.max_rounds or defaults.TARGET_ROUNDS, goal=edit.to if kind == "to" else None,
             delta=edit.delta if kind == "delta" else None, watched=watched,
-            side=math.copysign(1.0, outcome.distance) if kind == "to" and outcome.distance else 0.0)
+            side=math.copysign(1.0, outcome.distance) if kind == "to" and outcome.distance else 0.0,
+            basis=basis, along=held_direction.normal)
         correction = np.asarray(result.point[1])
         if not correction.any():
             return result, None
-        return result, holding.shifted(source.codes, correction @ directions, layers)
+        return result, holding.shifted(source.codes, offset(correction), layers)
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Awaitable, Callable, Sequence
 
@@ -27,9 +28,18 @@ POLISH_STEPS = (0.5, 1.0, 1.5)
 GOOD_ENOUGH = 1 / 3
 #: Measured points a Newton step fits its slopes on (the nearest to its start), at least.
 NEAREST = 8
+#: Local rounds, when the polished hold still leaves an attribute past its threshold: on some faces the held
+#: attribute follows the edited one along every boundary direction (the age reading rises with P(male) whatever
+#: the age correction), yet other directions of the code space part them. Each round probes LOCAL_PROBES random
+#: orthonormal directions (+-LOCAL_STEP, one batch), fits every attribute's local gradient on them and measures
+#: the least-norm step that takes the target and the drifted attributes back, at LOCAL_FACTORS of it (a batch).
+LOCAL_ROUNDS = 2
+LOCAL_PROBES = 12
+LOCAL_STEP = 1.0
+LOCAL_FACTORS = (0.5, 1.0, 1.5)
 
 Row = dict  # attribute -> value (valid scores only)
-Point = tuple  # (t, (c_1, ..., c_H)): distance along the held direction, corrections along each held attribute's
+Point = tuple  # (t, (c_1, ..., c_H, ...)): distance along the held direction, corrections along each held attribute's
 #: measure(points) -> every attribute measured on the image of each point (one generator + one scorer batch).
 Measure = Callable[[Sequence[Point]], Awaitable[Sequence[Row]]]
 
@@ -136,7 +146,8 @@ def joint_step(rows: dict[Point, Row], start: Point, name: str, goal: float,
 async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prior: Sequence[tuple[float, Row]],
                       tolerance: float, max_distance: float, max_rounds: int, goal: float | None = None,
                       delta: float | None = None, side: float = 0.0, watched: Sequence[Held] = (),
-                      spread: Sequence[float] = SPREAD, probe: float = PROBE) -> HeldResult:
+                      spread: Sequence[float] = SPREAD, probe: float = PROBE,
+                      basis: list[np.ndarray] | None = None, along: np.ndarray | None = None) -> HeldResult:
     """Searches the distance along the held direction that reaches the target, holding `held` with the scorer.
 
     Every candidate distance t of the bracketing search (search.search) is measured with a few corrections
@@ -158,6 +169,11 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
             must not push them past theirs).
         spread: Multiples of the predicted correction tried per candidate.
         probe: Distance of the slope probes.
+        basis: The code-space direction of each correction coordinate, the held attributes' first (their
+            correction_directions). Given, the local rounds run where the hold still misses, and append the
+            directions they probe: a point's c then has more coordinates than `held`, and `measure` maps c to
+            the code with basis[:len(c)]. None: no local rounds.
+        along: The held direction's unit normal (probes are orthogonal to it); needed with `basis`.
     """
     zero = tuple(0.0 for _ in held)
     everything = [*held, *watched]
@@ -267,6 +283,10 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
             rows[q] = r
         polished.update(wanted)
         rounds += 1
+    if basis is not None and along is not None:
+        rounds += await _local_rounds(measure, rows, polished, meeting, basis, along, name=name, goal=goal_value,
+                                      tolerance=tolerance, held=held, everything=everything, sign=sign,
+                                      limit=max_distance)
     met = meeting()
     if met:
         point = min(met, key=lambda p: (cost(rows[p], everything), abs(p[0])))
@@ -277,3 +297,76 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
     final = dataclasses.replace(outcome, distance=point[0], after=after, met=abs(after - goal_value) <= tolerance,
                                 evaluations=len(rows), stop="met" if met else outcome.stop, rounds=rounds)
     return HeldResult(final, point, row, len(rows), slopes)
+
+
+async def _local_rounds(measure: Measure, rows: dict[Point, Row], polished: set, meeting, basis: list[np.ndarray],
+                        along: np.ndarray, *, name: str, goal: float, tolerance: float, held: Sequence[Held],
+                        everything: Sequence[Held], sign: float, limit: float) -> int:
+    """The local rounds (LOCAL_ROUNDS): probes around the point nearest done, then a least-norm step on the
+    fitted local gradients. New points join `rows` and `polished`; returns the batches measured."""
+    if not held:
+        return 0
+    seed = hashlib.sha256(repr(sorted((h.name, round(h.base, 6)) for h in everything)).encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+    unit = np.asarray(along, np.float64).reshape(-1)
+    unit = unit / np.linalg.norm(unit)
+    batches = 0
+
+    def nearest_done() -> Point | None:
+        met_now = sorted(meeting(), key=lambda p: cost(rows[p], everything))
+        if met_now:
+            return met_now[0]
+        side = [p for p, r in rows.items() if p[0] != 0 and math.copysign(1.0, p[0]) == sign and name in r]
+        return min(side, key=lambda p: abs(rows[p][name] - goal) / tolerance, default=None)
+
+    for _ in range(LOCAL_ROUNDS):
+        anchor = nearest_done()
+        if anchor is None or cost(rows[anchor], everything) <= 1.0:
+            break
+        # Orthonormal probes, orthogonal to the held direction (moving along it is the search's own business).
+        raw = rng.standard_normal((LOCAL_PROBES, unit.size))
+        raw -= np.outer(raw @ unit, unit)
+        probes = np.linalg.qr(raw.T)[0].T
+        first = len(basis)
+        basis.extend(probes)
+        width = len(basis)
+
+        def at(point: Point, offsets: dict[int, float]) -> Point:
+            c = list(point[1]) + [0.0] * (width - len(point[1]))
+            for k, v in offsets.items():
+                c[k] += v
+            return point[0], tuple(round(x, 9) for x in c)
+
+        pairs = [(at(anchor, {first + k: LOCAL_STEP}), at(anchor, {first + k: -LOCAL_STEP}))
+                 for k in range(LOCAL_PROBES)]
+        wanted = [q for pair in pairs for q in pair if q not in rows]
+        for q, r in zip(wanted, await measure(wanted)):
+            rows[q] = r
+        polished.update(wanted)
+        batches += 1
+        base_row = rows[anchor]
+        # The target, the held attributes and any other past its threshold: take each back to where it belongs.
+        aims = [(name, goal), *((h.name, h.base) for h in everything
+                                if h.name in base_row and (h in held or abs(base_row[h.name] - h.base) > h.threshold))]
+        grads, want = [], []
+        for a, value in aims:
+            slopes = [(rows[up][a] - rows[down][a]) / (2 * LOCAL_STEP) if a in rows[up] and a in rows[down] else None
+                      for up, down in pairs]
+            if a not in base_row or any(v is None for v in slopes):
+                continue
+            grads.append(slopes)
+            want.append(value - base_row[a])
+        if len(grads) < 2:
+            continue
+        step = np.linalg.lstsq(np.array(grads), np.array(want), rcond=None)[0]
+        norm = np.linalg.norm(step)
+        if not np.isfinite(norm) or norm == 0:
+            continue
+        step *= min(1.0, limit / norm)
+        wanted = [q for q in dict.fromkeys(at(anchor, {first + k: f * float(step[k]) for k in range(LOCAL_PROBES)})
+                                           for f in LOCAL_FACTORS) if q not in rows]
+        for q, r in zip(wanted, await measure(wanted)):
+            rows[q] = r
+        polished.update(wanted)
+        batches += 1
+    return batches

@@ -87,3 +87,44 @@ def test_correction_directions_and_shifted_start_codes():
     assert np.allclose(moved[:, 1:3], codes[:, 1:3] + u[0], atol=1e-6)
     flat = codes[:, 0]
     assert np.array_equal(holding.shifted(flat, np.zeros(16), None), flat)  # no correction: the same bits
+
+
+def test_local_rounds_part_attributes_no_boundary_direction_parts():
+    """The held attribute ignores its own correction direction and follows another direction of the code space:
+    the boundary corrections cannot take its drift back, the local rounds' probes find that direction."""
+    d = 16
+    along, correction, hidden = np.eye(d)[0], np.eye(d)[1], np.eye(d)[5] + np.eye(d)[9]
+
+    def row(x):
+        return {"gender": 0.5 + 0.12 * x @ along, "age": 30.0 + 6.0 * x @ along + 4.0 * x @ hidden,
+                "yaw": 2.0 + 0.5 * x @ correction}
+
+    def run_with(basis):
+        batches = []
+
+        async def measure(points):
+            batches.append(points)
+            out = []
+            for t, c in points:
+                extra = np.asarray(c) @ np.stack(basis[:len(c)]) if basis is not None else c[0] * correction
+                out.append(row(t * along + extra))
+            return out
+        prior = [(t, row(t * along)) for t in (0.0, 1.0, 2.0, 3.5)]
+        result = asyncio.run(holding.held_search(
+            measure, name="gender", held=[holding.Held("age", 30.0, 3.0)], watched=[holding.Held("yaw", 2.0, 5.0)],
+            prior=prior, tolerance=0.05, max_distance=8.0, max_rounds=5, goal=0.9,
+            basis=basis, along=along if basis is not None else None))
+        return result, batches
+
+    plain, _ = run_with(None)
+    assert plain.outcome.met and plain.row["age"] - 30.0 > 10  # nothing along the boundaries holds it
+    basis = [correction]
+    local, batches = run_with(basis)
+    t, c = local.point
+    assert local.outcome.met and abs(local.row["age"] - 30.0) <= 3.0 and abs(local.row["yaw"] - 2.0) <= 5.0
+    assert len(basis) >= len(c) > 1  # the probed directions joined the basis, the point moved along them
+    assert all(abs(v @ along) < 1e-9 for v in basis[1:])  # never along the held direction itself
+    # The returned point renders from its corrections along basis[:len(c)], as the editor's replay does.
+    assert row(t * along + np.asarray(c) @ np.stack(basis[:len(c)])) == local.row
+    assert local.outcome.rounds - plain.outcome.rounds <= 2 * holding.LOCAL_ROUNDS
+    assert all(len(set(b)) == len(b) for b in batches)
