@@ -175,6 +175,8 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
             the code with basis[:len(c)]. None: no local rounds.
         along: The held direction's unit normal (probes are orthogonal to it); needed with `basis`.
     """
+    if basis is not None and along is None:
+        raise ValueError("local rounds need the held direction (along) with the basis")
     zero = tuple(0.0 for _ in held)
     everything = [*held, *watched]
     rows: dict[Point, Row] = {}
@@ -283,7 +285,7 @@ async def held_search(measure: Measure, *, name: str, held: Sequence[Held], prio
             rows[q] = r
         polished.update(wanted)
         rounds += 1
-    if basis is not None and along is not None:
+    if basis is not None:
         rounds += await _local_rounds(measure, rows, polished, meeting, basis, along, name=name, goal=goal_value,
                                       tolerance=tolerance, held=held, everything=everything, sign=sign,
                                       limit=max_distance)
