@@ -8,7 +8,8 @@ variants of each portrait (downscaled to 128 px and 96 px, JPEG quality 40, rota
 darker). Each photo goes through the code the inversion service runs: face detection with the
 false-detection filter, alignment to the generator's framing, the encoder + Adam inversion, pivotal
 tuning of all faces of the photo together (one variant per photo), then edits along age, gender and smile
-at -3 ... +3 rendered by the tuned variant and pasted back as the change under the feathered mask.
+at -3 ... +3 rendered by the tuned variant and pasted back as the change (smoothed as the service smooths it)
+under the feathered mask.
 
 Per face: PSNR and identity distance of the reconstruction without and with tuning; per edit: identity
 distance between the face in the photo and in the result (128 px aligned crops of both photos) and the
@@ -24,7 +25,7 @@ PSNR >= 32 dB; identity distance < 0.6 on >= 90% of edited images at |d| <= 3; t
 the asked way (the reading at +3 above the unedited one, at -3 below it) on >= 80% of (face, attribute,
 direction); <= 3 CPU seconds per face; zero changed pixels outside the mask. A trade-off table of tuning
 steps, tuned layers and the locality term against identity, PSNR, edit strength and CPU is printed and
-stored.
+stored, and a table of the change's smoothing against the asked way, identity and edit strength.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ class Bench:
         return {"rows": rows, "cpu_per_face": cpu / n, "net": net, "pivots": pivots, "matrices": matrices,
                 "tuned_images": tuned_images, "tuning_steps": tuning_steps}
 
-    def edit(self, image: np.ndarray, faces, inverted, distances: list[float]):
+    def edit(self, image: np.ndarray, faces, inverted, distances: list[float],
+             smoothing: float = photo.CHANGE_SMOOTHING):
         """Every attribute at every distance on all faces: identity, the attribute read on the result photo.
 
         The attribute of a face is read on the photo the user receives, with the face's framing of the
@@ -214,7 +216,7 @@ class Bench:
                     edited = to_uint8(net.render(pivots + d * normal))
                 out, union = image, np.zeros(image.shape[:2], np.float32)
                 for i, m in enumerate(matrices):
-                    out, alpha = photo.paste_change(out, edited[i], recon[i], m, mask)
+                    out, alpha = photo.paste_change(out, edited[i], recon[i], m, mask, smoothing)
                     union = np.maximum(union, alpha)
                 outside = union == 0
                 changed_outside += int((out[outside] != image[outside]).any(axis=-1).sum())
@@ -336,7 +338,8 @@ def figure(bench: Bench, portraits: dict[str, np.ndarray], path: Path, crop: int
                 normal = torch.from_numpy(bench.normals[attribute])
                 with torch.no_grad():
                     edited = to_uint8(inv["net"].render(inv["pivots"] + d * normal))[0]
-                out, _ = photo.paste_change(image, edited, recon, m, photo.face_mask(64, 0.08))
+                out, _ = photo.paste_change(image, edited, recon, m, photo.face_mask(64, 0.08),
+                                            photo.CHANGE_SMOOTHING)
             ident = distance(*bench.identity.embed([warp_crop(image, big, IDENTITY_CROP),
                                                     warp_crop(out, big, IDENTITY_CROP)]))
             window = out[int(cy - half):int(cy + half), int(cx - half):int(cx + half)]
@@ -384,6 +387,28 @@ def direction_rates(edit_rows: list[dict]) -> dict:
             "endpoint_rate": float(np.mean(endpoint)) if endpoint else 0.0, "endpoint_pairs": len(endpoint)}
 
 
+def strengths(edit_rows: list[dict]) -> dict[str, list[float]]:
+    """Per attribute: the score at +3 minus the score at -3, for every (photo, face) read at both."""
+    at = {(r["photo"], r["face"], r["attribute"], r["d"]): r["score"] for r in edit_rows}
+    out = {a: [] for a in ATTRIBUTES}
+    for (name, face, attribute, d), hi in at.items():
+        lo = at.get((name, face, attribute, -3.0))
+        if d == 3.0 and hi is not None and lo is not None:
+            out[attribute].append(hi - lo)
+    return out
+
+
+def smoothing_row(smoothing: float, edit_rows: list[dict]) -> dict:
+    """One row of the change-smoothing table, from the edits at +-3 of every photo."""
+    rows = [r for r in edit_rows if abs(r["d"]) == 3.0]
+    ids = np.array([r["identity"] for r in rows])
+    moved = direction_rates(rows)
+    return {"smoothing_x64": round(smoothing * 64, 2), "asked_way": round(moved["rate"], 3),
+            "endpoint": round(moved["endpoint_rate"], 3), "edit_same_person": round(float(np.mean(ids < SAME_PERSON)), 3),
+            "edit_identity_mean": round(float(ids.mean()), 3),
+            **{f"{a}_change": round(float(np.mean(v)), 3) if v else None for a, v in strengths(rows).items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=TuningOptions.steps, help="pivotal tuning steps (service default)")
@@ -396,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Adam steps on the code before tuning (the service's default for tuned photos)")
     p.add_argument("--samples", type=int, default=0, help="generated faces to train the boundaries on (0: the "
                                                           "boundaries shipped with the project)")
+    p.add_argument("--change-smoothing", type=float, default=photo.CHANGE_SMOOTHING,
+                   help="Gaussian sigma of the pasted change, fraction of the face crop (the service default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU seconds are counted over all)")
     p.add_argument("--models-dir", default=None, help="model cache folder")
     p.add_argument("--quick", action="store_true", help="one portrait, no variants, no group photo, 20 tuning "
@@ -426,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     options = TuningOptions(steps=steps, tune_from=args.tune_from, locality_weight=args.locality_weight,
                             locality_codes=args.locality_codes)
 
+    # The change-smoothing table: every photo's edits at +-3 pasted with each of these besides the run's own.
+    others = [] if args.quick else [s for s in (0.0, 0.6 / 64, 1.5 / 64) if abs(s - args.change_smoothing) > 1e-9]
+    smoothed = {s: [] for s in others}
     face_rows, edit_rows, photo_rows = [], [], []
     changed_outside = outside_total = 0
     cpu_per_face = []
@@ -440,10 +470,15 @@ def main(argv: list[str] | None = None) -> int:
         cpu_per_face += [inverted["cpu_per_face"]] * len(faces)
         for i, row in enumerate(inverted["rows"]):
             face_rows.append({"photo": name, "face": i, **row, "cpu_s": round(inverted["cpu_per_face"], 3)})
-        rows, changed, outside = bench.edit(image, faces, inverted, distances)
+        rows, changed, outside = bench.edit(image, faces, inverted, distances, args.change_smoothing)
         changed_outside += changed
         outside_total += outside
         edit_rows += [{"photo": name, **r} for r in rows]
+        for s in others:  # the same renders pasted with other smoothings (at +-3 only: the asked way's distances)
+            rows, changed, outside = bench.edit(image, faces, inverted, [-3.0, 3.0], s)
+            changed_outside += changed
+            outside_total += outside
+            smoothed[s] += [{"photo": name, **r} for r in rows]
         for i, row in enumerate(inverted["rows"]):
             ids = [r["identity"] for r in rows if r["face"] == i]
             print(f"{name:28s} face {i} {row['psnr_untuned']:6.2f} -> {row['psnr_tuned']:6.2f} dB  identity "
@@ -468,13 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             cpus.append(inv["cpu_per_face"] if n_steps else float("nan"))
             rows, _, _ = bench.edit(image, faces, inv, [-3.0, 3.0])
             edits += [{"photo": name, **r} for r in rows]
-        strength = {a: [] for a in ATTRIBUTES}
-        for r in edits:
-            if r["d"] == 3.0:
-                lo = next(x["score"] for x in edits if (x["photo"], x["face"], x["attribute"], x["d"]) ==
-                          (r["photo"], r["face"], r["attribute"], -3.0))
-                if r["score"] is not None and lo is not None:
-                    strength[r["attribute"]].append(r["score"] - lo)
+        strength = strengths(edits)
         moved = direction_rates(edits)
         edit_ids = np.array([r["identity"] for r in edits])
         tradeoff.append({"tune_from": tuning.tune_from, "steps": n_steps,
@@ -487,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
                          **{f"{a}_change": round(float(np.mean(v)), 3) if v else None for a, v in strength.items()},
                          "cpu_s_per_face": round(float(np.mean(cpus)), 2) if n_steps else None})
 
+    smoothing_table = sorted([smoothing_row(args.change_smoothing, edit_rows)] +
+                             [smoothing_row(s, rows) for s, rows in smoothed.items()], key=lambda r: r["smoothing_x64"])
     edit_ids = np.array([r["identity"] for r in edit_rows])
     moved = direction_rates(edit_rows)
     rate = moved["rate"]
@@ -528,11 +559,19 @@ def main(argv: list[str] | None = None) -> int:
     print("  " + " ".join(f"{h[:12]:>12s}" for h in head))
     for row in tradeoff:
         print("  " + " ".join(f"{str(row[h]):>12}" for h in head))
+    print(f"\nchange smoothing (every photo, edits at +-3; sigma in pixels of a 64 px face crop; this run's: "
+          f"{args.change_smoothing * 64:g}):")
+    head = list(smoothing_table[0])
+    print("  " + " ".join(f"{h[:16]:>16s}" for h in head))
+    for row in smoothing_table:
+        print("  " + " ".join(f"{str(row[h]):>16}" for h in head))
     print("targets:")
     print_targets(targets)
     result = {"benchmark": "photos", "quick": args.quick, "model": MODEL, "tuning": vars(options) | {},
               "threads": args.threads, "load_average": load_average(), "boundary_accuracy": bench.accuracy,
+              "change_smoothing": args.change_smoothing,
               "wall_seconds": round(time.monotonic() - t0, 1), "summary": summary, "tradeoff": tradeoff,
+              "smoothing": smoothing_table,
               "photos": photo_rows, "faces": face_rows, "edits": edit_rows, "targets": targets}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import time
@@ -77,8 +78,9 @@ def launch_service(models_dir, tmp_path_factory):
         return proc
 
     yield launch
-    for proc in reversed(started):
-        proc.stop()
+    # Stopped together: one that drains its calls or ignores SIGTERM costs its own timeout, not everyone's.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
+        list(pool.map(lambda proc: proc.stop(), reversed(started)))
 
 
 @pytest.fixture(scope="session")

@@ -433,6 +433,8 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             if not source.faces:
                 raise ServiceError(grpc.StatusCode.INTERNAL, "inversion returned no face alignment to blend with")
             mode = inversion_pb2.BLEND_MODE_FACE if request.paste_whole_face else inversion_pb2.BLEND_MODE_CHANGE
+            # Unset stays unset: the inversion service owns the default.
+            smoothing = {"change_smoothing": request.change_smoothing} if request.HasField("change_smoothing") else {}
             h, w = images.size_of(source.photo, "photo", max_pixels=self.settings.max_photo_pixels)
 
             async def one(group):
@@ -443,7 +445,8 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                         photo=source.photo, face=group[0], reconstruction=unedited[0],
                         alignment=source.faces[0].alignment, mode=mode, crop_size=IDENTITY_CROP, format=request.format,
                         more_faces=[inversion_pb2.BlendFace(face=f, reconstruction=r, alignment=sf.alignment)
-                                    for f, r, sf in zip(group[1:], unedited[1:], source.faces[1:])]), call)
+                                    for f, r, sf in zip(group[1:], unedited[1:], source.faces[1:])],
+                        **smoothing), call)
             return list(await asyncio.gather(*(one(group) for group in groups)))
 
         blending = asyncio.ensure_future(blend())
@@ -461,9 +464,9 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                 crops = None
                 if request.include_face:  # every face's render, the largest first
                     crops = [encoded, *[f if fmt == RAW else await _encode(f, fmt) for f in group[1:]]]
-                out.append((b.image, crops, s, ids, mode))
+                out.append((b.image, crops, s, ids, (mode, b.change_smoothing)))
             else:
-                out.append((encoded, None, s, ids, ""))
+                out.append((encoded, None, s, ids, ("", 0.0)))
         return out
 
     async def _identity(self, source: Source, groups: list[list[common_pb2.Image]], blended: list,
@@ -505,6 +508,9 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
             raise invalid_argument("format", f"{request.format}; accepted PNG, JPEG, RAW (unspecified = PNG)")
         if request.blend_into_photo and request.WhichOneof("source") != "photo":
             raise invalid_argument("blend_into_photo", "set only for photo sources; seeds and codes have no photo")
+        if request.HasField("change_smoothing") and (not request.blend_into_photo or request.paste_whole_face):
+            raise invalid_argument("change_smoothing", "set only for photos pasted back as the change "
+                                                       "(blend_into_photo, without paste_whole_face)")
         info = await self._model(request.model, call)
         model = common_pb2.ModelRef(name=info.name, version=info.version)
         source = await self._source(request, info, call)
@@ -584,7 +590,7 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                      for k, c in enumerate(chunks)]
         sent = skip
         async for chunk, rendered in _zip_ordered(chunks, pipeline.ordered(factories, self.settings.parallel_chunks)):
-            for item, (image, face, scores, identity, blend_mode) in zip(chunk, rendered):
+            for item, (image, face, scores, identity, (blend_mode, smoothing)) in zip(chunk, rendered):
                 sent += 1
                 elapsed = time.monotonic() - started
                 response = editor_pb2.EditResponse(
@@ -593,7 +599,8 @@ class EditorService(CalibratedEdits, editor_pb2_grpc.EditorServiceServicer):
                     progress=common_pb2.Progress(stage="editing", done=sent, total=total, elapsed_seconds=elapsed,
                                                  eta_seconds=elapsed / sent * (total - sent)),
                     request_id=call.request_id, inversion_psnr=source.psnr, variant=source.variant,
-                    identity_distance=identity[0] if identity else -1.0, blend_mode=blend_mode)
+                    identity_distance=identity[0] if identity else -1.0, blend_mode=blend_mode,
+                    change_smoothing=smoothing)
                 for k, (f, d) in enumerate(zip(source.faces, identity)):
                     response.faces.append(editor_pb2.EditedFace(index=f.index, box=f.alignment.face_box,
                                                                 reconstruction_psnr=f.psnr, identity_distance=d))

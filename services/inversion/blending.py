@@ -140,6 +140,7 @@ class Plan:
     faces: list[Face]
     crop_size: int
     format: int
+    smoothing: float  # of the change (BLEND_MODE_CHANGE); 0 for BLEND_MODE_FACE
 
     def key(self, digest: bytes) -> tuple:
         """What decides the band: the photo and where the faces go."""
@@ -169,6 +170,16 @@ def plan(request: inversion_pb2.BlendRequest, max_crop: int) -> Plan:
                f.alignment) for i, f in enumerate(request.more_faces)]
     mode = request.mode or (inversion_pb2.BLEND_MODE_CHANGE if given[0][2] is not None
                             else inversion_pb2.BLEND_MODE_FACE)
+    smoothing = request.change_smoothing if request.HasField("change_smoothing") else photo.CHANGE_SMOOTHING
+    if not math.isfinite(smoothing) or not 0 <= smoothing <= photo.MAX_CHANGE_SMOOTHING:
+        raise invalid_argument("change_smoothing", f"{request.change_smoothing}; accepted: 0 (none) to "
+                                                   f"{photo.MAX_CHANGE_SMOOTHING:g}, unset for the default "
+                                                   f"{photo.CHANGE_SMOOTHING:.4g}")
+    if mode != inversion_pb2.BLEND_MODE_CHANGE:
+        if request.HasField("change_smoothing") and smoothing > 0:
+            raise invalid_argument("change_smoothing", "set for BLEND_MODE_FACE, which pastes the whole face; "
+                                                       "accepted only with BLEND_MODE_CHANGE")
+        smoothing = 0.0
     faces = []
     for prefix, face_im, recon_im, alignment in given:
         matrix = _matrix(alignment, f"{prefix}alignment", max_crop)
@@ -184,7 +195,7 @@ def plan(request: inversion_pb2.BlendRequest, max_crop: int) -> Plan:
                 raise invalid_argument(f"{prefix}reconstruction", f"{recon.shape[1]}x{recon.shape[0]}; accepted: "
                                                                   f"the face's size, {face.shape[0]}x{face.shape[0]}")
         faces.append(Face(prefix, face, recon, matrix, alignment.crop_size))
-    return Plan(mode, feather, faces, request.crop_size, fmt)
+    return Plan(mode, feather, faces, request.crop_size, fmt, smoothing)
 
 
 def band_rows(faces: list[Face], h: int, w: int) -> tuple[int, int]:
@@ -243,7 +254,7 @@ def paste(band: Band, the_plan: Plan) -> tuple[np.ndarray, int, list[np.ndarray]
         if box is not None:
             left, right = min(left, box[0]), max(right, box[2])
         if the_plan.mode == inversion_pb2.BLEND_MODE_CHANGE:
-            out, alpha = photo.paste_change(out, f.face, f.reconstruction, matrix, mask)
+            out, alpha = photo.paste_change(out, f.face, f.reconstruction, matrix, mask, the_plan.smoothing)
         else:
             out, alpha = photo.paste_face(out, f.face, matrix, mask)
         union |= alpha > 0
@@ -273,7 +284,8 @@ def answer(band: Band, the_plan: Plan, photo_pixels: np.ndarray | None = None) -
             photo_pixels = photo_pixels.copy()
         photo_pixels[band.y0:band.y1] = out
         image = images.encode(photo_pixels, the_plan.format)
-    reply = inversion_pb2.BlendResponse(image=image, mode=the_plan.mode, changed_outside_mask=changed)
+    reply = inversion_pb2.BlendResponse(image=image, mode=the_plan.mode, changed_outside_mask=changed,
+                                        change_smoothing=the_plan.smoothing)
     for source, result in zip(sources, results):
         reply.source_crops.append(images.encode(source, common_pb2.IMAGE_FORMAT_PNG))
         reply.result_crops.append(images.encode(result, common_pb2.IMAGE_FORMAT_PNG))

@@ -227,6 +227,7 @@ def test_cli_edit_takes_the_photo_options_and_writes_input_and_reconstruction_ap
     assert Image.open(tmp_path / "grid.png").width >= 3 * group.shape[1]
     for args, words in [(("--photo", str(photo), "--face-selection", "largest", "--face-indices", "1"), "face_indices"),
                         (("--seed", "1", "--paste-whole-face"), "--photo only"),
+                        (("--seed", "1", "--change-smoothing", "0"), "--photo only"),
                         (("--photo", str(photo), "--face-indices", "one"), "face indices")]:
         refused = ifgan(*args, "-e", f"{P}:1")
         assert refused.returncode == 2 and words in refused.stderr, refused.stderr

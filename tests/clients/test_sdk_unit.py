@@ -61,6 +61,10 @@ def test_edit_requests_for_each_kind_of_source(tmp_path):
         assert request.WhichOneof("source") == "photo" and request.blend_into_photo
         assert request.format == common_pb2.IMAGE_FORMAT_JPEG
         assert np.array_equal(codec.image_array(request.photo), pixels)
+    assert not request.HasField("change_smoothing")  # unset: the server's default
+    assert build_edit_request(pixels, "age", blend=True, change_smoothing=0).HasField("change_smoothing")
+    with pytest.raises(ValueError, match="change_smoothing"):
+        build_edit_request(7, "age", change_smoothing=0.01)
     with pytest.raises(ValueError):
         build_edit_request(-1, "age")
     with pytest.raises(TypeError):

@@ -162,6 +162,9 @@ def test_request_id_from_metadata_and_deadlines(editor):
     (editor_pb2.EditRequest(seed=1, edits=[edit("q")] * 33), C.INVALID_ARGUMENT, "32"),
     (editor_pb2.EditRequest(seed=1, edits=[edit("")]), C.INVALID_ARGUMENT, "attribute"),
     (editor_pb2.EditRequest(seed=1, blend_into_photo=True, edits=[edit("q")]), C.INVALID_ARGUMENT, "photo"),
+    (editor_pb2.EditRequest(seed=1, change_smoothing=0.0, edits=[edit("q")]), C.INVALID_ARGUMENT, "change_smoothing"),
+    (editor_pb2.EditRequest(photo=common_pb2.Image(encoded=b"x"), blend_into_photo=True, paste_whole_face=True,
+                            change_smoothing=0.01, edits=[edit("q")]), C.INVALID_ARGUMENT, "change_smoothing"),
     (editor_pb2.EditRequest(seed=1, space=common_pb2.LATENT_SPACE_WP, edits=[edit("q")]), C.INVALID_ARGUMENT, "Z"),
     (editor_pb2.EditRequest(photo=common_pb2.Image(encoded=b"nope"), edits=[edit("q")]), C.INVALID_ARGUMENT, "image"),
 ])
@@ -315,7 +318,8 @@ def test_a_relayed_training_stream_without_a_deadline_outlives_the_editors_call_
     env = {f"IFGAN_{name.upper()}_ADDRESS": cluster.services[name].address
            for name in ("generator", "scorer", "boundary", "inversion")}
     ed = launch_service("editor", "--call-timeout", "1", "--drain-seconds", "0", env=env)
-    request = boundary_pb2.TrainBoundariesRequest(attributes=["yaw"], num_samples=3000, chosen_ratio=0.1, seed=11)
+    # A job of some seconds on 2 cores is enough to outlive the 1 s timeout.
+    request = boundary_pb2.TrainBoundariesRequest(attributes=["yaw"], num_samples=600, chosen_ratio=0.1, seed=11)
     with grpc.insecure_channel(ed.address) as ch:
         started = time.monotonic()
         updates = list(boundary_pb2_grpc.BoundaryServiceStub(ch).TrainBoundaries(request))

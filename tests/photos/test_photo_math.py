@@ -106,6 +106,28 @@ def test_paste_change_leaves_every_pixel_outside_the_mask_exactly(finder, models
     assert np.array_equal(same, image)  # no edit: the photo comes back unchanged, pixel for pixel
 
 
+def test_smoothing_the_change_keeps_its_shading_drops_its_texture_and_stays_in_the_mask(finder, models_dir):
+    image = _photo("grace_hopper.jpg", models_dir)
+    face = finder.find(image, 1)[0]
+    matrix = similarity_transform(face.landmarks, template_for("dcgan-digiface-64", 64))
+    mask = photo.face_mask(64, 0.08)
+    recon = np.full((64, 64, 3), 100, np.uint8)
+    ramp = np.linspace(0, 60, 64)[None, :, None]  # shading: a smooth change
+    board = np.where((np.indices((64, 64)).sum(axis=0) % 2)[..., None] == 0, 30, -30)  # texture
+    edited = np.clip(recon + ramp + board, 0, 255).astype(np.uint8)
+    smooth = np.clip(recon + ramp, 0, 255).astype(np.uint8)
+    plain, alpha = photo.paste_change(image, smooth, recon, matrix, mask)
+    out, alpha2 = photo.paste_change(image, edited, recon, matrix, mask, photo.CHANGE_SMOOTHING)
+    sharp, _ = photo.paste_change(image, edited, recon, matrix, mask, 0.0)
+    assert np.array_equal(alpha, alpha2)
+    outside = alpha == 0
+    assert np.array_equal(out[outside], image[outside]) and np.array_equal(sharp[outside], image[outside])
+    inside = alpha > 0.99
+    off_smoothed = np.abs(out[inside].astype(int) - plain[inside]).mean()
+    off_sharp = np.abs(sharp[inside].astype(int) - plain[inside]).mean()
+    assert off_smoothed < 0.3 * off_sharp  # the texture mostly gone, the shading kept
+
+
 def test_pivotal_tuning_reconstructs_a_real_face_and_keeps_the_person(dcgan, finder, identity, models_dir):
     image = _photo("grace_hopper.jpg", models_dir)
     crop = _crop(image, finder.find(image, 1)[0])

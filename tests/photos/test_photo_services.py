@@ -188,7 +188,36 @@ def test_blend_adds_the_change_and_leaves_the_rest_of_the_photo_exactly(stack, h
     assert pixels(reply.result_crops[0]).shape == (128, 128, 3)
     whole = stack["inversion"].Blend(inversion_pb2.BlendRequest(
         photo=png(photo), face=png(edited), alignment=face.alignment, format=RAW), timeout=60)
-    assert whole.mode == inversion_pb2.BLEND_MODE_FACE
+    assert whole.mode == inversion_pb2.BLEND_MODE_FACE and whole.change_smoothing == 0
+
+
+def test_blend_smooths_the_change_by_default_and_as_asked(stack, hopper):
+    photo = portrait("grace_hopper.jpg")
+    face = hopper.faces[0]
+    recon = pixels(face.reconstruction)
+    # A change of texture only (a +-40 checkerboard): smoothing takes most of it away, and only under the mask.
+    board = np.where((np.indices((64, 64)).sum(axis=0) % 2)[..., None] == 0, 40, -40)
+    edited = np.clip(recon.astype(int) + board, 0, 255).astype(np.uint8)
+
+    def blend(**fields):
+        reply = stack["inversion"].Blend(inversion_pb2.BlendRequest(
+            photo=png(photo), face=png(edited), reconstruction=face.reconstruction, alignment=face.alignment,
+            format=RAW, **fields), timeout=60)
+        assert reply.changed_outside_mask == 0
+        return reply, np.abs(pixels(reply.image).astype(int) - photo).sum()
+
+    default, smoothed = blend()
+    assert default.change_smoothing == pytest.approx(1 / 64)
+    sharp_reply, sharp = blend(change_smoothing=0.0)
+    assert sharp_reply.change_smoothing == 0 and sharp > 3 * smoothed
+    assert blend(change_smoothing=0.05)[0].change_smoothing == pytest.approx(0.05)
+    for fields, words in [({"change_smoothing": -0.01}, "accepted: 0 (none) to 0.1"),
+                          ({"change_smoothing": 0.2}, "accepted: 0 (none) to 0.1"),
+                          ({"change_smoothing": float("nan")}, "change_smoothing"),
+                          ({"change_smoothing": 0.01, "mode": inversion_pb2.BLEND_MODE_FACE}, "BLEND_MODE_FACE")]:
+        with pytest.raises(grpc.RpcError) as e:
+            blend(**fields)
+        assert e.value.code() == C.INVALID_ARGUMENT and words in e.value.details(), e.value.details()
 
 
 def test_edit_of_a_photo_keeps_the_person_and_reports_identity_per_face(stack):
@@ -200,7 +229,7 @@ def test_edit_of_a_photo_keeps_the_person_and_reports_identity_per_face(stack):
     original = replies[0]
     assert np.array_equal(pixels(original.image), photo)  # the real input, untouched, is the "original"
     for r in replies:
-        assert r.blend_mode == "change" and r.variant
+        assert r.blend_mode == "change" and r.variant and r.change_smoothing == pytest.approx(1 / 64)
         assert len(r.faces) == 1 and r.faces[0].reconstruction_psnr > 22  # 40 tuning steps in these tests
         assert 0 <= r.identity_distance < 0.6 and r.faces[0].identity_distance == r.identity_distance
     assert replies[0].identity_distance < 0.05

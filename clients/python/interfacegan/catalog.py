@@ -410,7 +410,8 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
                 retry_failed: bool = False, timeout: float | None = None, progress: bool = True,
                 stop: threading.Event | None = None, shard: Shard | str | None = None, follow_links: bool = False,
                 face_selection: str | None = None, face_indices: Sequence[int] = (), skip_tuning: bool = False,
-                paste_whole_face: bool = False, edit_fn: Callable[..., EditResult] | None = None) -> Summary:
+                paste_whole_face: bool = False, change_smoothing: float | None = None,
+                edit_fn: Callable[..., EditResult] | None = None) -> Summary:
     """Edits every face of every photo of `source` (or of one shard's share) with every edit; resumes a previous
     run into `out`.
 
@@ -430,6 +431,8 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
         face_indices: The faces to edit in each photo, numbered largest first.
         skip_tuning: Skip pivotal tuning (faster; faces usually become other people's).
         paste_whole_face: Paste the whole edited faces instead of only the edits' change.
+        change_smoothing: Gaussian sigma of the pasted change as a fraction of the face crop (0: none); None:
+            the server's default.
         edit_fn: Replaces client.edit (tests).
     """
     started = time.monotonic()
@@ -440,7 +443,8 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
     face_selection = face_selection or ("indices" if face_indices else "all")
     face_selection_of(face_selection, face_indices)  # refused before any folder is written
     photo_options = {"face_selection": face_selection.strip().lower(), "face_indices": [int(i) for i in face_indices],
-                     "skip_tuning": bool(skip_tuning), "paste_whole_face": bool(paste_whole_face)}
+                     "skip_tuning": bool(skip_tuning), "paste_whole_face": bool(paste_whole_face),
+                     "change_smoothing": None if change_smoothing is None else float(change_smoothing)}
     summary = Summary(out=out, shard=shard)
     photos = discover(source, follow_links=follow_links, warnings=summary.warnings)
     _check_keys(photos)

@@ -230,7 +230,7 @@ def _photo_options(args) -> dict:
     indices = parse_face_indices(args.face_indices) if args.face_indices else []
     face_selection_of(args.face_selection, indices)  # refused here, before any photo is sent
     return dict(face_selection=args.face_selection, face_indices=indices, skip_tuning=args.skip_tuning,
-                paste_whole_face=args.paste_whole_face)
+                paste_whole_face=args.paste_whole_face, change_smoothing=args.change_smoothing)
 
 
 def _face_lines(result) -> list[str]:
@@ -254,8 +254,10 @@ def cmd_edit(args) -> int:
         print("give exactly one face: --seed N, --code FILE.npy or --photo FILE", file=sys.stderr)
         return 2
     photo_options = _photo_options(args) if args.photo is not None else {}
-    if args.photo is None and (args.face_selection or args.face_indices or args.skip_tuning or args.paste_whole_face):
-        print("--face-selection, --face-indices, --skip-tuning and --paste-whole-face apply to --photo only",
+    if args.photo is None and (args.face_selection or args.face_indices or args.skip_tuning or args.paste_whole_face
+                               or args.change_smoothing is not None):
+        print("--face-selection, --face-indices, --skip-tuning, --paste-whole-face and --change-smoothing apply to "
+              "--photo only",
               file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -388,7 +390,8 @@ def cmd_catalog_merge(args) -> int:
 # -- parser ----------------------------------------------------------------------------------------------------
 
 def _add_photo_options(c: argparse.ArgumentParser, default: str | None) -> None:
-    """The photo options (EditRequest's face_selection, face_indices, skip_tuning, paste_whole_face)."""
+    """The photo options (EditRequest's face_selection, face_indices, skip_tuning, paste_whole_face,
+    change_smoothing)."""
     what = "the server's choice, the largest" if default == "" else "all, or indices with --face-indices"
     c.add_argument("--face-selection", default=default, choices=("largest", "all", "indices"),
                    help=f"photos: which faces to edit; when not given: {what}")
@@ -398,6 +401,9 @@ def _add_photo_options(c: argparse.ArgumentParser, default: str | None) -> None:
                    help="photos: skip pivotal tuning (faster; faces usually become other people's)")
     c.add_argument("--paste-whole-face", action="store_true",
                    help="photos with --blend: paste the whole edited face instead of only the edit's change")
+    c.add_argument("--change-smoothing", type=float, default=None, metavar="SIGMA",
+                   help="photos with --blend: Gaussian sigma of the pasted change as a fraction of the face crop "
+                        "(0: none, sharper); when not given: the server's, 1/64")
 
 
 def parser() -> argparse.ArgumentParser:

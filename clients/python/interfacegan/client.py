@@ -107,8 +107,8 @@ class Client:
              model: str = "", space: str | None = None, rescore: bool = False, include_original: bool = False,
              blend: bool = False, include_face: bool = False, inversion_steps: int = 0, image_format: str = "png",
              face_selection: str | None = None, face_indices: Sequence[int] = (), skip_tuning: bool = False,
-             paste_whole_face: bool = False, timeout: float | None = None, request_id: str | None = None,
-             priority: str | None = None, on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
+             paste_whole_face: bool = False, change_smoothing: float | None = None, timeout: float | None = None,
+             request_id: str | None = None, priority: str | None = None, on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
         """Edits one face (every chosen face of a photo) and returns every frame.
 
         Give the face as `source` (an int seed, a float latent code, or a photo: path, bytes, PIL image or
@@ -127,6 +127,8 @@ class Client:
             face_indices: Photos: the faces to edit, numbered largest first (selects "indices" by itself).
             skip_tuning: Photos: skip pivotal tuning (faster; the face usually becomes another person's).
             paste_whole_face: Photos with blend: paste the whole edited face instead of only the edit's change.
+            change_smoothing: Photos pasted as the change: Gaussian sigma of the change as a fraction of the
+                face crop (0: none, sharper; None: the server's default, 1/64).
             priority: This call's lane ("interactive" or "bulk"); None: the client's.
             on_frame: Called with each frame as it arrives.
         """
@@ -135,7 +137,8 @@ class Client:
             _one_source(source, seed, code, photo), specs, request_id=request_id, model=model, space=space,
             rescore=rescore, include_original=include_original, blend=blend, include_face=include_face,
             inversion_steps=inversion_steps, image_format=image_format, face_selection=face_selection,
-            face_indices=face_indices, skip_tuning=skip_tuning, paste_whole_face=paste_whole_face)
+            face_indices=face_indices, skip_tuning=skip_tuning, paste_whole_face=paste_whole_face,
+            change_smoothing=change_smoothing)
         frames = []
         for frame in self._send(request, output, timeout, priority):
             if on_frame is not None:

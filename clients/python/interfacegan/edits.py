@@ -253,11 +253,13 @@ def build_edit_request(source: Source, edits: Iterable[EditLike] | EditLike, *, 
                        include_original: bool = False, blend: bool = False, include_face: bool = False,
                        inversion_steps: int = 0, image_format: str = "png", face_selection: str | None = None,
                        face_indices: Sequence[int] = (), skip_tuning: bool = False, paste_whole_face: bool = False,
-                       request_id: str | None = None) -> editor_pb2.EditRequest:
+                       change_smoothing: float | None = None, request_id: str | None = None
+                       ) -> editor_pb2.EditRequest:
     """The EditRequest for a seed (int), a code (array) or a photo (path, bytes, PIL image, uint8 array).
 
     A numpy array is a latent code when it is floating point and a photo when it is uint8. The photo options
-    (face_selection, face_indices, skip_tuning, paste_whole_face) are refused for seeds and codes.
+    (face_selection, face_indices, skip_tuning, paste_whole_face, change_smoothing) are refused for seeds and
+    codes; change_smoothing None leaves the server's default.
     """
     specs = edit_specs(edits)
     selection, indices = face_selection_of(face_selection, face_indices)
@@ -267,6 +269,8 @@ def build_edit_request(source: Source, edits: Iterable[EditLike] | EditLike, *, 
         format=codec.FORMATS[image_format.lower()], blend_into_photo=blend, inversion_steps=inversion_steps,
         include_original=include_original, include_face=include_face, face_selection=selection,
         face_indices=indices, skip_tuning=skip_tuning, paste_whole_face=paste_whole_face)
+    if change_smoothing is not None:
+        request.change_smoothing = float(change_smoothing)
     if isinstance(source, (bool, np.bool_)):
         raise TypeError("source must be a seed, a latent code or a photo, not a bool")
     if isinstance(source, (int, np.integer)):
@@ -279,7 +283,7 @@ def build_edit_request(source: Source, edits: Iterable[EditLike] | EditLike, *, 
         request.photo.CopyFrom(codec.image_message(source))
     if request.WhichOneof("source") != "photo":
         options = {"face_selection": selection, "face_indices": indices, "skip_tuning": skip_tuning,
-                   "paste_whole_face": paste_whole_face}
+                   "paste_whole_face": paste_whole_face, "change_smoothing": change_smoothing is not None}
         given = [name for name, value in options.items() if value]
         if given:
             raise ValueError(f"{', '.join(given)}: photo options; a seed or a code has no photo")

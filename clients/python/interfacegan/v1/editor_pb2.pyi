@@ -122,7 +122,7 @@ class EditReceipt(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., variant: _Optional[str] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.BoundaryRef, _Mapping]]] = ..., held: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[_boundary_pb2.DistanceMode, str]] = ..., distance: _Optional[float] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., identity_distance: _Optional[float] = ..., replay: _Optional[_Union[EditRequest, _Mapping]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face", "face_selection", "face_indices", "skip_tuning", "paste_whole_face", "variant")
+    __slots__ = ("request_id", "model", "space", "seed", "code", "photo", "edits", "rescore", "format", "blend_into_photo", "inversion_steps", "include_original", "include_face", "face_selection", "face_indices", "skip_tuning", "paste_whole_face", "variant", "change_smoothing")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class EditRequest(_message.Message):
     SKIP_TUNING_FIELD_NUMBER: _ClassVar[int]
     PASTE_WHOLE_FACE_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     space: _common_pb2.LatentSpace
@@ -159,7 +160,8 @@ class EditRequest(_message.Message):
     skip_tuning: bool
     paste_whole_face: bool
     variant: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ..., face_selection: _Optional[_Union[_inversion_pb2.FaceSelection, str]] = ..., face_indices: _Optional[_Iterable[int]] = ..., skip_tuning: _Optional[bool] = ..., paste_whole_face: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
+    change_smoothing: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., space: _Optional[_Union[_common_pb2.LatentSpace, str]] = ..., seed: _Optional[int] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[AttributeEdit, _Mapping]]] = ..., rescore: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., blend_into_photo: _Optional[bool] = ..., inversion_steps: _Optional[int] = ..., include_original: _Optional[bool] = ..., include_face: _Optional[bool] = ..., face_selection: _Optional[_Union[_inversion_pb2.FaceSelection, str]] = ..., face_indices: _Optional[_Iterable[int]] = ..., skip_tuning: _Optional[bool] = ..., paste_whole_face: _Optional[bool] = ..., variant: _Optional[str] = ..., change_smoothing: _Optional[float] = ...) -> None: ...
 
 class EditedFace(_message.Message):
     __slots__ = ("index", "box", "reconstruction_psnr", "identity_distance", "face")
@@ -176,7 +178,7 @@ class EditedFace(_message.Message):
     def __init__(self, index: _Optional[int] = ..., box: _Optional[_Iterable[float]] = ..., reconstruction_psnr: _Optional[float] = ..., identity_distance: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ...) -> None: ...
 
 class EditResponse(_message.Message):
-    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary", "request_id", "warnings", "inversion_psnr", "face", "identity_distance", "faces", "blend_mode", "variant", "target", "holds", "receipt")
+    __slots__ = ("edit_index", "step_index", "distance", "image", "code", "scores", "progress", "boundary", "request_id", "warnings", "inversion_psnr", "face", "identity_distance", "faces", "blend_mode", "variant", "change_smoothing", "target", "holds", "receipt")
     EDIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +195,7 @@ class EditResponse(_message.Message):
     FACES_FIELD_NUMBER: _ClassVar[int]
     BLEND_MODE_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
@@ -212,10 +215,11 @@ class EditResponse(_message.Message):
     faces: _containers.RepeatedCompositeFieldContainer[EditedFace]
     blend_mode: str
     variant: str
+    change_smoothing: float
     target: TargetOutcome
     holds: _containers.RepeatedCompositeFieldContainer[HoldDrift]
     receipt: EditReceipt
-    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., request_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., inversion_psnr: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., identity_distance: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[EditedFace, _Mapping]]] = ..., blend_mode: _Optional[str] = ..., variant: _Optional[str] = ..., target: _Optional[_Union[TargetOutcome, _Mapping]] = ..., holds: _Optional[_Iterable[_Union[HoldDrift, _Mapping]]] = ..., receipt: _Optional[_Union[EditReceipt, _Mapping]] = ...) -> None: ...
+    def __init__(self, edit_index: _Optional[int] = ..., step_index: _Optional[int] = ..., distance: _Optional[float] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.AttributeScore, _Mapping]]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., boundary: _Optional[_Union[_common_pb2.BoundaryRef, _Mapping]] = ..., request_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., inversion_psnr: _Optional[float] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., identity_distance: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[EditedFace, _Mapping]]] = ..., blend_mode: _Optional[str] = ..., variant: _Optional[str] = ..., change_smoothing: _Optional[float] = ..., target: _Optional[_Union[TargetOutcome, _Mapping]] = ..., holds: _Optional[_Iterable[_Union[HoldDrift, _Mapping]]] = ..., receipt: _Optional[_Union[EditReceipt, _Mapping]] = ...) -> None: ...
 
 class GetCatalogRequest(_message.Message):
     __slots__ = ()

@@ -179,7 +179,7 @@ class InvertResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentBatch, _Mapping]] = ..., reconstruction: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., psnr: _Optional[float] = ..., ssim: _Optional[float] = ..., alignment: _Optional[_Union[FaceAlignment, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., final: _Optional[bool] = ..., aligned_target: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., steps: _Optional[int] = ..., first_psnr: _Optional[float] = ..., stop_reason: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[InvertedFace, _Mapping]]] = ..., variant: _Optional[str] = ..., untuned_psnr: _Optional[float] = ..., faces_dropped: _Optional[int] = ..., cpu_seconds_per_face: _Optional[float] = ..., tuning_steps: _Optional[int] = ...) -> None: ...
 
 class BlendRequest(_message.Message):
-    __slots__ = ("photo", "face", "alignment", "format", "feather", "reconstruction", "more_faces", "mode", "crop_size")
+    __slots__ = ("photo", "face", "alignment", "format", "feather", "reconstruction", "more_faces", "mode", "crop_size", "change_smoothing")
     PHOTO_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class BlendRequest(_message.Message):
     MORE_FACES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CROP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     photo: _common_pb2.Image
     face: _common_pb2.Image
     alignment: FaceAlignment
@@ -198,7 +199,8 @@ class BlendRequest(_message.Message):
     more_faces: _containers.RepeatedCompositeFieldContainer[BlendFace]
     mode: BlendMode
     crop_size: int
-    def __init__(self, photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., alignment: _Optional[_Union[FaceAlignment, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., feather: _Optional[float] = ..., reconstruction: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., more_faces: _Optional[_Iterable[_Union[BlendFace, _Mapping]]] = ..., mode: _Optional[_Union[BlendMode, str]] = ..., crop_size: _Optional[int] = ...) -> None: ...
+    change_smoothing: float
+    def __init__(self, photo: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., alignment: _Optional[_Union[FaceAlignment, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., feather: _Optional[float] = ..., reconstruction: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., more_faces: _Optional[_Iterable[_Union[BlendFace, _Mapping]]] = ..., mode: _Optional[_Union[BlendMode, str]] = ..., crop_size: _Optional[int] = ..., change_smoothing: _Optional[float] = ...) -> None: ...
 
 class BlendFace(_message.Message):
     __slots__ = ("face", "reconstruction", "alignment")
@@ -211,15 +213,17 @@ class BlendFace(_message.Message):
     def __init__(self, face: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., reconstruction: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., alignment: _Optional[_Union[FaceAlignment, _Mapping]] = ...) -> None: ...
 
 class BlendResponse(_message.Message):
-    __slots__ = ("image", "mode", "source_crops", "result_crops", "changed_outside_mask")
+    __slots__ = ("image", "mode", "source_crops", "result_crops", "changed_outside_mask", "change_smoothing")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_CROPS_FIELD_NUMBER: _ClassVar[int]
     RESULT_CROPS_FIELD_NUMBER: _ClassVar[int]
     CHANGED_OUTSIDE_MASK_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     mode: BlendMode
     source_crops: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
     result_crops: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
     changed_outside_mask: int
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., mode: _Optional[_Union[BlendMode, str]] = ..., source_crops: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., result_crops: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., changed_outside_mask: _Optional[int] = ...) -> None: ...
+    change_smoothing: float
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., mode: _Optional[_Union[BlendMode, str]] = ..., source_crops: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., result_crops: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., changed_outside_mask: _Optional[int] = ..., change_smoothing: _Optional[float] = ...) -> None: ...
