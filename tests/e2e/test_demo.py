@@ -35,7 +35,7 @@ class Collect(HTMLParser):
 def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path):
     out, run_dir = tmp_path / "demo", tmp_path / "run"
     command = [sys.executable, "-m", "examples.demo", "--out", str(out), "--run-dir", str(run_dir),
-               "--num-samples", "4000", "--ratio", "0.1", "--grid-seeds", "3", "--drift-seeds", "24",
+               "--num-samples", "4000", "--ratio", "0.1", "--steps", "5", "--grid-seeds", "3", "--drift-seeds", "24",
                "--rescore-samples", "40", "--quiet"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1400,
                             env={**__import__("os").environ, "IFGAN_MODELS_DIR": str(models_dir)})
@@ -54,7 +54,7 @@ def test_demo_job_writes_a_complete_report_on_real_services(models_dir, tmp_path
     assert len(parsed.images) == 7 and "<svg" in page
     for src in parsed.images:
         with Image.open(out / src) as im:
-            assert im.format == "PNG" and im.width > 7 * 128
+            assert im.format == "PNG" and im.width >= 5 * 128  # a row of 5 steps at least
 
     data = json.loads((out / "report.json").read_text())
     accuracies = {a: b["validation_accuracy"] for a, b in data["boundaries"].items()}
