@@ -450,7 +450,9 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
     _check_keys(photos)
     settings = {"source": str(Path(source).expanduser().resolve()), "edits": [dataclasses.asdict(s) for s in specs],
                 "blend": blend, "format": image_format, "inversion_steps": inversion_steps, "layout": LAYOUT,
-                "shards": shard.count, "follow_links": follow_links, **photo_options}
+                "shards": shard.count, "follow_links": follow_links,
+                # An unset smoothing is left out, so catalogs begun before the option existed still resume.
+                **{k: v for k, v in photo_options.items() if not (k == "change_smoothing" and v is None)}}
     settings_path = out / "catalog.json"
     if not settings_path.exists():
         _create_once(settings_path, json.dumps(settings, indent=2).encode())
