@@ -278,8 +278,9 @@ def _photos_section(data: dict) -> list[str]:
         "<h2>Real photos</h2>",
         '<p class="lead">Public-domain portraits no one here made: each face is found, aligned, inverted, and the '
         'generator is tuned around its code (pivotal tuning) into a variant the generator pool serves; each edit '
-        'is rendered by that variant and only its change (edited render − reconstruction) is pasted back under a '
-        'feathered mask, so the photo keeps its own detail and every pixel outside the mask is the input\'s. '
+        'is rendered by that variant and only its change (edited render − reconstruction, low-passed so that the '
+        'variant\'s own texture stays out) is pasted back under a feathered mask, so the photo keeps its own '
+        'detail and every pixel outside the mask is the input\'s. '
         'Identity distance: dlib\'s face-recognition ResNet between the face in the photo and in the result '
         '(under 0.6: the same person).</p>',
         html.table(["photo", "faces", "reconstruction dB", "paste", "identity of the edits", "same person",
