@@ -387,15 +387,15 @@ def direction_rates(edit_rows: list[dict]) -> dict:
             "endpoint_rate": float(np.mean(endpoint)) if endpoint else 0.0, "endpoint_pairs": len(endpoint)}
 
 
-def strengths(edit_rows: list[dict]) -> dict[str, list[float]]:
-    """Per attribute: the score at +3 minus the score at -3, for every (photo, face) read at both."""
+def change_columns(edit_rows: list[dict]) -> dict[str, float | None]:
+    """"<attribute>_change": the mean over (photo, face) read at both ends of the score at +3 minus at -3."""
     at = {(r["photo"], r["face"], r["attribute"], r["d"]): r["score"] for r in edit_rows}
     out = {a: [] for a in ATTRIBUTES}
     for (name, face, attribute, d), hi in at.items():
         lo = at.get((name, face, attribute, -3.0))
         if d == 3.0 and hi is not None and lo is not None:
             out[attribute].append(hi - lo)
-    return out
+    return {f"{a}_change": round(float(np.mean(v)), 3) if v else None for a, v in out.items()}
 
 
 def smoothing_row(smoothing: float, edit_rows: list[dict]) -> dict:
@@ -404,9 +404,9 @@ def smoothing_row(smoothing: float, edit_rows: list[dict]) -> dict:
     ids = np.array([r["identity"] for r in rows])
     moved = direction_rates(rows)
     return {"smoothing_x64": round(smoothing * 64, 2), "asked_way": round(moved["rate"], 3),
-            "endpoint": round(moved["endpoint_rate"], 3), "edit_same_person": round(float(np.mean(ids < SAME_PERSON)), 3),
-            "edit_identity_mean": round(float(ids.mean()), 3),
-            **{f"{a}_change": round(float(np.mean(v)), 3) if v else None for a, v in strengths(rows).items()}}
+            "endpoint": round(moved["endpoint_rate"], 3),
+            "edit_same_person": round(float(np.mean(ids < SAME_PERSON)), 3),
+            "edit_identity_mean": round(float(ids.mean()), 3), **change_columns(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,10 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         outside_total += outside
         edit_rows += [{"photo": name, **r} for r in rows]
         for s in others:  # the same renders pasted with other smoothings (at +-3 only: the asked way's distances)
-            rows, changed, outside = bench.edit(image, faces, inverted, [-3.0, 3.0], s)
+            other, changed, outside = bench.edit(image, faces, inverted, [-3.0, 3.0], s)
             changed_outside += changed
             outside_total += outside
-            smoothed[s] += [{"photo": name, **r} for r in rows]
+            smoothed[s] += [{"photo": name, **r} for r in other]
         for i, row in enumerate(inverted["rows"]):
             ids = [r["identity"] for r in rows if r["face"] == i]
             print(f"{name:28s} face {i} {row['psnr_untuned']:6.2f} -> {row['psnr_tuned']:6.2f} dB  identity "
@@ -503,7 +503,6 @@ def main(argv: list[str] | None = None) -> int:
             cpus.append(inv["cpu_per_face"] if n_steps else float("nan"))
             rows, _, _ = bench.edit(image, faces, inv, [-3.0, 3.0])
             edits += [{"photo": name, **r} for r in rows]
-        strength = strengths(edits)
         moved = direction_rates(edits)
         edit_ids = np.array([r["identity"] for r in edits])
         tradeoff.append({"tune_from": tuning.tune_from, "steps": n_steps,
@@ -513,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                          "edit_same_person": round(float(np.mean(edit_ids < SAME_PERSON)), 3),
                          "change_kept": round(float(np.mean([r["change_kept"] for r in edits])), 3),
                          "asked_way": round(moved["rate"], 3),
-                         **{f"{a}_change": round(float(np.mean(v)), 3) if v else None for a, v in strength.items()},
+                         **change_columns(edits),
                          "cpu_s_per_face": round(float(np.mean(cpus)), 2) if n_steps else None})
 
     smoothing_table = sorted([smoothing_row(args.change_smoothing, edit_rows)] +

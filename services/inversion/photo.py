@@ -124,7 +124,8 @@ def paste_change(photo: np.ndarray, edited: np.ndarray, reconstruction: np.ndarr
         reconstruction: (S, S, 3) uint8 render of the unedited code, by the same (tuned) generator.
         matrix: 2x3 photo -> crop transform for a crop of side S.
         mask: (S, S) float mask (1 = the face).
-        smoothing: Gaussian sigma applied to the change, as a fraction of S (0: none).
+        smoothing: Gaussian sigma applied to the change, as a fraction of S (0: none; the service's Blend
+            uses CHANGE_SMOOTHING unless asked otherwise).
 
     Returns:
         The new photo and the (H, W) float32 alpha the change was added under.

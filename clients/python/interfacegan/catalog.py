@@ -443,16 +443,15 @@ def run_catalog(client, source: str | Path, out: str | Path, edits: Sequence[Edi
     face_selection = face_selection or ("indices" if face_indices else "all")
     face_selection_of(face_selection, face_indices)  # refused before any folder is written
     photo_options = {"face_selection": face_selection.strip().lower(), "face_indices": [int(i) for i in face_indices],
-                     "skip_tuning": bool(skip_tuning), "paste_whole_face": bool(paste_whole_face),
-                     "change_smoothing": None if change_smoothing is None else float(change_smoothing)}
+                     "skip_tuning": bool(skip_tuning), "paste_whole_face": bool(paste_whole_face)}
+    if change_smoothing is not None:  # only when given: catalogs begun before the option existed still resume
+        photo_options["change_smoothing"] = float(change_smoothing)
     summary = Summary(out=out, shard=shard)
     photos = discover(source, follow_links=follow_links, warnings=summary.warnings)
     _check_keys(photos)
     settings = {"source": str(Path(source).expanduser().resolve()), "edits": [dataclasses.asdict(s) for s in specs],
                 "blend": blend, "format": image_format, "inversion_steps": inversion_steps, "layout": LAYOUT,
-                "shards": shard.count, "follow_links": follow_links,
-                # An unset smoothing is left out, so catalogs begun before the option existed still resume.
-                **{k: v for k, v in photo_options.items() if not (k == "change_smoothing" and v is None)}}
+                "shards": shard.count, "follow_links": follow_links, **photo_options}
     settings_path = out / "catalog.json"
     if not settings_path.exists():
         _create_once(settings_path, json.dumps(settings, indent=2).encode())

@@ -256,9 +256,8 @@ def cmd_edit(args) -> int:
     photo_options = _photo_options(args) if args.photo is not None else {}
     if args.photo is None and (args.face_selection or args.face_indices or args.skip_tuning or args.paste_whole_face
                                or args.change_smoothing is not None):
-        print("--face-selection, --face-indices, --skip-tuning, --paste-whole-face and --change-smoothing apply to "
-              "--photo only",
-              file=sys.stderr)
+        print("--face-selection, --face-indices, --skip-tuning, --paste-whole-face and --change-smoothing apply "
+              "to --photo only", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

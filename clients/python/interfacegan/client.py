@@ -108,7 +108,8 @@ class Client:
              blend: bool = False, include_face: bool = False, inversion_steps: int = 0, image_format: str = "png",
              face_selection: str | None = None, face_indices: Sequence[int] = (), skip_tuning: bool = False,
              paste_whole_face: bool = False, change_smoothing: float | None = None, timeout: float | None = None,
-             request_id: str | None = None, priority: str | None = None, on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
+             request_id: str | None = None, priority: str | None = None,
+             on_frame: Callable[[EditFrame], None] | None = None) -> EditResult:
         """Edits one face (every chosen face of a photo) and returns every frame.
 
         Give the face as `source` (an int seed, a float latent code, or a photo: path, bytes, PIL image or
